@@ -1,0 +1,262 @@
+"""GradNorm, exactly as the official code computes it, at the cost of one forward pass.
+
+The official algorithm, per sample (batch size 1): with logits :math:`z \\in \\mathbb{R}^C` and
+temperature :math:`T`,
+
+.. math::
+    \\mathcal{L}(x) = \\sum_{c=1}^{C} -\\log \\mathrm{softmax}(z / T)_c, \\qquad
+    S(x) = \\left\\lVert \\frac{\\partial \\mathcal{L}}{\\partial W} \\right\\rVert_p
+
+where :math:`W` (C x D) is the weight of the final layer (not its bias) and
+:math:`\\lVert \\cdot \\rVert_p` the entrywise :math:`L_p` "norm"
+:math:`(\\sum |g|^p)^{1/p}` (any :math:`p > 0`; the maximum for :math:`p = \\infty`). Higher
+:math:`S` means more in-distribution.
+
+Since :math:`z = W h + b` for the penultimate feature :math:`h`, the gradient is the rank-one
+matrix :math:`g \\, h^\\top` with :math:`g = (C \\, \\mathrm{softmax}(z/T) - 1) / T`, so
+
+.. math::
+    S(x) = \\lVert g \\rVert_p \\, \\lVert h \\rVert_p,
+
+which one forward pass gives, for every :math:`p` and :math:`T`. The outlier score returned by
+:class:`GradNorm` is :math:`-S(x)`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import torch
+from pytorch_ood.api import DetectorInfo, FeaturesDetector, ModelNotSetException, Paper, Task
+from torch import Tensor, nn
+
+from ..heads import Head, find_head, forward_with_features, penultimate_encoder
+from ..validation import check_finite, check_norm_order, check_temperature
+
+__all__ = ["PAPER_NORMS", "PAPER_TEMPERATURES", "GradNorm", "gradnorm_score", "uniform_loss"]
+
+#: the norms of the paper's Table 7
+PAPER_NORMS: list[float] = [0.3, 0.5, 0.8, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, math.inf]
+#: the temperatures of the paper's Table 8, 2^-4 ... 2^10
+PAPER_TEMPERATURES: list[float] = [2.0**k for k in range(-4, 11)]
+
+
+def uniform_loss(logits: Tensor, temperature: float) -> Tensor:
+    """Per-sample official loss, :math:`\\sum_c -\\log \\mathrm{softmax}(z / T)_c` (shape B)."""
+    return -torch.log_softmax(logits / temperature, dim=1).sum(dim=1)
+
+
+def _log_norm(rows: Tensor, p: float) -> Tensor:
+    """``log`` of the entrywise L_p norm of each row, computed without overflow."""
+    magnitudes = rows.abs()
+    if math.isinf(p):
+        return magnitudes.amax(dim=1).log()
+    return torch.logsumexp(p * magnitudes.log(), dim=1) / p
+
+
+def gradnorm_score(
+    logits: Tensor, features: Tensor, p: float = 1.0, temperature: float = 1.0
+) -> Tensor:
+    """The official GradNorm value :math:`\\lVert g \\rVert_p \\lVert h \\rVert_p` (higher = ID).
+
+    :param logits: :math:`z`, shape B x C
+    :param features: penultimate features :math:`h` entering the final layer, shape B x D
+    :param p: order of the entrywise norm, > 0 or ``math.inf``
+    :param temperature: :math:`T > 0`
+    :return: float64 scores of shape B
+    :raises ValueError: if a score overflows float64 (only for tiny ``p``)
+    """
+    p, temperature = check_norm_order(p), check_temperature(temperature)
+    z, h = logits.double(), features.double()
+    num_classes = z.shape[1]
+    logit_grad = (num_classes * torch.softmax(z / temperature, dim=1) - 1) / temperature
+    scores = torch.exp(_log_norm(logit_grad, p) + _log_norm(h, p))
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError(f"the L_{p:g} gradient norm overflows float64; use a larger p")
+    return scores
+
+
+def _check_micro_batch_size(size: int) -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"micro_batch_size must be an integer >= 1, got {size!r}")
+    return size
+
+
+class GradNorm(FeaturesDetector):
+    """GradNorm of *On the Importance of Gradients for Detecting Distributional Shifts in the
+    Wild*, exact to the official code, from one forward pass (see the module docstring).
+
+    The outlier score is :math:`-\\lVert \\partial \\mathcal{L} / \\partial W \\rVert_p`.
+    :meth:`predict_features` gives the same score from penultimate features, so pytorch-ood's
+    ``Benchmark.evaluate`` and ``GridSearch`` over ``p`` and ``temperature`` reuse one forward
+    pass (``encoder`` produces those features).
+
+    With ``params`` (e.g. ``["layer4"]``, the paper's ablation on other layers), the score is the
+    entrywise :math:`L_p` norm of the per-sample gradient of the same loss with respect to all
+    selected parameters together; it is computed exactly with one batched backward pass per
+    micro-batch of at most ``micro_batch_size`` samples, so memory does not grow with the
+    caller's batch size. That mode needs the raw inputs (``encoder`` is ``None``).
+
+    The model is called as it is: put it in evaluation mode, as the official code does.
+    """
+
+    info = DetectorInfo(
+        paper=Paper(
+            title="On the Importance of Gradients for Detecting Distributional Shifts in the Wild",
+            venue="NeurIPS",
+            year=2021,
+            url="https://arxiv.org/abs/2110.00218",
+            code="https://github.com/deeplearning-wisc/gradnorm_ood",
+        ),
+        tasks={Task.CLASSIFICATION},
+        ai_coded=True,
+    )
+
+    hyperparameter_space = {"p": PAPER_NORMS, "temperature": PAPER_TEMPERATURES}
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        p: float = 1.0,
+        temperature: float = 1.0,
+        head: str | nn.Module | None = None,
+        params: Sequence[str] | None = None,
+        micro_batch_size: int = 32,
+    ):
+        """
+        :param model: the classifier; its output must be the output of ``head``
+        :param p: order of the entrywise norm, > 0 or ``float("inf")``
+        :param temperature: softmax temperature :math:`T > 0`
+        :param head: the final layer (module or qualified name); found automatically if
+            ``None`` (see :func:`gradood.heads.find_head`)
+        :param params: names of modules or parameters whose gradients to use instead of the
+            head's weight; ``None`` for the paper's head-weight score
+        :param micro_batch_size: samples per backward pass in the ``params`` mode
+        :raises ValueError: on invalid ``p``, ``temperature``, ``micro_batch_size`` or
+            ``params``, or if no head is found
+        """
+        super().__init__()
+        if model is None:
+            raise ModelNotSetException("GradNorm needs a model")
+        self.model = model
+        self.p = p
+        self.temperature = temperature
+        self.micro_batch_size = _check_micro_batch_size(micro_batch_size)
+        self.head: Head = find_head(model, head)
+        self.params = None if params is None else self._resolve_params(params)
+        self.encoder = penultimate_encoder(model, self.head.module) if params is None else None
+
+    @property
+    def p(self) -> float:
+        """Order of the entrywise norm."""
+        return self._p
+
+    @p.setter
+    def p(self, value: float) -> None:
+        self._p = check_norm_order(value)
+
+    @property
+    def temperature(self) -> float:
+        """Softmax temperature :math:`T`."""
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self._temperature = check_temperature(value)
+
+    def _resolve_params(self, names: Sequence[str]) -> list[str]:
+        if isinstance(names, str):
+            names = [names]
+        all_names = [name for name, _ in self.model.named_parameters()]
+        selected = []
+        for wanted in names:
+            matches = [n for n in all_names if n == wanted or n.startswith(f"{wanted}.")]
+            if not matches:
+                top = sorted({n.split(".")[0] for n in all_names})
+                raise ValueError(
+                    f"params: '{wanted}' names no parameter or module of "
+                    f"{type(self.model).__name__}; top-level modules: {', '.join(top)}"
+                )
+            selected += [n for n in matches if n not in selected]
+        return selected
+
+    def _empty(self, x: Tensor) -> Tensor:
+        return torch.empty(0, dtype=torch.float64, device=x.device)
+
+    def predict(self, x: Tensor) -> Tensor:
+        """Outlier scores :math:`-S(x)` (float64, shape B) for a batch of model inputs.
+
+        :raises ValueError: if ``x`` or the logits are not finite, or ``x`` has no batch axis
+        """
+        if not isinstance(x, Tensor) or x.ndim < 1:
+            raise ValueError("x must be a tensor with a batch dimension")
+        device = self.device
+        if device is not None:
+            x = x.to(device)
+        if x.shape[0] == 0:
+            return self._empty(x)
+        check_finite(x, "inputs")
+        self._warn_if_training()
+        if self.params is not None:
+            return -self._parameter_gradient_norms(x)
+        with torch.no_grad():
+            logits, features = forward_with_features(self.model, self.head, x)
+        check_finite(logits, "logits")
+        return -gradnorm_score(logits, features, self.p, self.temperature)
+
+    def predict_features(self, features: Tensor) -> Tensor:
+        """Outlier scores :math:`-S(x)` from penultimate features (B x D, or B x D x 1 x 1).
+
+        :raises ValueError: in the ``params`` mode, or if ``features`` has the wrong shape or
+            non-finite values
+        """
+        if self.params is not None:
+            raise ValueError(
+                "predict_features gives the head-weight score only; with params=... "
+                "use predict(x) on model inputs"
+            )
+        if not isinstance(features, Tensor):
+            raise ValueError("features must be a tensor of shape B x D")
+        if features.ndim == 4 and features.shape[2:] == (1, 1):
+            features = features.flatten(1)
+        if features.ndim != 2 or features.shape[1] != self.head.in_features:
+            raise ValueError(
+                f"features must have shape B x {self.head.in_features} (the input of the head "
+                f"'{self.head.name}'), got {tuple(features.shape)}"
+            )
+        if features.shape[0] == 0:
+            return self._empty(features)
+        check_finite(features, "features")
+        with torch.no_grad():
+            logits = self.head.logits(features)
+        check_finite(logits, "logits")
+        return -gradnorm_score(logits, features, self.p, self.temperature)
+
+    def _warn_if_training(self) -> None:
+        if self.model.training:
+            warnings.warn(
+                "GradNorm: the model is in training mode (dropout and batch statistics change "
+                "the scores); call model.eval() as the official code does",
+                stacklevel=3,
+            )
+
+    def _parameter_gradient_norms(self, x: Tensor) -> Tensor:
+        from ..gradients import per_sample_gradient_powers
+
+        chunks = []
+        for start in range(0, x.shape[0], self.micro_batch_size):
+            powers = per_sample_gradient_powers(
+                self.model,
+                lambda logits: uniform_loss(logits, self.temperature),
+                x[start : start + self.micro_batch_size],
+                self.params,
+                p=self.p,
+            ).double()
+            if math.isinf(self.p):
+                chunks.append(powers.amax(dim=1))
+            else:
+                chunks.append(powers.sum(dim=1) ** (1 / self.p))
+        return torch.cat(chunks)

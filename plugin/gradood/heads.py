@@ -1,0 +1,210 @@
+"""The final classification layer ("head") of a model, and the features that enter it.
+
+A head is an ``nn.Linear`` or a 1x1 ``nn.Conv2d`` applied to pooled features (BiT's
+``head.conv``, timm ResNetV2's ``head.fc``). Its input is the penultimate feature ``h`` (B x D)
+and its output the logits ``z`` (B x C): ``z = W h + b``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Head", "PenultimateEncoder", "find_head", "penultimate_encoder"]
+
+
+def _is_head_layer(module: nn.Module) -> bool:
+    if isinstance(module, nn.Linear):
+        return True
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.kernel_size == (1, 1)
+        and module.stride == (1, 1)
+        and module.groups == 1
+        and module.dilation == (1, 1)
+    )
+
+
+def _describe(module: nn.Module) -> str:
+    return type(module).__name__
+
+
+@dataclass(frozen=True)
+class Head:
+    """A model's classification layer: its qualified ``name`` and the ``module`` itself."""
+
+    name: str
+    module: nn.Module
+
+    @property
+    def in_features(self) -> int:
+        m = self.module
+        return m.in_features if isinstance(m, nn.Linear) else m.in_channels
+
+    @property
+    def num_classes(self) -> int:
+        m = self.module
+        return m.out_features if isinstance(m, nn.Linear) else m.out_channels
+
+    @property
+    def weight_name(self) -> str:
+        return f"{self.name}.weight" if self.name else "weight"
+
+    def logits(self, features: Tensor) -> Tensor:
+        """Apply the head to pooled features ``h`` (B x D) and return logits (B x C)."""
+        if isinstance(self.module, nn.Conv2d):
+            return self.module(features[:, :, None, None]).flatten(1)
+        return self.module(features)
+
+    def pooled_features(self, head_input: Tensor) -> Tensor:
+        """The head's input as B x D, or an error if it is not a pooled feature vector."""
+        if head_input.ndim == 2:
+            return head_input
+        if head_input.ndim == 4 and head_input.shape[2:] == (1, 1):
+            return head_input.flatten(1)
+        raise ValueError(
+            f"the head '{self.name}' receives input of shape {tuple(head_input.shape)}, not "
+            "pooled features (B x D, or B x D x 1 x 1 for a 1x1 convolution); the head-only "
+            "factorization needs pooled features: select the parameters explicitly "
+            f"(params=['{self.name}']) for exact per-sample gradients instead"
+        )
+
+
+def _candidates(model: nn.Module) -> list[str]:
+    return [name for name, module in model.named_modules() if _is_head_layer(module)]
+
+
+def _parameterized_leaves(model: nn.Module) -> list[str]:
+    return [
+        f"{name} ({_describe(module)})"
+        for name, module in model.named_modules()
+        if next(module.children(), None) is None
+        and next(module.parameters(False), None) is not None
+    ]
+
+
+def _no_head_error(model: nn.Module, reason: str) -> ValueError:
+    leaves = _parameterized_leaves(model)[-8:]
+    return ValueError(
+        f"no classification head found in {type(model).__name__}: {reason}. A head is an "
+        "nn.Linear or a 1x1 nn.Conv2d on pooled features; pass head=<module name or module>. "
+        f"Last modules with parameters: {', '.join(leaves) or 'none'}"
+    )
+
+
+def find_head(model: nn.Module, head: str | nn.Module | None = None) -> Head:
+    """Locate the classification layer of ``model``.
+
+    :param head: ``None`` to take the last registered ``nn.Linear`` or 1x1 ``nn.Conv2d`` (the
+        ``fc`` of torchvision ResNets, the last layer of VGG's or DenseNet's ``classifier``,
+        ``head.fc`` of timm's ResNetV2, ``head.conv`` of big_transfer's BiT), a qualified
+        module name, or the module itself
+    :raises ValueError: if there is no such layer, or the given one is not a head layer or not
+        part of ``model``; the message lists candidate modules
+    """
+    if isinstance(head, str):
+        try:
+            module = model.get_submodule(head)
+        except AttributeError:
+            raise _no_head_error(model, f"it has no module named '{head}'") from None
+        return _checked(model, head, module)
+    if isinstance(head, nn.Module):
+        for name, module in model.named_modules():
+            if module is head:
+                return _checked(model, name, module)
+        raise _no_head_error(model, f"the given {_describe(head)} is not one of its modules")
+    if head is not None:
+        raise TypeError(f"head must be None, a module name or a module, got {type(head)}")
+    candidates = _candidates(model)
+    if not candidates:
+        raise _no_head_error(model, "it has no nn.Linear and no 1x1 nn.Conv2d")
+    return Head(candidates[-1], model.get_submodule(candidates[-1]))
+
+
+def _checked(model: nn.Module, name: str, module: nn.Module) -> Head:
+    if not _is_head_layer(module):
+        raise _no_head_error(
+            model, f"'{name}' is a {_describe(module)}, not an nn.Linear or a 1x1 nn.Conv2d"
+        )
+    return Head(name, module)
+
+
+@contextmanager
+def capture_head(head: Head) -> Iterator[dict[str, Tensor]]:
+    """Record the head's input and output during forward passes inside the block."""
+    record: dict[str, Tensor] = {}
+
+    def hook(_module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        record["input"] = inputs[0]
+        record["output"] = output
+
+    handle = head.module.register_forward_hook(hook)
+    try:
+        yield record
+    finally:
+        handle.remove()
+
+
+def forward_with_features(model: nn.Module, head: Head, x: Tensor) -> tuple[Tensor, Tensor]:
+    """One forward pass: the model's logits (B x C) and the head's pooled input (B x D).
+
+    :raises ValueError: if the head did not run, or if the model's output is not the head's
+        output (then the logits cannot be recomputed from the features)
+    """
+    with capture_head(head) as record:
+        logits = model(x)
+    if "input" not in record:
+        raise ValueError(f"the head '{head.name}' was not called in the model's forward pass")
+    features = head.pooled_features(record["input"])
+    head_output = record["output"]
+    if not isinstance(logits, Tensor) or logits.shape[0] != x.shape[0]:
+        raise ValueError("the model must return a logits tensor with one row per input")
+    logits = logits.reshape(logits.shape[0], -1)
+    if head_output.data_ptr() != logits.data_ptr() and not torch.equal(
+        head_output.reshape(logits.shape), logits
+    ):
+        raise ValueError(
+            f"the model's output is not the output of its head '{head.name}' (a layer after "
+            "the head changes the logits); pass the correct head=..."
+        )
+    return logits, features
+
+
+class PenultimateEncoder(nn.Module):
+    """``x -> h``: runs the whole model and returns the pooled input of its head (B x D)."""
+
+    def __init__(self, model: nn.Module, head: Head):
+        super().__init__()
+        self.model = model
+        self.head = head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return forward_with_features(self.model, self.head, x)[1]
+
+
+# model -> head name -> encoder; weak both ways, so the cache keeps neither alive
+_ENCODERS: weakref.WeakKeyDictionary[nn.Module, weakref.WeakValueDictionary] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def penultimate_encoder(
+    model: nn.Module, head: str | nn.Module | None = None
+) -> PenultimateEncoder:
+    """The encoder for ``model``'s penultimate features; one shared object per (model, head).
+
+    Sharing lets pytorch-ood's ``Benchmark.evaluate``, whose cache is keyed by the encoder's
+    identity, run the model once for every detector built on the same features.
+    """
+    found = find_head(model, head)
+    per_model = _ENCODERS.setdefault(model, weakref.WeakValueDictionary())
+    encoder = per_model.get(found.name)
+    if encoder is None:
+        encoder = PenultimateEncoder(model, found)
+        per_model[found.name] = encoder
+    return encoder

@@ -1,0 +1,83 @@
+"""Finding the classification layer of common architectures, and the errors when there is none."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from gradood.heads import find_head, forward_with_features, penultimate_encoder
+from gradood.testing import BigTransferStyleNet, SmallCNN
+
+
+def _on_meta(build):
+    with torch.device("meta"):  # architecture only: no memory, no initialization cost
+        return build()
+
+
+@pytest.mark.parametrize(
+    ("build", "expected"),
+    [
+        (torchvision.models.resnet50, "fc"),
+        (torchvision.models.vgg11, "classifier.6"),
+        (torchvision.models.densenet121, "classifier"),
+        (lambda: timm.create_model("resnetv2_50x1_bit", pretrained=False), "head.fc"),
+        (lambda: BigTransferStyleNet(), "head.conv"),
+        (lambda: SmallCNN(), "fc"),
+    ],
+    ids=["torchvision-resnet50", "vgg11", "densenet121", "timm-resnetv2", "big-transfer", "cnn"],
+)
+def test_finds_the_head(build, expected):
+    model = _on_meta(build)
+    head = find_head(model)
+    assert head.name == expected
+    assert head.module is model.get_submodule(expected)
+
+
+def test_head_by_name_and_by_module():
+    model = SmallCNN()
+    assert find_head(model, "fc").module is model.fc
+    assert find_head(model, model.fc).name == "fc"
+
+
+def test_no_head_lists_candidates():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+    with pytest.raises(
+        ValueError,
+        match=r"no classification head found in Sequential.*0 \(Conv2d\), 1 \(BatchNorm2d\)",
+    ):
+        find_head(model)
+
+
+def test_given_head_must_be_a_head_layer_of_the_model():
+    model = SmallCNN()
+    with pytest.raises(ValueError, match=r"'features.1' is a BatchNorm2d"):
+        find_head(model, "features.1")
+    with pytest.raises(ValueError, match="no module named 'classifier'"):
+        find_head(model, "classifier")
+    with pytest.raises(ValueError, match="not one of its modules"):
+        find_head(model, nn.Linear(16, 10))
+
+
+def test_conv_head_on_feature_maps_is_rejected():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 5, 1), nn.Flatten())
+    head = find_head(model)
+    with pytest.raises(ValueError, match=r"receives input of shape \(2, 8, 6, 6\).*params=\['2'\]"):
+        forward_with_features(model, head, torch.randn(2, 3, 8, 8))
+
+
+def test_forward_with_features_returns_logits_and_head_input():
+    model = BigTransferStyleNet(num_classes=6).eval()
+    x = torch.randn(3, 3, 8, 8)
+    logits, features = forward_with_features(model, find_head(model), x)
+    torch.testing.assert_close(logits, model(x))
+    assert features.shape == (3, 32)
+    torch.testing.assert_close(model.head.conv(features[:, :, None, None]).flatten(1), logits)
+
+
+def test_penultimate_encoder_is_shared_per_model_and_head():
+    model, other = SmallCNN(), SmallCNN()
+    assert penultimate_encoder(model) is penultimate_encoder(model, "fc")
+    assert penultimate_encoder(model) is not penultimate_encoder(other)
