@@ -107,12 +107,15 @@ class Miniature:
     expected: ExpectedData
 
     def open(self, **kwargs: Any) -> GradNormProtocol:
-        """The protocol on this miniature (keyword arguments as :func:`make_protocol`'s)."""
-        return make_protocol(self.protocol, self.root, expected=self.expected, **kwargs)
+        """The protocol on this miniature (keyword arguments as :func:`make_protocol`'s;
+        ``expected`` defaults to the miniature's)."""
+        kwargs.setdefault("expected", self.expected)
+        return make_protocol(self.protocol, self.root, **kwargs)
 
     def missing(self, **kwargs: Any) -> list[MissingDataset]:
         """What the protocol lacks in this miniature (e.g. after a test deleted files)."""
-        return missing(self.protocol, self.root, expected=self.expected, **kwargs)
+        kwargs.setdefault("expected", self.expected)
+        return missing(self.protocol, self.root, **kwargs)
 
 
 #: DTD's first categories, for the miniature Textures folders
@@ -342,7 +345,7 @@ def _write_places365(folder: Path, count: int, rng: np.random.Generator) -> None
     names = [f"Places365_test_{k + 1:08d}.jpg" for k in range(count)]
     _fresh(folder).mkdir()
     (folder / "test_256").mkdir()
-    _write_images(folder / "test_256", names, rng, sizes=None)
+    _write_images(folder / "test_256", names, rng, sizes=(48, 48))  # square, as the real ones
     (folder / "categories_places365.txt").write_text(
         "".join(f"/a/category_{c} {c}\n" for c in range(3))
     )

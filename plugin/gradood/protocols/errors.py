@@ -26,11 +26,11 @@ class MissingDataset:
     source: str
 
     def __str__(self) -> str:
-        found = "files that fail the check" if self.found is None else f"{self.found:,}"
-        return (
-            f"{self.name}: {self.problem} at {self.path}: found {found} {self.unit}, "
-            f"expected {self.expected:,}. How to get it: {self.source}"
-        )
+        if self.found is None:
+            counts = f"expected {self.expected:,} {self.unit}, found files that fail the check"
+        else:
+            counts = f"found {self.found:,} {self.unit}, expected {self.expected:,}"
+        return f"{self.name}: {self.problem} at {self.path}: {counts}. How to get it: {self.source}"
 
 
 class DatasetNotFoundError(FileNotFoundError):

@@ -51,6 +51,9 @@ class ExpectedData:
     def __post_init__(self):
         object.__setattr__(self, "counts", MappingProxyType(dict(self.counts)))
 
+    def __reduce__(self):
+        return type(self), (dict(self.counts), self.verify_checksums)
+
     def __getitem__(self, name: str) -> Expected:
         return self.counts[name]
 

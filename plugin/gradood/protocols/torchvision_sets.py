@@ -1,5 +1,6 @@
 """Datasets in torchvision's own format (CIFAR-10/100, SVHN), opened by torchvision's classes,
-which verify the published md5 checksums."""
+which verify the published md5 checksums, and downloaded with torchvision's download functions
+and the URLs and checksums its classes publish."""
 
 from __future__ import annotations
 
@@ -10,19 +11,37 @@ from typing import Any
 
 import torchvision.datasets.utils as tv_utils
 from torch.utils.data import Dataset
-from torchvision.datasets import CIFAR10, SVHN, VisionDataset
+from torchvision.datasets import CIFAR10, CIFAR100, SVHN, VisionDataset
 
 from .expected import Expected
 from .source import DataSource, count_problem
 
-__all__ = ["CifarSource", "SvhnSource", "without_checksums"]
+__all__ = ["CifarSource", "SvhnSource"]
 
 
-def without_checksums(cls: type[VisionDataset], **md5_free_attributes: Any) -> type:
-    """A subclass of torchvision's ``cls`` whose class attributes holding md5 checksums are
-    replaced (by versions with ``None``), so that it accepts files that exist but do not match:
-    for miniatures only, which state ``verify_checksums=False``."""
-    return type(f"{cls.__name__}WithoutChecksums", (cls,), dict(md5_free_attributes))
+# torchvision's classes with the class attributes that hold md5 checksums set to None, so that
+# they accept files that exist but do not match: for miniatures only, which state
+# ``verify_checksums=False``. Defined at module level so that their datasets pickle (DataLoader
+# workers).
+
+
+class CIFAR10WithoutChecksums(CIFAR10):
+    train_list = [[name, None] for name, _ in CIFAR10.train_list]
+    test_list = [[name, None] for name, _ in CIFAR10.test_list]
+    meta = {**CIFAR10.meta, "md5": None}
+
+
+class CIFAR100WithoutChecksums(CIFAR100):
+    train_list = [[name, None] for name, _ in CIFAR100.train_list]
+    test_list = [[name, None] for name, _ in CIFAR100.test_list]
+    meta = {**CIFAR100.meta, "md5": None}
+
+
+class SVHNWithoutChecksums(SVHN):
+    split_list = {split: [url, name, None] for split, (url, name, _) in SVHN.split_list.items()}
+
+
+_WITHOUT_CHECKSUMS = {CIFAR10: CIFAR10WithoutChecksums, CIFAR100: CIFAR100WithoutChecksums}
 
 
 class _TorchvisionSource(DataSource):
@@ -33,9 +52,7 @@ class _TorchvisionSource(DataSource):
         """The files torchvision reads, relative to :meth:`path`."""
 
     @abstractmethod
-    def _construct(
-        self, root: Path, verify_checksums: bool, download: bool, **kwargs: Any
-    ) -> VisionDataset:
+    def _construct(self, root: Path, verify_checksums: bool, **kwargs: Any) -> VisionDataset:
         """The torchvision dataset (without md5 checks unless ``verify_checksums``)."""
 
     def open(
@@ -54,11 +71,7 @@ class _TorchvisionSource(DataSource):
             raise self.missing(root, expected.images, 0, problem)
         try:
             dataset = self._construct(
-                root,
-                verify_checksums,
-                download=False,
-                transform=transform,
-                target_transform=target_transform,
+                root, verify_checksums, transform=transform, target_transform=target_transform
             )
         except RuntimeError as error:
             problem = f"corrupted or another version (torchvision's md5 check: {error})"
@@ -82,9 +95,13 @@ class _TorchvisionSource(DataSource):
 
 
 class CifarSource(_TorchvisionSource):
-    """A split of CIFAR-10 or CIFAR-100 (``cifar_class``), at ``root / cifar_class.base_folder``."""
+    """A split of CIFAR-10 or CIFAR-100 (``cifar_class``), at ``root / cifar_class.base_folder``.
+
+    torchvision reads either split only if the folder holds both (it checks all files)."""
 
     def __init__(self, name: str, cifar_class: type[CIFAR10], train: bool):
+        if cifar_class not in _WITHOUT_CHECKSUMS:
+            raise ValueError(f"not a CIFAR class: {cifar_class}")
         how_to_get = (
             f"torchvision.datasets.{cifar_class.__name__}(root, train={train}, download=True), "
             f"or download=True here ({cifar_class.url}, md5 {cifar_class.tgz_md5}, extracted "
@@ -98,30 +115,24 @@ class CifarSource(_TorchvisionSource):
         return Path(root) / self.cifar_class.base_folder
 
     def files(self) -> Sequence[str]:
-        split = self.cifar_class.train_list if self.train else self.cifar_class.test_list
-        return [name for name, _ in split] + [self.cifar_class.meta["filename"]]
-
-    def _construct(self, root, verify_checksums, download, **kwargs):
         cls = self.cifar_class
-        if not verify_checksums:
-            cls = without_checksums(
-                cls,
-                train_list=[[name, None] for name, _ in cls.train_list],
-                test_list=[[name, None] for name, _ in cls.test_list],
-                meta={**cls.meta, "md5": None},
-            )
-        return cls(str(root), train=self.train, download=download, **kwargs)
+        return [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+
+    def _construct(self, root, verify_checksums, **kwargs):
+        cls = self.cifar_class if verify_checksums else _WITHOUT_CHECKSUMS[self.cifar_class]
+        return cls(str(root), train=self.train, **kwargs)
 
     def download(self, root: Path) -> None:
-        archive = Path(root) / self.cifar_class.filename
-        if archive.exists() and not tv_utils.check_integrity(
-            str(archive), self.cifar_class.tgz_md5
-        ):
+        cls = self.cifar_class
+        archive = Path(root) / cls.filename
+        if archive.exists() and not tv_utils.check_integrity(str(archive), cls.tgz_md5):
             raise FileExistsError(
-                f"{archive} exists but fails its md5 {self.cifar_class.tgz_md5}; it is never "
-                "overwritten: remove or replace it"
+                f"{archive} exists but fails its md5 {cls.tgz_md5}; it is never overwritten: "
+                "remove or replace it"
             )
-        self._construct(Path(root), verify_checksums=True, download=True)
+        tv_utils.download_and_extract_archive(
+            cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5
+        )
 
 
 class SvhnSource(_TorchvisionSource):
@@ -147,12 +158,10 @@ class SvhnSource(_TorchvisionSource):
     def is_present(self, root: Path) -> bool:
         return (self.path(root) / self.files()[0]).exists()
 
-    def _construct(self, root, verify_checksums, download, **kwargs):
-        cls = SVHN
-        if not verify_checksums:
-            split_list = {key: [url, name, None] for key, (url, name, _) in SVHN.split_list.items()}
-            cls = without_checksums(SVHN, split_list=split_list)
-        return cls(str(self.path(root)), split=self.split, download=download, **kwargs)
+    def _construct(self, root, verify_checksums, **kwargs):
+        cls = SVHN if verify_checksums else SVHNWithoutChecksums
+        return cls(str(self.path(root)), split=self.split, **kwargs)
 
     def download(self, root: Path) -> None:
-        self._construct(Path(root), verify_checksums=True, download=True)
+        url, filename, md5 = SVHN.split_list[self.split]
+        tv_utils.download_url(url, str(self.path(root)), filename, md5)
