@@ -12,11 +12,11 @@ Layout under the data root (torchvision's and pytorch-ood's own places)::
 
 Preprocessing (:func:`cifar_transform`): the shorter side resized to 32 and a 32 x 32 center
 crop, then the CIFAR ResNet-20's normalization. The paper does not state how OOD images larger
-than 32 x 32 are reduced; this is the common practice (Outlier Exposure, the energy score, and
-DICE, from the paper's group, for Textures, Places365 and LSUN). It is the identity on 32 x 32
-images (CIFAR, SVHN) and equals a plain 32 x 32 resize on square ones (Places365's 256 x 256);
-it differs from ``CIFAR_RESNET20.transform()`` (which squeezes the aspect ratio) only on
-non-square images, i.e. on Textures.
+than 32 x 32 are reduced; this is the common practice: the energy score's code does it for
+Textures and Places365 (and feeds LSUN (crop) as stored), DICE's (from the paper's group) for
+every OOD set. It is the identity on 32 x 32 images (CIFAR, SVHN) and equals a plain 32 x 32
+resize on square ones (Places365's 256 x 256); it differs from ``CIFAR_RESNET20.transform()``
+(which squeezes the aspect ratio) only on non-square images, i.e. on Textures.
 """
 
 from __future__ import annotations
