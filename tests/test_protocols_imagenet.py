@@ -320,3 +320,11 @@ def test_layout_generator_is_deterministic_and_never_overwrites(tmp_path):
     assert contents(first.root) != contents(other.root)
     with pytest.raises(FileExistsError):
         make_imagenet_layout(tmp_path / "a")
+
+
+@pytest.mark.parametrize(
+    "arguments", [{"images": 0}, {"images": 2, "classes": -1}, {"images": 5, "drawn_from": 3}]
+)
+def test_expected_rejects_impossible_counts(arguments):
+    with pytest.raises(ValueError, match="Expected"):
+        Expected(**arguments)

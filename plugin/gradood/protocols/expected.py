@@ -36,7 +36,7 @@ class Expected:
                 raise ValueError(f"Expected.{what} must be a positive int or None, got {value!r}")
         if self.drawn_from is not None and self.drawn_from < self.images:
             raise ValueError(
-                f"cannot sample {self.images} images from {self.drawn_from} (Expected.drawn_from)"
+                f"Expected: cannot sample {self.images} images from {self.drawn_from} (drawn_from)"
             )
 
 
