@@ -1,0 +1,93 @@
+"""One dataset of a protocol: where it lives under the data root, how it is checked and opened,
+and how to get it."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from .errors import DatasetNotFoundError, MissingDataset
+from .expected import Expected
+
+__all__ = ["DataSource", "count_problem"]
+
+
+class DataSource(ABC):
+    """A dataset at a fixed place under a protocol's data root.
+
+    :meth:`open` checks it (counting files, never decoding images) and returns it, or raises
+    :class:`DatasetNotFoundError`. :meth:`download` fetches it, only where nothing of it is on
+    disk yet.
+
+    :param name: the dataset's name in the protocol (an entry of ``ood_names`` for OOD sets)
+    :param how_to_get: where to get it, for error messages
+    """
+
+    def __init__(self, name: str, how_to_get: str):
+        self.name = name
+        self.how_to_get = how_to_get
+
+    @abstractmethod
+    def path(self, root: Path) -> Path:
+        """The folder or file the dataset is read from."""
+
+    @abstractmethod
+    def open(
+        self,
+        root: Path,
+        expected: Expected,
+        *,
+        transform: Callable | None,
+        target_transform: Callable | None,
+        verify_checksums: bool,
+    ) -> Dataset:
+        """The dataset, checked against ``expected``.
+
+        :raises DatasetNotFoundError: if it is absent, incomplete or fails its checksums
+        """
+
+    @property
+    def can_download(self) -> bool:
+        """Whether :meth:`download` can fetch the dataset."""
+        return False
+
+    def is_present(self, root: Path) -> bool:
+        """Whether anything of the dataset is on disk (then :meth:`download` leaves it alone)."""
+        return self.path(root).exists()
+
+    def download(self, root: Path) -> None:
+        """Fetch the dataset into ``root``; never overwrites a file.
+
+        :raises FileExistsError: if a file the download would write exists and fails its check
+        """
+        raise NotImplementedError(f"{self.name} cannot be downloaded: {self.how_to_get}")
+
+    def missing(
+        self,
+        root: Path,
+        expected: int,
+        found: int | None,
+        problem: str,
+        unit: str = "images",
+        path: Path | None = None,
+    ) -> DatasetNotFoundError:
+        """The error for this dataset (to be raised by the caller)."""
+        return DatasetNotFoundError(
+            MissingDataset(
+                name=self.name,
+                path=path if path is not None else self.path(root),
+                found=found,
+                expected=expected,
+                unit=unit,
+                problem=problem,
+                source=self.how_to_get,
+            )
+        )
+
+
+def count_problem(found: int, expected: int) -> str:
+    """How a count differs from the expected one, in words."""
+    return "incomplete" if found < expected else "more than the protocol uses"

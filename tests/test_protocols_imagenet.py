@@ -1,0 +1,330 @@
+"""The ImageNet protocol on generated miniatures: contents, order, labels, preprocessing, the
+checks of every dataset, missing(), downloads only on request and never over files."""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pytorch_ood.detector import MaxSoftmax
+
+from gradood.models import BIT_S_R101X1, Preprocessing
+from gradood.protocols import (
+    DatasetNotFoundError,
+    Expected,
+    ExpectedData,
+    ImageNetGradNorm,
+    available_protocols,
+    make_protocol,
+    protocol_class,
+)
+from gradood.protocols.imagenet import AUTHORS_OOD_URL
+from gradood.testing import BigTransferStyleNet, forbid_downloads, make_imagenet_layout
+
+OOD_NAMES = ["iNaturalist", "SUN", "Places", "Textures"]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    forbid_downloads(monkeypatch)
+
+
+@pytest.fixture
+def layout(tmp_path):
+    return make_imagenet_layout(tmp_path / "data", classes=3, images_per_class=2)
+
+
+def _image_size(image):
+    """A transform that keeps the test from decoding into tensors: the image's size."""
+    return image.size
+
+
+def _labels(dataset):
+    return [dataset[i][1] for i in range(len(dataset))]
+
+
+def _ood_folder(root: Path, name: str) -> Path:
+    return root / "ood_data" / name
+
+
+def test_opens_a_complete_miniature_in_the_papers_order(layout):
+    benchmark = layout.open(transform=_image_size)
+    counts = {name: layout.expected[name].images for name in OOD_NAMES}
+
+    assert benchmark.ood_names == OOD_NAMES == ImageNetGradNorm.ood_names
+    assert len(benchmark.test_in) == 6
+    for name, ood, combined in zip(
+        OOD_NAMES, benchmark.test_oods, benchmark.test_sets(), strict=True
+    ):
+        assert Path(ood.root) == _ood_folder(layout.root, name)
+        assert len(ood) == counts[name]
+        assert _labels(combined) == _labels(benchmark.test_in) + [-1] * counts[name]
+
+
+def test_id_labels_are_the_sorted_wnid_folders(layout):
+    test_in = layout.open(transform=_image_size).test_in
+    wnids = sorted(p.name for p in (layout.root / "id_data/ILSVRC-2012/val").iterdir())
+
+    assert test_in.classes == wnids
+    for index, (path, label) in enumerate(test_in.samples):
+        assert Path(path).parent.name == wnids[label]
+        assert test_in[index][1] == label >= 0
+
+
+def test_default_transform_is_the_official_480_resize(layout):
+    benchmark = layout.open()
+    id_image, _ = benchmark.test_in[0]
+    ood_image, _ = benchmark.test_oods[3][0]
+
+    assert id_image.shape == ood_image.shape == (3, 480, 480)
+    for dataset, tensor in ((benchmark.test_in, id_image), (benchmark.test_oods[3], ood_image)):
+        # reference: PIL's bilinear resize to 480 x 480, then (x / 255 - 0.5) / 0.5; the two
+        # differ by float32 rounding of the division and normalization only
+        reference = Image.open(dataset.samples[0][0]).convert("RGB")
+        pixels = np.asarray(reference.resize((480, 480), Image.BILINEAR), dtype=np.float64)
+        expected = torch.from_numpy((pixels / 255 - 0.5) / 0.5).permute(2, 0, 1)
+        torch.testing.assert_close(tensor.double(), expected, rtol=0, atol=1e-6)
+
+
+def test_test_sets_known_and_unknown(layout):
+    benchmark = layout.open(transform=_image_size)
+
+    assert benchmark.test_sets(known=True, unknown=False) == [benchmark.test_in]
+    assert benchmark.test_sets(known=False, unknown=True) == benchmark.test_oods
+    with pytest.raises(ValueError, match="At least one"):
+        benchmark.test_sets(known=False, unknown=False)
+
+
+def test_pytorch_ood_evaluate_runs_on_it(layout):
+    # 24 x 24 inputs keep the forward passes cheap; the preprocessing is tested above
+    benchmark = layout.open(transform=Preprocessing((24, 24), (0.5,) * 3, (0.5,) * 3).transform())
+    detector = MaxSoftmax(BigTransferStyleNet(num_classes=3).eval())
+
+    results = benchmark.evaluate(detector, loader_kwargs={"batch_size": 16})
+
+    assert [r["Dataset"] for r in results] == OOD_NAMES
+    assert all(0 <= r["AUROC"] <= 1 for r in results)
+
+
+@pytest.mark.parametrize("name", OOD_NAMES)
+def test_absent_ood_set_names_path_counts_and_source(layout, name):
+    shutil.rmtree(_ood_folder(layout.root, name))
+
+    with pytest.raises(DatasetNotFoundError) as raised:
+        layout.open()
+
+    error = raised.value
+    expected = layout.expected[name].images
+    assert (error.path, error.found, error.expected) == (
+        _ood_folder(layout.root, name),
+        0,
+        expected,
+    )
+    archive = "dtd-r1.0.1.tar.gz" if name == "Textures" else f"{AUTHORS_OOD_URL}{name}.tar.gz"
+    assert archive in error.source
+    message = str(error)
+    assert str(error.path) in message and f"found 0 images, expected {expected}" in message
+    assert isinstance(error, FileNotFoundError)
+
+
+@pytest.mark.parametrize("name", OOD_NAMES)
+def test_ood_set_with_an_image_less_or_more_is_rejected(layout, name):
+    images = sorted(_ood_folder(layout.root, name).rglob("*.jpg"))
+    expected = len(images)
+    images[0].unlink()
+    with pytest.raises(DatasetNotFoundError, match="incomplete") as raised:
+        layout.open()
+    assert (raised.value.found, raised.value.expected) == (expected - 1, expected)
+
+    shutil.copy(images[1], images[0])
+    shutil.copy(images[1], images[1].with_name("extra.jpg"))
+    with pytest.raises(DatasetNotFoundError, match="more than") as raised:
+        layout.open()
+    assert (raised.value.found, raised.value.expected) == (expected + 1, expected)
+
+
+def test_missing_class_folder_is_rejected(layout):
+    val = layout.root / "id_data/ILSVRC-2012/val"
+    shutil.rmtree(sorted(val.iterdir())[0])
+
+    with pytest.raises(DatasetNotFoundError, match="found 2 class folders, expected 3") as raised:
+        layout.open()
+
+    assert (raised.value.path, raised.value.found, raised.value.expected) == (val, 2, 3)
+
+
+def test_images_outside_class_folders_are_rejected(layout):
+    folder = _ood_folder(layout.root, "SUN")
+    for image in (folder / "images").iterdir():
+        image.rename(folder / image.name)
+    (folder / "images").rmdir()
+
+    with pytest.raises(DatasetNotFoundError, match="no class subfolder") as raised:
+        layout.open()
+
+    assert raised.value.found == 0
+
+
+def test_absent_imagenet_says_how_to_get_it(layout):
+    shutil.rmtree(layout.root / "id_data")
+
+    with pytest.raises(DatasetNotFoundError) as raised:
+        layout.open()
+
+    assert raised.value.path == layout.root / "id_data/ILSVRC-2012/val"
+    assert "image-net.org" in raised.value.source
+    assert "torchvision.datasets.ImageNet" in raised.value.source
+
+
+def test_the_papers_counts_are_the_default(layout):
+    assert ImageNetGradNorm.paper_expected.counts == {
+        "ImageNet-1k val": Expected(50_000, classes=1_000),
+        "ImageNet-1k train": Expected(1_281_167, classes=1_000),
+        "iNaturalist": Expected(10_000),
+        "SUN": Expected(10_000),
+        "Places": Expected(10_000),
+        "Textures": Expected(5_640, classes=47),
+    }
+    # the miniature is complete for its own counts, and rejected against the paper's
+    with pytest.raises(DatasetNotFoundError, match="expected 1,000") as raised:
+        ImageNetGradNorm(layout.root)
+    assert raised.value.found == 3
+
+
+def test_expected_counts_must_name_exactly_the_protocols_datasets(layout):
+    counts = dict(layout.expected.counts)
+    del counts["SUN"]
+    with pytest.raises(ValueError, match="missing \\['SUN'\\]"):
+        ImageNetGradNorm(layout.root, expected=ExpectedData(counts, verify_checksums=False))
+    counts["SUM"] = Expected(2)
+    with pytest.raises(ValueError, match="unknown \\['SUM'\\]"):
+        ImageNetGradNorm.missing(layout.root, ExpectedData(counts, verify_checksums=False))
+
+
+def test_missing_lists_exactly_what_is_missing(layout):
+    assert layout.missing() == []
+    shutil.rmtree(_ood_folder(layout.root, "SUN"))
+    next(_ood_folder(layout.root, "Textures").rglob("*.jpg")).unlink()
+
+    missing = layout.missing()
+
+    assert [(m.name, m.found) for m in missing] == [("SUN", 0), ("Textures", 3)]
+    assert missing[1].expected == 4 and "Textures" in str(missing[1].path)
+    train = layout.missing(include_train=True)[-1]
+    assert (train.name, train.path) == (
+        "ImageNet-1k train",
+        layout.root / "id_data/ILSVRC-2012/train",
+    )
+
+
+def test_train_set_is_checked_when_first_asked_for(tmp_path, layout):
+    benchmark = layout.open(transform=_image_size)  # opens without a training set
+    with pytest.raises(DatasetNotFoundError, match="id_data/ILSVRC-2012/train"):
+        benchmark.train_set()
+
+    with_train = make_imagenet_layout(tmp_path / "with_train", train_images_per_class=2)
+    train = with_train.open(transform=_image_size).train_set()
+    assert len(train) == 6 and set(_labels(train)) == {0, 1, 2}
+
+
+def test_no_download_is_attempted_without_download_true(layout):
+    # forbid_downloads (autouse) turns any download or connection into an AssertionError
+    shutil.rmtree(_ood_folder(layout.root, "iNaturalist"))
+    shutil.rmtree(_ood_folder(layout.root, "Textures"))
+    with pytest.raises(DatasetNotFoundError):
+        layout.open()
+    assert [m.name for m in layout.missing()] == ["iNaturalist", "Textures"]
+
+
+def _fake_server(monkeypatch, archives: dict[str, Path], calls: list):
+    """Serve local files for ``download_url``, recording (url, md5)."""
+    import torchvision.datasets.utils as tv_utils
+
+    def download_url(url, root, filename=None, md5=None, max_redirect_hops=3):
+        calls.append((url, md5))
+        shutil.copy(archives[url], Path(root) / filename)
+
+    monkeypatch.setattr(tv_utils, "download_url", download_url)
+
+
+def test_download_installs_an_absent_authors_subset(tmp_path, layout, monkeypatch):
+    folder = _ood_folder(layout.root, "iNaturalist")
+    archive = tmp_path / "iNaturalist.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="iNaturalist")
+    shutil.rmtree(folder)
+    url = f"{AUTHORS_OOD_URL}iNaturalist.tar.gz"
+    calls = []
+    _fake_server(monkeypatch, {url: archive}, calls)
+
+    benchmark = layout.open(download=True, transform=_image_size)
+
+    assert calls == [(url, None)]  # no checksum is published for the authors' archives
+    assert len(benchmark.test_oods[0]) == 3
+    ood_data = layout.root / "ood_data"
+    assert sorted(p.name for p in ood_data.iterdir()) == sorted([*OOD_NAMES, "iNaturalist.tar.gz"])
+    layout.open(download=True, transform=_image_size)  # present now: nothing fetched again
+    assert len(calls) == 1
+
+
+def test_download_leaves_an_incomplete_dataset_alone(layout):
+    images = sorted(_ood_folder(layout.root, "Places").rglob("*.jpg"))
+    images[0].unlink()
+
+    with pytest.raises(DatasetNotFoundError, match="never overwrites"):
+        layout.open(download=True)  # a download attempt would fail with AssertionError
+
+    assert sorted(_ood_folder(layout.root, "Places").rglob("*.jpg")) == images[1:]
+
+
+def test_download_never_overwrites_an_archive_that_fails_its_md5(layout):
+    shutil.rmtree(_ood_folder(layout.root, "Textures"))
+    archive = layout.root / "ood_data" / "textures-r1_0_1.tar.gz"
+    archive.write_bytes(b"not the DTD archive")
+
+    with pytest.raises(FileExistsError, match="fails its md5"):
+        layout.open(download=True)
+
+    assert archive.read_bytes() == b"not the DTD archive"
+    assert not _ood_folder(layout.root, "Textures").exists()
+
+
+def test_registry(layout):
+    assert available_protocols() == ["cifar10", "cifar100", "imagenet"]
+    cls = protocol_class("imagenet")
+    assert cls is ImageNetGradNorm
+    assert cls.preprocessing == BIT_S_R101X1 and cls.paper_tables[0] == "Table 1"
+    assert cls.detector_preset == "imagenet"
+    assert cls.info.paper.url == "https://arxiv.org/abs/2110.00218" and cls.info.ai_coded
+    opened = make_protocol("imagenet", layout.root, expected=layout.expected)
+    assert isinstance(opened, ImageNetGradNorm) and len(opened.test_in) == 6
+    with pytest.raises(ValueError, match="available: cifar10, cifar100, imagenet"):
+        protocol_class("imagenet21k")
+
+
+def test_layout_generator_is_deterministic_and_never_overwrites(tmp_path):
+    first = make_imagenet_layout(tmp_path / "a", seed=3)
+    second = make_imagenet_layout(tmp_path / "b", seed=3)
+    other = make_imagenet_layout(tmp_path / "c", seed=4)
+
+    def contents(root):
+        return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*.*"))}
+
+    assert contents(first.root) == contents(second.root)
+    assert contents(first.root).keys() == contents(other.root).keys()
+    assert contents(first.root) != contents(other.root)
+    with pytest.raises(FileExistsError):
+        make_imagenet_layout(tmp_path / "a")
+
+
+@pytest.mark.parametrize(
+    "arguments", [{"images": 0}, {"images": 2, "classes": -1}, {"images": 5, "drawn_from": 3}]
+)
+def test_expected_rejects_impossible_counts(arguments):
+    with pytest.raises(ValueError, match="Expected"):
+        Expected(**arguments)
