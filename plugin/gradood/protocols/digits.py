@@ -1,0 +1,103 @@
+"""The bundled offline benchmark: it needs no download and runs in seconds on any CPU.
+
+- ID: scikit-learn's bundled handwritten digits (1,797 grayscale 8 x 8 images, 10 classes),
+  split with a seed into a training set (60 %) and a test set (40 %, 719 images).
+- OOD "Photo crops": square crops of scikit-learn's two bundled photographs (``china.jpg``,
+  ``flower.jpg``), side 16 to 96 pixels at random positions, converted to luma (ITU-R BT.601)
+  and shrunk to 8 x 8 with antialiasing: natural-image texture at the digits' scale.
+- OOD "Uniform noise": pixels uniform in [0, 1].
+
+Pixels are in [0, 1] (digits: value / 16) and normalized with the mean and standard deviation
+of the training pixels; every OOD set has as many images as the ID test set. Everything is
+drawn from ``seed``, so the same seed gives the same tensors on every machine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pytorch_ood.benchmark import Benchmark
+from torch import Tensor
+from torch.nn import functional as F
+from torch.utils.data import ConcatDataset, Dataset, TensorDataset
+
+__all__ = ["DigitsBenchmark"]
+
+_TRAIN_FRACTION = 0.6
+_CROP_SIDES = (16, 96)
+
+
+def _digits(seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images / 16.0).float()[:, None]
+    labels = torch.from_numpy(digits.target).long()
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    n_train = int(round(_TRAIN_FRACTION * len(labels)))
+    train, test = order[:n_train], order[n_train:]
+    return images[train], labels[train], images[test], labels[test]
+
+
+def _photo_crops(count: int, seed: int) -> Tensor:
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(seed)
+    photos = [
+        torch.from_numpy(image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
+        / 255.0
+        for image in load_sample_images().images
+    ]
+    crops = []
+    for _ in range(count):
+        photo = photos[int(rng.integers(len(photos)))]
+        side = int(rng.integers(_CROP_SIDES[0], _CROP_SIDES[1] + 1))
+        top = int(rng.integers(photo.shape[0] - side + 1))
+        left = int(rng.integers(photo.shape[1] - side + 1))
+        crop = photo[top : top + side, left : left + side][None, None]
+        crops.append(F.interpolate(crop, size=(8, 8), mode="bilinear", antialias=True)[0])
+    return torch.stack(crops).clamp_(0.0, 1.0)
+
+
+def _uniform_noise(count: int, seed: int) -> Tensor:
+    return torch.rand(count, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+class DigitsBenchmark(Benchmark):
+    """scikit-learn's digits vs. photo crops and uniform noise (see the module docstring).
+
+    :param seed: draws the ID split, the crops and the noise
+    """
+
+    ood_names = ["Photo crops", "Uniform noise"]
+
+    def __init__(self, seed: int = 0):
+        x_train, y_train, x_test, y_test = _digits(seed)
+        ood = [_photo_crops(len(x_test), seed + 1), _uniform_noise(len(x_test), seed + 2)]
+        self.mean = float(x_train.mean())
+        self.std = float(x_train.std())
+        self._train = TensorDataset(self.normalize(x_train), y_train)
+        self._test_in = TensorDataset(self.normalize(x_test), y_test)
+        self._test_oods = [
+            TensorDataset(self.normalize(x), torch.full((len(x),), -1, dtype=torch.long))
+            for x in ood
+        ]
+
+    def normalize(self, pixels: Tensor) -> Tensor:
+        """Pixels in [0, 1] to model inputs."""
+        return (pixels - self.mean) / self.std
+
+    def train_set(self) -> Dataset:
+        """The ID training split (60 % of the digits), labels 0 to 9."""
+        return self._train
+
+    def test_sets(self, known: bool = True, unknown: bool = True) -> list[Dataset]:
+        """As pytorch-ood's benchmarks: with ``known`` and ``unknown``, the ID test set
+        followed by each OOD set; with one of them, the ID test set or the OOD sets alone."""
+        if known and unknown:
+            return [ConcatDataset([self._test_in, ood]) for ood in self._test_oods]
+        if known:
+            return [self._test_in]
+        if unknown:
+            return list(self._test_oods)
+        raise ValueError("At least one of `known` or `unknown` must be True")
