@@ -1,5 +1,21 @@
 """The models of the paper's protocols and their preprocessing."""
 
+from .bit import (
+    BIG_TRANSFER_STD_CONV_EPS,
+    BIT_S_R101X1_URL,
+    big_transfer_to_timm,
+    bit_s_r101x1,
+    load_big_transfer_checkpoint,
+)
 from .preprocessing import BIT_S_R101X1, CIFAR_RESNET20, Preprocessing
 
-__all__ = ["BIT_S_R101X1", "CIFAR_RESNET20", "Preprocessing"]
+__all__ = [
+    "BIG_TRANSFER_STD_CONV_EPS",
+    "BIT_S_R101X1",
+    "BIT_S_R101X1_URL",
+    "CIFAR_RESNET20",
+    "Preprocessing",
+    "big_transfer_to_timm",
+    "bit_s_r101x1",
+    "load_big_transfer_checkpoint",
+]
