@@ -4,15 +4,21 @@
   ``body``, ``before_head.gn``, ``head.avg`` + ``head.conv``, a 1x1 convolution on pooled
   features), so that code written for BiT runs on it.
 - :class:`SmallCNN`: two convolutions with batch normalization and a linear ``fc`` head.
+- :func:`write_image_folder`: a small generated ``ImageFolder`` tree of random PNGs.
 """
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
 
+import numpy as np
+from PIL import Image
 from torch import Tensor, nn
 
-__all__ = ["BigTransferStyleNet", "SmallCNN"]
+__all__ = ["BigTransferStyleNet", "SmallCNN", "write_image_folder"]
 
 
 class BigTransferStyleNet(nn.Module):
@@ -60,3 +66,30 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.features(x))
+
+
+def write_image_folder(
+    root: str | os.PathLike,
+    counts: Mapping[str, int],
+    size: tuple[int, int] = (8, 8),
+    seed: int = 0,
+) -> list[Path]:
+    """Write random RGB PNGs in torchvision's ``ImageFolder`` layout, ``root/<class>/<i>.png``.
+
+    :param counts: number of images per class folder
+    :param size: (height, width) of every image
+    :return: the written paths, class by class in the order of ``counts``
+    :raises FileExistsError: if an image to write exists (nothing is overwritten)
+    """
+    generator = np.random.default_rng(seed)
+    paths = []
+    for name, count in counts.items():
+        folder = Path(root) / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            path = folder / f"{index:04d}.png"
+            pixels = generator.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+            with open(path, "xb") as file:
+                Image.fromarray(pixels).save(file, format="PNG")
+            paths.append(path)
+    return paths
