@@ -4,19 +4,19 @@ written atomically, and sharded across processes."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
+import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import Dataset, TensorDataset
 from torchvision.datasets import ImageFolder
 
-import gradood
 from gradood.features import CacheError, Features, extract_features
 from gradood.testing import BigTransferStyleNet, SmallCNN, write_image_folder
 
@@ -409,41 +409,43 @@ def test_features_objects():
         Features(torch.zeros(2, 2), torch.ones(3, 4), torch.arange(3))
 
 
-_WORKER = """
-import sys, torch
-sys.path.insert(0, sys.argv[3])
-from test_features import Counted, extract, make_model, tensor_dataset
-import torch.distributed as dist
-features = extract(make_model("bit"), tensor_dataset(27), sys.argv[1], chunk_size=4)
-rank = dist.get_rank()
-torch.save({"features": features, "samples": Counted.samples}, f"{sys.argv[2]}/rank{rank}.pt")
-dist.destroy_process_group()
-"""
-
-
-def test_two_processes_share_the_extraction(tmp_path):
-    """torchrun with 2 CPU processes (gloo): each extracts its chunks, both get everything."""
-    script = tmp_path / "worker.py"
-    script.write_text(_WORKER)
-    plugin = str(Path(gradood.__file__).parents[1])
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([plugin, os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-    }
-    tests = str(Path(__file__).parent)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    run = subprocess.run(
-        [*command, str(script), str(tmp_path / "cache"), str(tmp_path), tests],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+def _extract_as_torchrun_would(rank, port, cache_dir, results):
+    # torchrun's environment; extract_features initializes the process group from it (gloo)
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
     )
-    assert run.returncode == 0, run.stderr[-3000:]
+    Counted.samples = 0
+    features = extract(make_model("bit"), tensor_dataset(27), cache_dir, chunk_size=4)
+    torch.save({"features": features, "samples": Counted.samples}, results / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["shared-cache-dir", "in-memory"])
+def test_two_processes_share_the_extraction(cached, tmp_path):
+    """2 CPU processes (gloo) with torchrun's environment: each extracts its chunks, through a
+    shared cache directory or in memory, and both get everything."""
+    # fork: the children inherit the imported modules, so they start in milliseconds
+    mp.start_processes(
+        _extract_as_torchrun_would,
+        args=(_free_port(), tmp_path / "cache" if cached else None, tmp_path),
+        nprocs=2,
+        start_method="fork",
+    )
     single = extract(make_model("bit"), tensor_dataset(27))
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     for result in results:
         assert_same(result["features"], single, rtol=0)
     # 7 chunks of 4 (the last of 3): rank 0 takes chunks 0, 2, 4, 6 and rank 1 chunks 1, 3, 5
     assert [result["samples"] for result in results] == [4 + 4 + 4 + 3, 4 + 4 + 4]
+    if cached:
+        assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".pt"]

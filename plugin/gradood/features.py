@@ -37,7 +37,8 @@ is ever visible under a final name. Only files with these names are created or r
 **Sharding.** Under ``torchrun`` (``torch.distributed`` initialized, or ``RANK`` and
 ``WORLD_SIZE`` set), rank ``r`` of ``W`` extracts chunks ``r, r + W, ...`` into the shared
 ``cache_dir`` (which must be visible to every process), rank 0 assembles them after a barrier,
-and every rank returns the result. The ranks check that they agree on the key.
+and every rank returns the result. The ranks check that they agree on the key. Without a
+cache, the ranks exchange their chunks in memory (``all_gather_object``).
 The dataset must be index-deterministic: sample ``i`` must not depend on the access order
 (pytorch-ood's ``GaussianNoise`` and ``UniformNoise`` draw from one shared generator and are not).
 """
@@ -196,7 +197,8 @@ def extract_features(
     and sharding.
 
     :param head: the model's final layer (see :func:`gradood.heads.find_head`); found if ``None``
-    :param cache_dir: directory of the on-disk cache; ``None`` for no cache (then no sharding)
+    :param cache_dir: directory of the on-disk cache; ``None`` for no cache (then the ranks of
+        a multi-process run exchange their chunks through ``torch.distributed``)
     :param batch_size: samples per forward pass
     :param num_workers: DataLoader worker processes
     :param loader_kwargs: further DataLoader arguments (e.g. ``prefetch_factor``); not the
@@ -214,7 +216,7 @@ def extract_features(
     :param progress: show a progress bar (on rank 0)
     :param desc: label of the progress bar
     :raises ValueError: on bad arguments, an empty dataset, items that are not pairs, ranks that
-        disagree on the key, or missing chunk files after a sharded run
+        disagree on the key, or chunk files of other ranks that rank 0 cannot see
     :raises CacheError: if a cache file does not match its name
     """
     layers = _check_layers(model, extra_layers)
@@ -248,12 +250,7 @@ def extract_features(
     )
     ranges = [(start, min(start + chunk_size, size)) for start in range(0, size, chunk_size)]
     if cache_dir is None:
-        if ranks.distributed:
-            raise ValueError(
-                f"a run with {ranks.world_size} processes shares its work through the cache: "
-                "pass cache_dir=<a directory that every process can read and write>"
-            )
-        return _extract(model, found_head, dataset, ranges, plan)
+        return _extract(model, found_head, dataset, ranges, plan, ranks)
 
     key = _cache_key(model, found_head, dataset, plan, key_extra)
     if key.unstable:
@@ -262,7 +259,7 @@ def extract_features(
             f"description (the key would differ in every run): {'; '.join(key.unstable)}",
             stacklevel=2,
         )
-        return _extract(model, found_head, dataset, ranges, plan)
+        return _extract(model, found_head, dataset, ranges, plan, ranks)
     _check_same_key(ranks, key)
     store = _Store(Path(cache_dir), key)
     return _extract_cached(model, found_head, dataset, ranges, plan, store, ranks)
@@ -315,10 +312,14 @@ def _extract(
     dataset: Dataset,
     ranges: list[tuple[int, int]],
     plan: _Plan,
+    ranks: Ranks,
 ) -> Features:
-    parts: list[Features] = []
-    _run(model, head, dataset, ranges, plan, lambda start, stop, part: parts.append(part))
-    return Features.cat(parts)
+    """Without a cache: each rank runs its chunks, and every rank receives all of them."""
+    mine = ranges[ranks.rank :: ranks.world_size]
+    parts: list[tuple[int, Features]] = []
+    _run(model, head, dataset, mine, plan, lambda start, stop, part: parts.append((start, part)))
+    everything = [part for rank_parts in ranks.gather(parts) for part in rank_parts]
+    return Features.cat([part for _, part in sorted(everything, key=lambda item: item[0])])
 
 
 def _run(
