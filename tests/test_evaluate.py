@@ -239,6 +239,19 @@ def test_cached_detectors_share_one_forward_pass_per_dataset(tmp_path):
     assert CountingCNN.samples == 2 * (16 + 11 + 7)
 
 
+def test_a_cached_scorer_instance_can_ask_for_raw_inputs():
+    model = make_model()
+    raw = LayerNormScore(model)
+    raw.predict_cached = None  # e.g. a setting with input preprocessing
+    CountingCNN.samples = 0
+    frame = run(TinyBenchmark(), {"cached": LayerNormScore(model), "raw": raw})
+    assert CountingCNN.samples == 2 * (16 + 11 + 7)
+    cached, raw = (frame[frame.method == m].reset_index(drop=True) for m in ("cached", "raw"))
+    pd.testing.assert_frame_equal(
+        cached.drop(columns="method"), raw.drop(columns="method"), rtol=0, atol=ABS
+    )
+
+
 def test_benchmarks_without_separate_id_and_ood_sets():
     model = make_model()
     split = TinyBenchmark()

@@ -76,11 +76,13 @@ def current_ranks(device: torch.device) -> Ranks:
     return Ranks(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
-def resolve_device(device: str | torch.device | None, model: torch.nn.Module) -> torch.device:
-    """``device``, or the model's device if ``None``; ``"cuda"`` without an index means
-    ``cuda:LOCAL_RANK`` (made the current CUDA device) in a ``torchrun`` run."""
+def resolve_device(
+    device: str | torch.device | None, model: torch.nn.Module | None = None
+) -> torch.device:
+    """``device``, or the model's device (CPU without a model) if ``None``; ``"cuda"`` without
+    an index means ``cuda:LOCAL_RANK`` (made the current CUDA device) in a ``torchrun`` run."""
     if device is None:
-        parameter = next(model.parameters(), None)
+        parameter = None if model is None else next(model.parameters(), None)
         device = parameter.device if parameter is not None else torch.device("cpu")
     device = torch.device(device)
     if device.type == "cuda":

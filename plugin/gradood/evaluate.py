@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from .distributed import Ranks, current_ranks
+from .distributed import Ranks, current_ranks, resolve_device
 from .features import DEFAULT_CHUNK_SIZE, Features, extract_features
 from .heads import Head, PenultimateEncoder, find_head
 from .metrics import paper_metrics
@@ -70,7 +70,9 @@ class CachedScorer(Protocol):
 
     Optional attributes: ``head`` (module name or module; found if absent) and
     ``cached_layers`` (``{name: module path}`` of layers to extract, spatially averaged, into
-    ``Features.extras[name]``, e.g. the feature layers of a Mahalanobis ensemble).
+    ``Features.extras[name]``, e.g. the feature layers of a Mahalanobis ensemble). An instance
+    whose settings need the raw inputs (e.g. input preprocessing with ``eps > 0``) sets
+    ``predict_cached = None``; it is then scored with ``predict(x)``.
     """
 
     model: nn.Module
@@ -164,8 +166,8 @@ def evaluate(
     :param num_workers: DataLoader worker processes
     :param loader_kwargs: further DataLoader arguments
     :param cache_dir: directory of the feature cache (see :mod:`gradood.features`); ``None``
-        keeps the features in memory only. Needed for multi-process runs (``torchrun``), which
-        split the forward passes and the raw-input scoring between the processes
+        keeps the features in memory only. Multi-process runs (``torchrun``) split the forward
+        passes and the raw-input scoring between the processes, and all return the full table
     :param bf16: extract under bfloat16 autocast
     :param chunk_size: samples per cache chunk (the unit of resumption and sharding)
     :param progress: show progress bars
@@ -181,7 +183,7 @@ def evaluate(
     """
     entries = _entries(detectors)
     options = _Options(
-        device=None if device is None else torch.device(device),
+        device=None if device is None else resolve_device(device),
         batch_size=batch_size,
         num_workers=num_workers,
         loader_kwargs=dict(loader_kwargs or {}),
@@ -194,29 +196,38 @@ def evaluate(
         for entry in entries:
             entry.detector.to(options.device)
     sources, routes = _routes(entries)
-    test_sets = _test_sets(benchmark)
     ranks = current_ranks(options.device or torch.device("cpu"))
 
     def score(name: str, dataset: Dataset) -> tuple[list[Tensor], Tensor]:
         return _score_dataset(name, dataset, entries, sources, routes, options, ranks)
 
-    shared_id = None
-    if test_sets.id_set is not None:
-        shared_id = score("ID", test_sets.id_set)
-        _check_labels(shared_id[1], known=True, name=f"the ID test set of {_name(benchmark)}")
+    results = _score_test_sets(_test_sets(benchmark), score, _name(benchmark))
     rows = []
-    results = []
-    for name, dataset in test_sets.ood:
-        scores, labels = score(name, dataset)
-        if shared_id is not None:
-            _check_labels(labels, known=False, name=f"the OOD set '{name}' of {_name(benchmark)}")
-            scores = [torch.cat([i, o]) for i, o in zip(shared_id[0], scores, strict=True)]
-            labels = torch.cat([shared_id[1], labels])
-        results.append((name, scores, labels))
     for index, entry in enumerate(entries):
         per_set = [_row(entry, name, scores[index], labels) for name, scores, labels in results]
         rows += [*per_set, _average(per_set)]
     return _frame(rows, entries)
+
+
+def _score_test_sets(
+    test_sets: _TestSets,
+    score: Callable[[str, Dataset], tuple[list[Tensor], Tensor]],
+    benchmark: str,
+) -> list[tuple[str, list[Tensor], Tensor]]:
+    """Per OOD set: every entry's scores on ID + OOD samples, and their labels."""
+    shared_id = None
+    if test_sets.id_set is not None:
+        shared_id = score("ID", test_sets.id_set)
+        _check_labels(shared_id[1], known=True, name=f"the ID test set of {benchmark}")
+    results = []
+    for name, dataset in test_sets.ood:
+        scores, labels = score(name, dataset)
+        if shared_id is not None:
+            _check_labels(labels, known=False, name=f"the OOD set '{name}' of {benchmark}")
+            scores = [torch.cat([i, o]) for i, o in zip(shared_id[0], scores, strict=True)]
+            labels = torch.cat([shared_id[1], labels])
+        results.append((name, scores, labels))
+    return results
 
 
 # -- what to run -----------------------------------------------------------------------------
@@ -299,7 +310,7 @@ def _cached_scoring(
         temperature = detector.temperature
         # eps = 0: x_hat = x, so ODIN is MSP at temperature T on the logits
         return detector.model, head, {}, lambda f: MaxSoftmax.score(f.logits, temperature)
-    if isinstance(detector, CachedScorer) and detector.model is not None:
+    if callable(getattr(detector, "predict_cached", None)) and detector.model is not None:
         head = find_head(detector.model, getattr(detector, "head", None))
         layers = getattr(detector, "cached_layers", None) or {}
         return detector.model, head, layers, detector.predict_cached

@@ -221,9 +221,7 @@ def extract_features(
     """
     layers = _check_layers(model, extra_layers)
     _check_reduction(reduction)
-    for name, value in (("batch_size", batch_size), ("chunk_size", chunk_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    _check_counts(batch_size=batch_size, chunk_size=chunk_size)
     resolved_device = resolve_device(device, model)
     if device is not None:
         model.to(resolved_device)
@@ -253,15 +251,16 @@ def extract_features(
         return _extract(model, found_head, dataset, ranges, plan, ranks)
 
     key = _cache_key(model, found_head, dataset, plan, key_extra)
-    if key.unstable:
+    if any(ranks.gather(bool(key.unstable))):  # all ranks take the same path
         warnings.warn(
             "extract_features: not using the cache, since these inputs have no stable "
-            f"description (the key would differ in every run): {'; '.join(key.unstable)}",
+            "description on every rank (the key would differ in every run): "
+            f"{'; '.join(key.unstable) or 'see rank 0'}",
             stacklevel=2,
         )
         return _extract(model, found_head, dataset, ranges, plan, ranks)
     _check_same_key(ranks, key)
-    store = _Store(Path(cache_dir), key)
+    store = _Store(Path(cache_dir).expanduser(), key)
     return _extract_cached(model, found_head, dataset, ranges, plan, store, ranks)
 
 
@@ -281,6 +280,12 @@ def _check_layers(model: nn.Module, extra_layers: Mapping[str, str] | None) -> d
                 f"its modules include {', '.join(known)}"
             ) from None
     return layers
+
+
+def _check_counts(**counts: int) -> None:
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _check_reduction(reduction: Reduction) -> None:
