@@ -12,10 +12,12 @@ from a seed) and opened with the counts they were written with:
 - :func:`make_cifar_layout` -> one :class:`Miniature` each for ``"cifar10"`` and ``"cifar100"``
   (the same OOD sets under one root).
 - :func:`forbid_downloads`: make any torchvision download or network connection fail a test.
+- :func:`write_image_folder`: a small generated ``ImageFolder`` tree of random PNGs.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 import socket
 from collections import OrderedDict
@@ -44,6 +46,7 @@ __all__ = [
     "forbid_downloads",
     "make_cifar_layout",
     "make_imagenet_layout",
+    "write_image_folder",
 ]
 
 
@@ -295,11 +298,15 @@ def _write_image_folder(
 def _write_images(
     folder: Path, names: list[str], rng: np.random.Generator, sizes: tuple[int, int] | None
 ) -> None:
-    """JPEGs of random pixels, ``sizes`` (height, width) or 16 to 48 pixels a side."""
+    """Images of random pixels (format from the name's suffix), ``sizes`` (height, width) or
+    16 to 48 pixels a side; an existing file is never overwritten."""
     for name in names:
         height, width = sizes or rng.integers(16, 49, size=2)
         pixels = _random_pixels(rng, int(height), int(width))
-        Image.fromarray(pixels).save(folder / name, format="JPEG")
+        with open(folder / name, "xb") as file:
+            Image.fromarray(pixels).save(
+                file, format=Image.registered_extensions()[Path(name).suffix.lower()]
+            )
 
 
 def _write_cifar(
@@ -350,3 +357,27 @@ def _write_places365(folder: Path, count: int, rng: np.random.Generator) -> None
         "".join(f"/a/category_{c} {c}\n" for c in range(3))
     )
     (folder / "places365_test.txt").write_text("".join(f"{name}\n" for name in names))
+
+
+def write_image_folder(
+    root: str | os.PathLike,
+    counts: Mapping[str, int],
+    size: tuple[int, int] = (8, 8),
+    seed: int = 0,
+) -> list[Path]:
+    """Write random RGB PNGs in torchvision's ``ImageFolder`` layout, ``root/<class>/<i>.png``.
+
+    :param counts: number of images per class folder
+    :param size: (height, width) of every image
+    :return: the written paths, class by class in the order of ``counts``
+    :raises FileExistsError: if an image to write exists (nothing is overwritten)
+    """
+    rng = np.random.default_rng(seed)
+    paths = []
+    for name, count in counts.items():
+        folder = Path(root) / name
+        folder.mkdir(parents=True, exist_ok=True)
+        names = [f"{index:04d}.png" for index in range(count)]
+        _write_images(folder, names, rng, size)
+        paths += [folder / file_name for file_name in names]
+    return paths
