@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ from pytorch_ood.detector import ODIN, EnergyBased, Mahalanobis, MaxSoftmax
 
 import gradood
 from gradood import registry
+from gradood.detectors import MahalanobisEnsemble
+from gradood.models import CIFAR_RESNET20
 from gradood.testing import SmallCNN
 
 
@@ -41,9 +44,54 @@ def test_creates_each_builtin(name, cls):
 
 def test_odin_presets_are_the_papers():
     imagenet = gradood.create_detector("odin", SmallCNN(), preset="imagenet")
-    assert (imagenet.temperature, imagenet.eps) == (1000.0, 0.0)
-    cifar = gradood.create_detector("odin", SmallCNN(), preset="cifar")
-    assert (cifar.temperature, cifar.eps) == (1000.0, 0.004)
+    assert (imagenet.temperature, imagenet.eps, imagenet.norm_std) == (1000.0, 0.0, None)
+    for preset in ("cifar", "cifar10", "cifar100"):
+        cifar = gradood.create_detector("odin", SmallCNN(), preset=preset)
+        assert (cifar.temperature, cifar.eps) == (1000.0, 0.004)
+        # epsilon in pixel units: the sign step is divided by the normalization's std
+        assert tuple(cifar.norm_std) == CIFAR_RESNET20.std
+
+
+def test_odin_cifar_preset_steps_in_pixel_units():
+    model = SmallCNN().double().eval()
+    detector = gradood.create_detector("odin", model, preset="cifar10")
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    expected = x.clone().requires_grad_()
+    logits = model(expected) / 1000.0
+    loss = torch.nn.functional.cross_entropy(logits, logits.argmax(dim=1))
+    (gradient,) = torch.autograd.grad(loss, expected)
+    std = torch.tensor(CIFAR_RESNET20.std, dtype=torch.float64).view(1, 3, 1, 1)
+    perturbed = x - 0.004 * gradient.sign() / std
+    reference = -torch.softmax(model(perturbed) / 1000.0, dim=1).amax(dim=1)
+    torch.testing.assert_close(detector(x).detach(), reference.detach())
+
+
+@pytest.mark.parametrize(
+    ("preset", "magnitude", "norm_std", "norm_mean"),
+    [
+        ("imagenet", 0.001, None, None),
+        ("cifar10", 0.01, CIFAR_RESNET20.std, CIFAR_RESNET20.mean),
+        ("cifar100", 0.005, CIFAR_RESNET20.std, CIFAR_RESNET20.mean),
+    ],
+)
+def test_mahalanobis_presets_give_the_paper_variant(preset, magnitude, norm_std, norm_mean):
+    layers = ["features.2", "features.5"]  # SmallCNN has no default feature layers
+    detector = gradood.create_detector("mahalanobis", SmallCNN(), preset=preset, layers=layers)
+    assert type(detector) is MahalanobisEnsemble
+    assert (detector.magnitude, detector.layers) == (magnitude, layers)
+    assert detector.norm_std == (None if norm_std is None else list(norm_std))
+    assert detector.norm_mean == (None if norm_mean is None else list(norm_mean))
+    assert (detector.adversarial_step, detector.adversarial_clamp) == (0.05, (0.0, 1.0))
+    assert detector.samples == 500
+
+
+def test_mahalanobis_paper_settings_need_the_paper_variant():
+    with pytest.raises(ValueError, match="magnitude: settings of the paper's multi-layer"):
+        gradood.create_detector("mahalanobis", SmallCNN(), magnitude=0.01)
+    detector = gradood.create_detector(
+        "mahalanobis", SmallCNN(), paper=True, layers=["features.5"], magnitude=0.0
+    )
+    assert type(detector) is MahalanobisEnsemble and detector.magnitude == 0.0
 
 
 def test_keyword_arguments_override_a_preset():
@@ -66,9 +114,10 @@ def test_unknown_name_lists_known_ones():
 
 def test_unknown_preset_lists_known_ones():
     with pytest.raises(
-        ValueError, match="'odin' has no preset 'cifar10'; its presets: cifar, imagenet"
+        ValueError,
+        match="'odin' has no preset 'svhn'; its presets: cifar, cifar10, cifar100, imagenet",
     ):
-        gradood.create_detector("odin", SmallCNN(), preset="cifar10")
+        gradood.create_detector("odin", SmallCNN(), preset="svhn")
 
 
 def test_every_preset_is_documented():
@@ -127,3 +176,11 @@ def test_entry_point_plugins(tmp_path, monkeypatch, fresh_registry):
     toy = gradood.create_detector("toy", SmallCNN(), preset="cold")
     assert type(toy).__name__ == "Toy" and toy.t == 0.5
     assert type(gradood.create_detector("msp", SmallCNN())) is MaxSoftmax
+
+
+def test_every_preset_is_in_the_readme():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for name in gradood.available_detectors():
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `{name}` |"))
+        for preset in registry.detector_spec(name).presets:
+            assert f"`{preset}`" in row, (name, preset)

@@ -23,7 +23,9 @@ from pytorch_ood.detector import ODIN, EnergyBased, Mahalanobis, MaxSoftmax
 from torch import nn
 
 from .detectors.gradnorm import GradNorm
+from .detectors.mahalanobis_ensemble import MahalanobisEnsemble
 from .heads import penultimate_encoder
+from .models.preprocessing import CIFAR_RESNET20
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -61,34 +63,65 @@ def _odin(model: nn.Module, **kwargs: Any) -> Detector:
     return ODIN(model, **kwargs)
 
 
-def _mahalanobis(model: nn.Module, *, head: Any = None) -> Detector:
+def _mahalanobis(
+    model: nn.Module, *, head: Any = None, paper: bool = False, **settings: Any
+) -> Detector:
+    """pytorch-ood's single-layer ``Mahalanobis`` on the penultimate features; with
+    ``paper=True`` (set by the presets) :class:`~gradood.detectors.MahalanobisEnsemble`, the
+    multi-layer variant the paper ran, which takes ``settings``."""
+    if paper:
+        if head is not None:
+            raise ValueError("head= is for the single-layer detector; the paper's takes layers=")
+        return MahalanobisEnsemble(model, **settings)
+    if settings:
+        raise ValueError(
+            f"{', '.join(sorted(settings))}: settings of the paper's multi-layer Mahalanobis; "
+            "pass paper=True or a preset (the single-layer detector takes only head=)"
+        )
     return Mahalanobis(penultimate_encoder(model, head))
 
 
-_PAPER_LOGIT_PRESETS = {"imagenet": {"t": 1.0}, "cifar": {"t": 1.0}}
+_PAPER_LOGIT_PRESETS = {name: {"t": 1.0} for name in ("imagenet", "cifar", "cifar10", "cifar100")}
+
+# epsilon in pixel units: the CIFAR ODIN code divides the gradient's sign by the std
+_CIFAR_ODIN = {"temperature": 1000.0, "eps": 0.004, "norm_std": CIFAR_RESNET20.std}
+_ODIN_PRESETS = {
+    "imagenet": {"temperature": 1000.0, "eps": 0.0},
+    **{name: _CIFAR_ODIN for name in ("cifar", "cifar10", "cifar100")},
+}
+
+# ImageNet: the official code steps in model-input units (no std) and clamps the normalized
+# FGSM examples to [0, 1]. CIFAR (code unpublished): Lee et al.'s pixel units and pixel box.
+_CIFAR_PIXELS = {
+    "norm_mean": CIFAR_RESNET20.mean,
+    "norm_std": CIFAR_RESNET20.std,
+    "adversarial_clamp": (0.0, 1.0),
+}
+_MAHALANOBIS_PRESETS = {
+    "imagenet": {"paper": True, "magnitude": 0.001, "adversarial_clamp": (0.0, 1.0)},
+    "cifar10": {"paper": True, "magnitude": 0.01, **_CIFAR_PIXELS},
+    "cifar100": {"paper": True, "magnitude": 0.005, **_CIFAR_PIXELS},
+}
+
+_GRADNORM_PRESETS = {
+    name: {"p": 1.0, "temperature": 1.0} for name in ("imagenet", "cifar", "cifar10", "cifar100")
+}
 
 _BUILTINS = [
     DetectorSpec("msp", _msp, _PAPER_LOGIT_PRESETS, "pytorch-ood MaxSoftmax (Hendrycks & Gimpel)"),
-    DetectorSpec(
-        "odin",
-        _odin,
-        {
-            "imagenet": {"temperature": 1000.0, "eps": 0.0},
-            "cifar": {"temperature": 1000.0, "eps": 0.004},
-        },
-        "pytorch-ood ODIN (Liang et al.)",
-    ),
+    DetectorSpec("odin", _odin, _ODIN_PRESETS, "pytorch-ood ODIN (Liang et al.)"),
     DetectorSpec("energy", _energy, _PAPER_LOGIT_PRESETS, "pytorch-ood EnergyBased (Liu et al.)"),
     DetectorSpec(
         "mahalanobis",
         _mahalanobis,
-        {},
-        "pytorch-ood Mahalanobis on the penultimate features (Lee et al.)",
+        _MAHALANOBIS_PRESETS,
+        "pytorch-ood Mahalanobis on the penultimate features (Lee et al.); presets: gradood "
+        "MahalanobisEnsemble, the paper's multi-layer variant",
     ),
     DetectorSpec(
         "gradnorm",
         GradNorm,
-        {"imagenet": {"p": 1.0, "temperature": 1.0}, "cifar": {"p": 1.0, "temperature": 1.0}},
+        _GRADNORM_PRESETS,
         "gradood GradNorm (Huang et al.), exact, one forward pass",
     ),
 ]
@@ -153,13 +186,25 @@ def _load_entry_points() -> None:
 def available_detectors() -> list[str]:
     """The sorted names that :func:`create_detector` accepts.
 
-    Built in, with their presets (``preset=``; the paper's settings):
+    Built in, with their presets (``preset=``; the paper's settings; ``cifar10`` and
+    ``cifar100`` name the CIFAR protocols, ``cifar`` is the same setting where both agree):
 
-    - ``msp``: MaxSoftmax at T = 1 (``imagenet``, ``cifar``)
-    - ``odin``: ODIN, T = 1000 with epsilon 0 (``imagenet``) or epsilon 0.004 (``cifar``)
-    - ``energy``: energy score at T = 1 (``imagenet``, ``cifar``)
-    - ``mahalanobis``: pytorch-ood's single-layer Mahalanobis on the penultimate features
-    - ``gradnorm``: :class:`gradood.GradNorm`, L1 at T = 1 (``imagenet``, ``cifar``)
+    - ``msp``: MaxSoftmax at T = 1 (``imagenet``, ``cifar``, ``cifar10``, ``cifar100``)
+    - ``odin``: ODIN at T = 1000; ``imagenet``: epsilon 0; ``cifar``, ``cifar10``,
+      ``cifar100``: epsilon 0.004 in pixel units (``norm_std`` = the CIFAR ResNet-20's std, as
+      the CIFAR ODIN code divides the sign by it). pytorch-ood takes ``torch.sign`` (0 -> 0)
+      where the official codes take ``torch.ge`` (0 -> +1); irrelevant at epsilon 0
+    - ``energy``: energy score at T = 1 (``imagenet``, ``cifar``, ``cifar10``, ``cifar100``)
+    - ``mahalanobis``: without a preset pytorch-ood's single-layer Mahalanobis on the
+      penultimate features; the presets (or ``paper=True``) give
+      :class:`~gradood.detectors.MahalanobisEnsemble`, the paper's variant (layer scores with
+      input preprocessing, combined by a logistic regression against FGSM examples), with the
+      paper's magnitude fixed (the regression is still trained by ``fit``): ``imagenet``:
+      0.001 in model-input units, FGSM examples clamped to [0, 1] in model-input units, both as
+      the official ImageNet code does; ``cifar10``: 0.01, ``cifar100``: 0.005, in pixel units
+      with the FGSM examples clamped to the pixel range (the CIFAR code is unpublished)
+    - ``gradnorm``: :class:`gradood.GradNorm`, L1 at T = 1 (``imagenet``, ``cifar``,
+      ``cifar10``, ``cifar100``)
 
     and every detector of the entry-point group ``gradood.detectors``.
     """

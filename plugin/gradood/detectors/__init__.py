@@ -1,5 +1,6 @@
 """gradood's detectors, one per module, all with pytorch-ood's API."""
 
 from .gradnorm import GradNorm, gradnorm_score
+from .mahalanobis_ensemble import MahalanobisEnsemble
 
-__all__ = ["GradNorm", "gradnorm_score"]
+__all__ = ["GradNorm", "MahalanobisEnsemble", "gradnorm_score"]
