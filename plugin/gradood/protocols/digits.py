@@ -34,7 +34,7 @@ def _digits(seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     images = torch.from_numpy(digits.images / 16.0).float()[:, None]
     labels = torch.from_numpy(digits.target).long()
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    n_train = int(round(_TRAIN_FRACTION * len(labels)))
+    n_train = round(_TRAIN_FRACTION * len(labels))
     train, test = order[:n_train], order[n_train:]
     return images[train], labels[train], images[test], labels[test]
 
