@@ -227,7 +227,7 @@ def test_the_papers_counts(layouts):
             "Places365": Expected(10_000, drawn_from=328_500),
             "Textures": Expected(5_640, classes=47),
         }
-        assert cls.paper_tables == ("Table 6",) and cls.detector_preset == "cifar"
+        assert cls.paper_tables == ("Table 6",) and cls.detector_preset == cls.name
         assert cls.preprocessing == CIFAR_RESNET20
 
 

@@ -74,7 +74,6 @@ _OOD_EXPECTED = {
 
 
 class _CifarProtocol(GradNormProtocol):
-    detector_preset = "cifar"
     preprocessing = CIFAR_RESNET20
     ood_sources = _OOD_SOURCES
 
@@ -89,6 +88,7 @@ class CIFAR10GradNorm(_CifarProtocol):
     :meth:`train_set` is CIFAR-10's training set."""
 
     name = "cifar10"
+    detector_preset = "cifar10"
     paper_tables = ("Table 6",)
     id_test_source = CifarSource("CIFAR-10 test", CIFAR10, train=False)
     id_train_source = CifarSource("CIFAR-10 train", CIFAR10, train=True)
@@ -106,6 +106,7 @@ class CIFAR100GradNorm(_CifarProtocol):
     :meth:`train_set` is CIFAR-100's training set."""
 
     name = "cifar100"
+    detector_preset = "cifar100"
     paper_tables = ("Table 6",)
     id_test_source = CifarSource("CIFAR-100 test", CIFAR100, train=False)
     id_train_source = CifarSource("CIFAR-100 train", CIFAR100, train=True)
