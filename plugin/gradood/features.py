@@ -49,7 +49,6 @@ import hashlib
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -63,6 +62,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .distributed import Ranks, current_ranks, resolve_device
+from .files import atomic_torch_save
 from .fingerprint import Fingerprint, qualified_name
 from .heads import Head, find_head, forward_with_features
 
@@ -526,7 +526,7 @@ class _Store:
             "stop": stop,
             **features._tensors(),
         }
-        _atomic_save(payload, path)
+        atomic_torch_save(path, payload)
 
     def load(self, path: Path, start: int, stop: int) -> Features:
         try:
@@ -584,23 +584,6 @@ class _Store:
                     path.unlink()
         with suppress(OSError):  # not empty: something else lives there; leave it
             self.chunk_dir.rmdir()
-
-
-def _atomic_save(payload: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
 
 
 def _extract_cached(

@@ -24,7 +24,6 @@ import argparse
 import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -38,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import CIFAR10, CIFAR100
 from tqdm.auto import tqdm
 
+from ..files import atomic_torch_save
 from .preprocessing import CIFAR_RESNET20
 from .resnet20 import CHECKPOINT_FORMAT, ResNet20, read_checkpoint, resnet20
 
@@ -278,20 +278,6 @@ def evaluate(
     return loss_sum / count, correct / count
 
 
-def _atomic_save(content: dict, path: Path) -> None:
-    """Write to a temporary file beside ``path``, then rename it over ``path``."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(content, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _checkpoint(model, optimizer, config, history, device) -> dict:
     epoch = len(history)
     return {
@@ -415,7 +401,7 @@ def train(
         )
         epochs.set_postfix(loss=f"{train_loss:.3f}", test_acc=f"{test_accuracy:.2%}")
         if out is not None:
-            _atomic_save(_checkpoint(model, optimizer, config, history, device), out)
+            atomic_torch_save(out, _checkpoint(model, optimizer, config, history, device))
     return TrainResult(
         model=model.eval(),
         config=config,
