@@ -1,16 +1,77 @@
-"""gradood's pytest plugin: the ``--gpu`` option and the ``gpu`` marker.
+"""gradood's pytest plugin: options, markers, hooks and the side-by-side report.
 
 Loaded once, by the repository's root ``conftest.py`` (``pytest_plugins``), so that
 ``pytest tests`` and ``pytest benchmarks`` share it.
 
+Options (each with an environment variable):
+
 - ``--gpu``: run on the CUDA device; a usage error if none is available.
-- ``@pytest.mark.gpu``: the test needs a CUDA device; it is skipped without ``--gpu``.
-- fixture ``device``: ``"cuda"`` with ``--gpu``, else ``"cpu"``.
+- ``--data-root`` (``GRADOOD_DATA_ROOT``, default ``<rootdir>/data``): the datasets, laid out
+  as the README's "Datasets" section says.
+- ``--checkpoint-dir`` (``GRADOOD_CHECKPOINTS``, default ``<rootdir>/checkpoints``): the
+  authors' ``BiT-S-R101x1-flat-finetune.pth.tar`` and the trained ``resnet20-cifar10.pt`` /
+  ``resnet20-cifar100.pt``.
+- ``--cache-dir`` (``GRADOOD_CACHE_DIR``, default ``<rootdir>/.gradood-cache``): the feature
+  cache of :mod:`gradood.features`.
+- ``--report-dir`` (``GRADOOD_REPORT_DIR``, default ``<rootdir>/reports``): each run writes its
+  report into a new time-stamped folder there.
+
+Markers: ``gpu`` (needs CUDA; skipped without ``--gpu``). Fixtures: ``device`` (``"cuda"``
+with ``--gpu``, else ``"cpu"``), ``gradood_report`` (the run's :class:`gradood.report.Report`).
+
+Hooks (implement them in a ``conftest.py`` or a ``-p`` plugin to evaluate other data or
+models): ``pytest_gradood_open_protocol(config, name)`` and
+``pytest_gradood_load_model(config, protocol)``.
 """
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 import pytest
+
+__all__ = ["CHECKPOINT_FILES", "HookSpecs", "option_path"]
+
+#: the checkpoint file of each protocol's model under ``--checkpoint-dir``
+CHECKPOINT_FILES = {
+    "imagenet": "BiT-S-R101x1-flat-finetune.pth.tar",
+    "cifar10": "resnet20-cifar10.pt",
+    "cifar100": "resnet20-cifar100.pt",
+}
+
+_PATH_OPTIONS = {
+    "data_root": ("--data-root", "GRADOOD_DATA_ROOT", "data", "the datasets"),
+    "checkpoint_dir": (
+        "--checkpoint-dir",
+        "GRADOOD_CHECKPOINTS",
+        "checkpoints",
+        "the models' checkpoints",
+    ),
+    "cache_dir": ("--cache-dir", "GRADOOD_CACHE_DIR", ".gradood-cache", "the feature cache"),
+    "report_dir": ("--report-dir", "GRADOOD_REPORT_DIR", "reports", "the run reports"),
+}
+_REPORT = pytest.StashKey["object"]()
+
+
+class HookSpecs:
+    """gradood's hooks; the first implementation that returns a value wins."""
+
+    @pytest.hookspec(firstresult=True)
+    def pytest_gradood_open_protocol(self, config: pytest.Config, name: str):
+        """Return the pytorch-ood benchmark of protocol ``name`` (``"imagenet"``, ``"cifar10"``,
+        ``"cifar100"``), or call ``pytest.skip`` with what is missing. Default: the protocol
+        on ``--data-root``."""
+
+    @pytest.hookspec(firstresult=True)
+    def pytest_gradood_load_model(self, config: pytest.Config, protocol: str):
+        """Return the model (eval mode, on the CPU) of protocol ``protocol``, or call
+        ``pytest.skip`` with what is missing. Default: the checkpoint in ``--checkpoint-dir``."""
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(HookSpecs)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -21,6 +82,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="run on the CUDA device (tests marked 'gpu' need it); a usage error without one",
     )
+    for dest, (flag, variable, default, what) in _PATH_OPTIONS.items():
+        group.addoption(
+            flag,
+            dest=dest,
+            default=None,
+            metavar="DIR",
+            help=f"{what} (environment: {variable}; default: <rootdir>/{default})",
+        )
+
+
+def option_path(config: pytest.Config, name: str) -> Path:
+    """The directory of path option ``name`` (``"data_root"``, ``"checkpoint_dir"``,
+    ``"cache_dir"``, ``"report_dir"``): the option, else its environment variable, else the
+    default under pytest's rootdir."""
+    _flag, variable, default, _what = _PATH_OPTIONS[name]
+    value = config.getoption(name) or os.environ.get(variable)
+    return Path(value).expanduser() if value else Path(config.rootpath) / default
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -49,3 +127,67 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def device(request: pytest.FixtureRequest) -> str:
     """``"cuda"`` with ``--gpu``, else ``"cpu"``."""
     return "cuda" if request.config.getoption("gpu") else "cpu"
+
+
+@pytest.fixture(scope="session")
+def gradood_report(request: pytest.FixtureRequest):
+    """The run's report: add paper comparisons and benchmark tables to it."""
+    from .report import Report
+
+    config = request.config
+    if _REPORT not in config.stash:
+        config.stash[_REPORT] = Report()
+    return config.stash[_REPORT]
+
+
+# -- default hook implementations ------------------------------------------------------------
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_gradood_open_protocol(config: pytest.Config, name: str):
+    from .protocols import make_protocol, missing
+
+    root = option_path(config, "data_root")
+    problems = missing(name, root)
+    if problems:
+        details = "; ".join(str(problem) for problem in problems)
+        pytest.skip(f"{name} protocol: data missing under {root} (--data-root): {details}")
+    return make_protocol(name, root)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_gradood_load_model(config: pytest.Config, protocol: str):
+    from .models import BIT_S_R101X1_URL, bit_s_r101x1, load_resnet20
+
+    path = option_path(config, "checkpoint_dir") / CHECKPOINT_FILES[protocol]
+    if not path.is_file():
+        if protocol == "imagenet":
+            how = f"download the authors' fine-tuned checkpoint {BIT_S_R101X1_URL} there"
+        else:
+            how = (
+                f"train it: python -m gradood.models.train --dataset {protocol} "
+                f"--data-root <data root> --out {path}"
+            )
+        pytest.skip(f"{protocol} model: {path} is missing (--checkpoint-dir): {how}")
+    if protocol == "imagenet":
+        return bit_s_r101x1(path)
+    return load_resnet20(path)
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    report = config.stash.get(_REPORT, None)
+    if report is None or not (report.comparisons or report.tables):
+        return
+    terminalreporter.section("gradood report")
+    for line in report.lines():
+        terminalreporter.write_line(line)
+    folder = option_path(config, "report_dir") / time.strftime("%Y%m%d-%H%M%S")
+    suffix = 1
+    while folder.exists():  # never write into an earlier run's folder
+        folder = folder.with_name(f"{folder.name.split('.')[0]}.{suffix}")
+        suffix += 1
+    written = report.write(folder)
+    terminalreporter.write_line(f"report written to {folder}: {', '.join(p.name for p in written)}")

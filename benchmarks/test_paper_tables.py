@@ -1,0 +1,60 @@
+"""The paper's reported numbers (Tables 1 and 6 to 9), each row checked against this run.
+
+Every printed row is a test, e.g. ``test_table7[iNaturalist-L0.3]``; it is measured with the
+protocol's data and model (``--data-root``, ``--checkpoint-dir``), or skipped with exactly what
+is missing and where it goes. Rows with the same detector settings share one measurement, and
+all of Tables 7 and 8 come from one cached forward pass per dataset. The tolerance of each row
+and its reason are in :mod:`gradood.checks`; every compared row goes into the run's report.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gradood.checks import PaperCheck, paper_checks
+
+CHECKS = paper_checks()
+
+
+def _rows(table: str) -> list:
+    return [
+        pytest.param(check, id=check.id.removeprefix(f"{table}[")[:-1])
+        for check in CHECKS
+        if check.table == table
+    ]
+
+
+def _check(check: PaperCheck, paper_measurements, gradood_report) -> None:
+    comparison = paper_measurements.compare(check, CHECKS)
+    gradood_report.comparisons.append(comparison)
+    tolerance = check.tolerance
+    assert comparison.within_tolerance, (
+        f"{check.id}: FPR95 {comparison.fpr95:.2f} vs {check.fpr95:.2f} reported "
+        f"(tolerance {tolerance.fpr95}), AUROC {comparison.auroc:.2f} vs {check.auroc:.2f} "
+        f"(tolerance {tolerance.auroc}); tolerance because: {tolerance.reason}"
+    )
+
+
+@pytest.mark.parametrize("check", _rows("table1"))
+def test_table1(check, paper_measurements, gradood_report):
+    _check(check, paper_measurements, gradood_report)
+
+
+@pytest.mark.parametrize("check", _rows("table6"))
+def test_table6(check, paper_measurements, gradood_report):
+    _check(check, paper_measurements, gradood_report)
+
+
+@pytest.mark.parametrize("check", _rows("table7"))
+def test_table7(check, paper_measurements, gradood_report):
+    _check(check, paper_measurements, gradood_report)
+
+
+@pytest.mark.parametrize("check", _rows("table8"))
+def test_table8(check, paper_measurements, gradood_report):
+    _check(check, paper_measurements, gradood_report)
+
+
+@pytest.mark.parametrize("check", _rows("table9"))
+def test_table9(check, paper_measurements, gradood_report):
+    _check(check, paper_measurements, gradood_report)
