@@ -22,7 +22,14 @@ def fresh_registry(monkeypatch):
 
 
 def test_builtin_names():
-    assert gradood.available_detectors() == ["energy", "gradnorm", "mahalanobis", "msp", "odin"]
+    assert gradood.available_detectors() == [
+        "energy",
+        "gradnorm",
+        "lee-alregib",
+        "mahalanobis",
+        "msp",
+        "odin",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -33,6 +40,7 @@ def test_builtin_names():
         ("energy", EnergyBased),
         ("mahalanobis", Mahalanobis),
         ("gradnorm", gradood.GradNorm),
+        ("lee-alregib", gradood.LeeAlRegib),
     ],
 )
 def test_creates_each_builtin(name, cls):
@@ -44,6 +52,11 @@ def test_odin_presets_are_the_papers():
     assert (imagenet.temperature, imagenet.eps) == (1000.0, 0.0)
     cifar = gradood.create_detector("odin", SmallCNN(), preset="cifar")
     assert (cifar.temperature, cifar.eps) == (1000.0, 0.004)
+
+
+def test_lee_alregib_preset_is_bits_input_normalization():
+    detector = gradood.create_detector("lee-alregib", SmallCNN(), preset="imagenet")
+    assert (detector.mean, detector.std) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
 def test_keyword_arguments_override_a_preset():

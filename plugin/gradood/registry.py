@@ -1,9 +1,9 @@
 """Detector registry: a name maps to a factory ``(model, **kwargs) -> Detector``.
 
 Built in: pytorch-ood's ``msp``, ``odin``, ``energy`` and ``mahalanobis``, and gradood's
-``gradnorm``. A factory may carry *presets*, the settings the GradNorm paper fixes for a
-protocol, selected with ``create_detector(name, model, preset=...)``; explicit keyword
-arguments override a preset's values.
+``gradnorm`` and ``lee-alregib``. A factory may carry *presets*, the settings the GradNorm
+paper fixes for a protocol, selected with ``create_detector(name, model, preset=...)``;
+explicit keyword arguments override a preset's values.
 
 Third-party packages add detectors through the entry-point group ``gradood.detectors``: each
 entry point's name is the detector's name and its object a factory (e.g. a detector class whose
@@ -23,6 +23,7 @@ from pytorch_ood.detector import ODIN, EnergyBased, Mahalanobis, MaxSoftmax
 from torch import nn
 
 from .detectors.gradnorm import GradNorm
+from .detectors.lee_alregib import LeeAlRegib
 from .heads import penultimate_encoder
 
 __all__ = [
@@ -90,6 +91,13 @@ _BUILTINS = [
         GradNorm,
         {"imagenet": {"p": 1.0, "temperature": 1.0}, "cifar": {"p": 1.0, "temperature": 1.0}},
         "gradood GradNorm (Huang et al.), exact, one forward pass",
+    ),
+    DetectorSpec(
+        "lee-alregib",
+        LeeAlRegib,
+        # the noise surrogate in BiT's input space: mean = std = 0.5 (see PROTOCOL.md)
+        {"imagenet": {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}},
+        "gradood Lee & AlRegib: per-tensor gradient norms, 2-layer classifier vs uniform noise",
     ),
 ]
 
@@ -160,6 +168,8 @@ def available_detectors() -> list[str]:
     - ``energy``: energy score at T = 1 (``imagenet``, ``cifar``)
     - ``mahalanobis``: pytorch-ood's single-layer Mahalanobis on the penultimate features
     - ``gradnorm``: :class:`gradood.GradNorm`, L1 at T = 1 (``imagenet``, ``cifar``)
+    - ``lee-alregib``: :class:`gradood.LeeAlRegib` (needs ``fit``), uniform-noise surrogate OOD
+      in BiT's input space, mean = std = 0.5 (``imagenet``, the paper's Table 9)
 
     and every detector of the entry-point group ``gradood.detectors``.
     """
