@@ -459,3 +459,18 @@ def test_module_run_without_gradients_raises():
 def test_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         per_sample_gradient_powers(_mlp(), lee_loss, torch.randn(2, 7), **kwargs)
+
+
+def test_subclass_that_stops_the_gradient_does_not_get_the_linear_rule():
+    class Detached(nn.Linear):
+        def forward(self, x):
+            return super().forward(x).detach() + 0 * x.sum(dim=-1, keepdim=True)
+
+    torch.manual_seed(11)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), Detached(4, 2)).double().eval()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    values = per_sample_squared_norms(model, lee_loss, x)
+    torch.testing.assert_close(
+        values, per_sample_reference(model, lee_loss, x, 2.0), rtol=RTOL, atol=0
+    )
+    assert torch.equal(values[:, 2:], torch.zeros(4, 2, dtype=torch.float64))

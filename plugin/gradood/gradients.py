@@ -813,7 +813,7 @@ def _rule_for(module: nn.Module) -> _Rule:
     return rule
 
 
-def _probe_parameter(name: str, tensor: Tensor, generator: torch.Generator) -> Tensor:
+def _probe_parameter(tensor: Tensor, generator: torch.Generator) -> Tensor:
     values = torch.randn(tensor.shape, generator=generator, dtype=torch.float64)
     if tensor.ndim >= 2:  # rows of very different variance pin down a standardization epsilon
         scales = torch.logspace(-7, 0, tensor.shape[0], dtype=torch.float64)
@@ -828,30 +828,39 @@ def _probe_buffer(name: str, tensor: Tensor, generator: torch.Generator) -> Tens
     return values + 0.5 if "var" in name else values - 0.5
 
 
-def _reproduces(rule: _Rule, module: nn.Module) -> bool:
-    """Whether ``module`` computes exactly ``rule``'s function on a float64 probe."""
-    generator = torch.Generator().manual_seed(0)
-    state = {
-        name: _probe_parameter(name, t, generator)
-        for name, t in module.named_parameters(recurse=False)
-    }
-    state.update(
-        (name, _probe_buffer(name, t, generator))
-        for name, t in module.named_buffers(recurse=False)
-        if t is not None
-    )
-    try:
-        x = rule.probe_input(module, generator)
-        with torch.no_grad():
-            expected = torch.func.functional_call(module, state, (x,))
-            ours = rule.reference(module, x, state)
-    except Exception:
-        return False
+def _close(expected: Tensor, ours: Tensor) -> bool:
+    # float64 rounding is ~1e-16 of the largest terms; a wrong candidate differs by O(1)
     if not isinstance(expected, Tensor) or expected.shape != ours.shape:
         return False
-    # float64 rounding is ~1e-16 of the largest terms; wrong candidates differ by O(1)
     tolerance = 1e-9 * float(expected.abs().max()) + 1e-300
     return bool(((expected - ours).abs() <= 1e-7 * expected.abs() + tolerance).all())
+
+
+def _reproduces(rule: _Rule, module: nn.Module) -> bool:
+    """Whether ``module`` computes exactly ``rule``'s function, and its gradient with respect
+    to the parameters (no detach, no custom backward), on a float64 probe."""
+    generator = torch.Generator().manual_seed(0)
+    params = {n: _probe_parameter(t, generator) for n, t in module.named_parameters(recurse=False)}
+    buffers = {
+        n: _probe_buffer(n, t, generator)
+        for n, t in module.named_buffers(recurse=False)
+        if t is not None
+    }
+    try:
+        x = rule.probe_input(module, generator)
+        expected, module_vjp = torch.func.vjp(
+            lambda p: torch.func.functional_call(module, {**p, **buffers}, (x,)), params
+        )
+        ours, rule_vjp = torch.func.vjp(
+            lambda p: rule.reference(module, x, {**p, **buffers}), params
+        )
+        if not _close(expected, ours):
+            return False
+        cotangent = torch.randn(ours.shape, generator=generator, dtype=torch.float64)
+        (expected_grads,), (our_grads,) = module_vjp(cotangent), rule_vjp(cotangent)
+    except Exception:
+        return False
+    return all(_close(expected_grads[n], our_grads[n]) for n in params)
 
 
 # -- targets: modules that register selected parameters ---------------------------------------
