@@ -21,7 +21,13 @@ class SideBySide:
     fastest: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def measure(
-        self, benchmark, group: str, name: str, function: Callable[[], object], rounds: int
+        self,
+        benchmark,
+        group: str,
+        name: str,
+        function: Callable[[], object],
+        rounds: int,
+        warmup_rounds: int = 1,
     ) -> object:
         """Time ``function`` with pytest-benchmark (CUDA work synchronized) and record it."""
         benchmark.group = group
@@ -33,7 +39,7 @@ class SideBySide:
                 torch.cuda.synchronize()
             return result
 
-        result = benchmark.pedantic(synchronized, rounds=rounds, warmup_rounds=1)
+        result = benchmark.pedantic(synchronized, rounds=rounds, warmup_rounds=warmup_rounds)
         if benchmark.stats is not None:
             self.fastest[(group, name)] = benchmark.stats.stats.min
         return result

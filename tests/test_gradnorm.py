@@ -139,6 +139,67 @@ def test_uniform_prediction_has_zero_gradient():
     assert torch.equal(scores, torch.zeros(3, dtype=torch.float64))
 
 
+# -- the params= mode: exact per-sample gradients of other parameters ------------------------
+
+
+def official_gradients_of(model, names, x, temperature):
+    """The official loss per sample (batch of one), its gradient w.r.t. every named parameter."""
+    named = dict(model.named_parameters())
+    params = [named[n] for n in names]
+    grads = []
+    for sample in x:
+        logits = model(sample[None]) / temperature
+        loss = torch.sum(-torch.log_softmax(logits, dim=-1), dim=-1).mean()
+        grads.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]))
+    return grads
+
+
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_params_mode_on_the_head_weight_is_the_head_mode(model_name):
+    model, _ = _model(model_name, seed=11)
+    weight_name = MODELS[model_name][1]
+    x = torch.randn(5, 3, 16, 16, dtype=torch.float64)
+    for p in [0.3, 1.0, 2.0, math.inf]:
+        for temperature in [0.5, 1.0, 16.0]:
+            head = GradNorm(model, p=p, temperature=temperature)
+            chosen = GradNorm(model, p=p, temperature=temperature, params=[weight_name])
+            assert chosen.params == [weight_name]
+            torch.testing.assert_close(chosen.predict(x), head.predict(x), rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize(("seed", "temperature"), [(0, 0.25), (1, 1.0), (2, 8.0)])
+def test_params_mode_matches_per_sample_autograd_on_layer4(seed, temperature):
+    model, _ = _model("resnet18", seed=seed)
+    names = [n for n, _ in model.named_parameters() if n.startswith("layer4.")]
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    grads = official_gradients_of(model, names, x, temperature)
+    for p in [0.5, 1.0, 2.0, 3.0, math.inf]:
+        detector = GradNorm(model, p=p, temperature=temperature, params=["layer4"])
+        assert detector.params == names
+        expected = torch.stack([entrywise_norm(g, p) for g in grads])
+        # float64: the exact per-sample gradients, summed in another order (see RTOL_FLOAT64)
+        torch.testing.assert_close(detector.predict(x), -expected, rtol=RTOL_FLOAT64, atol=0)
+
+
+def test_params_mode_micro_batch_size_does_not_change_scores():
+    model, _ = _model("bit-style", seed=12)
+    x = torch.randn(7, 3, 12, 12, dtype=torch.float64)
+    scores = [
+        GradNorm(model, p=2.0, params=["body", "head"], micro_batch_size=size).predict(x)
+        for size in (1, 3, 32)
+    ]
+    torch.testing.assert_close(scores[0], scores[2], rtol=1e-12, atol=0)
+    torch.testing.assert_close(scores[1], scores[2], rtol=1e-12, atol=0)
+
+
+def test_params_mode_rejects_non_finite_logits():
+    model = SmallCNN().eval()
+    with torch.no_grad():
+        model.fc.bias[1] = float("nan")
+    with pytest.raises(ValueError, match="logits contain 4 non-finite values"):
+        GradNorm(model, params=["features.0"]).predict(torch.randn(4, 3, 8, 8))
+
+
 # -- bad input -----------------------------------------------------------------------------
 
 

@@ -25,7 +25,14 @@ def fresh_registry(monkeypatch):
 
 
 def test_builtin_names():
-    assert gradood.available_detectors() == ["energy", "gradnorm", "mahalanobis", "msp", "odin"]
+    assert gradood.available_detectors() == [
+        "energy",
+        "gradnorm",
+        "lee-alregib",
+        "mahalanobis",
+        "msp",
+        "odin",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -36,6 +43,7 @@ def test_builtin_names():
         ("energy", EnergyBased),
         ("mahalanobis", Mahalanobis),
         ("gradnorm", gradood.GradNorm),
+        ("lee-alregib", gradood.LeeAlRegib),
     ],
 )
 def test_creates_each_builtin(name, cls):
@@ -92,6 +100,11 @@ def test_mahalanobis_paper_settings_need_the_paper_variant():
         "mahalanobis", SmallCNN(), paper=True, layers=["features.5"], magnitude=0.0
     )
     assert type(detector) is MahalanobisEnsemble and detector.magnitude == 0.0
+
+
+def test_lee_alregib_preset_is_bits_input_normalization():
+    detector = gradood.create_detector("lee-alregib", SmallCNN(), preset="imagenet")
+    assert (detector.mean, detector.std) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
 def test_keyword_arguments_override_a_preset():

@@ -1,9 +1,9 @@
 """Detector registry: a name maps to a factory ``(model, **kwargs) -> Detector``.
 
 Built in: pytorch-ood's ``msp``, ``odin``, ``energy`` and ``mahalanobis``, and gradood's
-``gradnorm``. A factory may carry *presets*, the settings the GradNorm paper fixes for a
-protocol, selected with ``create_detector(name, model, preset=...)``; explicit keyword
-arguments override a preset's values.
+``gradnorm`` and ``lee-alregib``. A factory may carry *presets*, the settings the GradNorm
+paper fixes for a protocol, selected with ``create_detector(name, model, preset=...)``;
+explicit keyword arguments override a preset's values.
 
 Third-party packages add detectors through the entry-point group ``gradood.detectors``: each
 entry point's name is the detector's name and its object a factory (e.g. a detector class whose
@@ -23,6 +23,7 @@ from pytorch_ood.detector import ODIN, EnergyBased, Mahalanobis, MaxSoftmax
 from torch import nn
 
 from .detectors.gradnorm import GradNorm
+from .detectors.lee_alregib import LeeAlRegib
 from .detectors.mahalanobis_ensemble import MahalanobisEnsemble
 from .heads import penultimate_encoder
 from .models.preprocessing import CIFAR_RESNET20
@@ -124,6 +125,19 @@ _BUILTINS = [
         _GRADNORM_PRESETS,
         "gradood GradNorm (Huang et al.), exact, one forward pass",
     ),
+    DetectorSpec(
+        "lee-alregib",
+        LeeAlRegib,
+        # the noise surrogate in BiT's input space: mean = std = 0.5 (see PROTOCOL.md)
+        {
+            "imagenet": {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
+            **{
+                name: {"mean": CIFAR_RESNET20.mean, "std": CIFAR_RESNET20.std}
+                for name in ("cifar", "cifar10", "cifar100")
+            },
+        },
+        "gradood Lee & AlRegib: per-tensor gradient norms, 2-layer classifier vs uniform noise",
+    ),
 ]
 
 _REGISTRY: dict[str, DetectorSpec] = {spec.name: spec for spec in _BUILTINS}
@@ -205,6 +219,9 @@ def available_detectors() -> list[str]:
       with the FGSM examples clamped to the pixel range (the CIFAR code is unpublished)
     - ``gradnorm``: :class:`gradood.GradNorm`, L1 at T = 1 (``imagenet``, ``cifar``,
       ``cifar10``, ``cifar100``)
+    - ``lee-alregib``: :class:`gradood.LeeAlRegib` (needs ``fit``), uniform-noise surrogate OOD
+      in the model's input space: ``imagenet``: BiT's mean = std = 0.5 (the paper's Table 9);
+      ``cifar``, ``cifar10``, ``cifar100``: the CIFAR ResNet-20's normalization
 
     and every detector of the entry-point group ``gradood.detectors``.
     """

@@ -32,6 +32,7 @@ import torch
 from pytorch_ood.api import DetectorInfo, FeaturesDetector, ModelNotSetException, Paper, Task
 from torch import Tensor, nn
 
+from ..gradients import per_sample_gradient_powers, resolve_parameter_names
 from ..heads import Head, find_head, forward_with_features, penultimate_encoder
 from ..validation import check_finite, check_norm_order, check_temperature
 
@@ -146,7 +147,7 @@ class GradNorm(FeaturesDetector):
         self.temperature = temperature
         self.micro_batch_size = _check_micro_batch_size(micro_batch_size)
         self.head: Head = find_head(model, head)
-        self.params = None if params is None else self._resolve_params(params)
+        self.params = None if params is None else resolve_parameter_names(model, params)
         self.encoder = penultimate_encoder(model, self.head.module) if params is None else None
 
     @property
@@ -166,22 +167,6 @@ class GradNorm(FeaturesDetector):
     @temperature.setter
     def temperature(self, value: float) -> None:
         self._temperature = check_temperature(value)
-
-    def _resolve_params(self, names: Sequence[str]) -> list[str]:
-        if isinstance(names, str):
-            names = [names]
-        all_names = [name for name, _ in self.model.named_parameters()]
-        selected = []
-        for wanted in names:
-            matches = [n for n in all_names if n == wanted or n.startswith(f"{wanted}.")]
-            if not matches:
-                top = sorted({n.split(".")[0] for n in all_names})
-                raise ValueError(
-                    f"params: '{wanted}' names no parameter or module of "
-                    f"{type(self.model).__name__}; top-level modules: {', '.join(top)}"
-                )
-            selected += [n for n in matches if n not in selected]
-        return selected
 
     def _empty(self, x: Tensor) -> Tensor:
         return torch.empty(0, dtype=torch.float64, device=x.device)
@@ -244,17 +229,19 @@ class GradNorm(FeaturesDetector):
             )
 
     def _parameter_gradient_norms(self, x: Tensor) -> Tensor:
-        from ..gradients import per_sample_gradient_powers
+        """Exact per-sample :math:`\\lVert \\partial \\mathcal{L} / \\partial \\theta \\rVert_p`
+        over all selected parameters together; one forward and backward pass per micro-batch."""
+        temperature = self.temperature
+
+        def loss(logits: Tensor) -> Tensor:
+            check_finite(logits, "logits")
+            return uniform_loss(logits, temperature)
 
         chunks = []
         for start in range(0, x.shape[0], self.micro_batch_size):
             powers = per_sample_gradient_powers(
-                self.model,
-                lambda logits: uniform_loss(logits, self.temperature),
-                x[start : start + self.micro_batch_size],
-                self.params,
-                p=self.p,
-            ).double()
+                self.model, loss, x[start : start + self.micro_batch_size], self.params, self.p
+            )
             if math.isinf(self.p):
                 chunks.append(powers.amax(dim=1))
             else:
