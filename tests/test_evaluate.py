@@ -33,16 +33,6 @@ BATCH = 5
 ABS = 1e-12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, which on a busy machine make every
-    operation wait for the other threads (milliseconds instead of microseconds)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class CountingCNN(SmallCNN):
     """Counts samples in a class attribute, which is not part of the model's fingerprint."""
 

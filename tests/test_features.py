@@ -26,16 +26,6 @@ from gradood.testing import BigTransferStyleNet, SmallCNN, write_image_folder
 RTOL = 1e-12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, which on a busy machine make every
-    operation wait for the other threads (milliseconds instead of microseconds)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Counted:
     """Counts the samples that pass through the models' forward. A class attribute, so that the
     count is not part of the models' fingerprints (instance attributes are)."""

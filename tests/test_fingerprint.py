@@ -21,16 +21,6 @@ from gradood.fingerprint import Fingerprint, dataset_files
 from gradood.testing import SmallCNN, write_image_folder
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, which on a busy machine make every
-    operation wait for the other threads (milliseconds instead of microseconds)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def digest(obj) -> str:
     return Fingerprint().add(obj).hexdigest()
 

@@ -23,15 +23,6 @@ from gradood.models.bit import load_big_transfer_checkpoint
 R101_UNITS = (3, 4, 23, 3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small inputs: on a shared machine, threads cost more in synchronization than they gain."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 GN_GROUPS = 32
 GN_EPS = 1e-5  # nn.GroupNorm's default, which big_transfer uses
 

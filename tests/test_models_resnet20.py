@@ -59,15 +59,6 @@ def tiny_config(**changes) -> TrainConfig:
     return TrainConfig(**{**settings, **changes})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny batches: on a shared machine, threads cost more in synchronization than they gain."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- the network ----------------------------------------------------------------------------
 
 
