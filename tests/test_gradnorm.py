@@ -18,6 +18,8 @@ from gradood import GradNorm, paper_metrics
 from gradood.detectors.gradnorm import PAPER_NORMS, PAPER_TEMPERATURES
 from gradood.testing import BigTransferStyleNet, SmallCNN
 
+from references import entrywise_norm, official_gradients
+
 # float64 models: the factorized score and the autograd reference agree to rounding, except
 # that both compute C * softmax(z / T) - 1, which cancels when softmax(z / T) ~ 1 / C: the
 # relative error is about eps * T / |z_c - mean(z)| <= 2.2e-16 * 1024 / 1e-3 ~ 2e-10.
@@ -34,6 +36,11 @@ MODELS = {
 }
 
 
+def _parameters(model, names):
+    named = dict(model.named_parameters())
+    return [named[name] for name in names]
+
+
 def _model(name: str, seed: int, dtype=torch.float64):
     torch.manual_seed(seed)
     build, weight_name = MODELS[name]
@@ -46,23 +53,6 @@ def _model(name: str, seed: int, dtype=torch.float64):
     return model, dict(model.named_parameters())[weight_name]
 
 
-def official_gradients(model, weight, x, temperature):
-    """The official code: batch of one, ones targets, sum over classes, weight gradient."""
-    grads = []
-    for sample in x:
-        logits = model(sample[None]) / temperature
-        loss = torch.sum(-torch.ones_like(logits) * torch.log_softmax(logits, dim=-1), dim=-1)
-        (grad,) = torch.autograd.grad(loss.mean(), weight)
-        grads.append(grad)
-    return grads
-
-
-def entrywise_norm(grad, p):
-    if math.isinf(p):
-        return grad.abs().max()
-    return (grad.abs() ** p).sum() ** (1 / p)
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("model_name", sorted(MODELS))
 def test_matches_official_algorithm_for_every_norm_and_temperature(model_name, seed):
@@ -70,7 +60,7 @@ def test_matches_official_algorithm_for_every_norm_and_temperature(model_name, s
     x = torch.randn(5, 3, 16 + 8 * seed, 16 + 8 * seed, dtype=torch.float64)
     detector = GradNorm(model)
     for temperature in PAPER_TEMPERATURES:
-        grads = official_gradients(model, weight, x, temperature)
+        grads = official_gradients(model, [weight], x, temperature)
         for p in PAPER_NORMS:
             detector.set_hyperparameters(p=p, temperature=temperature)
             expected = torch.stack([entrywise_norm(g, p) for g in grads])
@@ -82,7 +72,7 @@ def test_norms_beyond_the_paper(p):
     model, weight = _model("bit-style", seed=3)
     x = torch.randn(4, 3, 12, 12, dtype=torch.float64)
     expected = torch.stack(
-        [entrywise_norm(g, p) for g in official_gradients(model, weight, x, 1.0)]
+        [entrywise_norm(g, p) for g in official_gradients(model, [weight], x, 1.0)]
     )
     torch.testing.assert_close(
         GradNorm(model, p=p).predict(x), -expected, rtol=RTOL_FLOAT64, atol=0
@@ -92,7 +82,7 @@ def test_norms_beyond_the_paper(p):
 def test_float32_model_matches_reference():
     model, weight = _model("resnet18", seed=4, dtype=torch.float32)
     x = torch.randn(6, 3, 24, 24)
-    expected = torch.stack([g.abs().sum() for g in official_gradients(model, weight, x, 1.0)])
+    expected = torch.stack([g.abs().sum() for g in official_gradients(model, [weight], x, 1.0)])
     # float32 forward passes of a batch and of single samples round differently (~1e-6)
     torch.testing.assert_close(GradNorm(model).predict(x).float(), -expected, rtol=1e-4, atol=0.0)
 
@@ -142,18 +132,6 @@ def test_uniform_prediction_has_zero_gradient():
 # -- the params= mode: exact per-sample gradients of other parameters ------------------------
 
 
-def official_gradients_of(model, names, x, temperature):
-    """The official loss per sample (batch of one), its gradient w.r.t. every named parameter."""
-    named = dict(model.named_parameters())
-    params = [named[n] for n in names]
-    grads = []
-    for sample in x:
-        logits = model(sample[None]) / temperature
-        loss = torch.sum(-torch.log_softmax(logits, dim=-1), dim=-1).mean()
-        grads.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]))
-    return grads
-
-
 @pytest.mark.parametrize("model_name", sorted(MODELS))
 def test_params_mode_on_the_head_weight_is_the_head_mode(model_name):
     model, _ = _model(model_name, seed=11)
@@ -172,7 +150,7 @@ def test_params_mode_matches_per_sample_autograd_on_layer4(seed, temperature):
     model, _ = _model("resnet18", seed=seed)
     names = [n for n, _ in model.named_parameters() if n.startswith("layer4.")]
     x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
-    grads = official_gradients_of(model, names, x, temperature)
+    grads = official_gradients(model, _parameters(model, names), x, temperature)
     for p in [0.5, 1.0, 2.0, 3.0, math.inf]:
         detector = GradNorm(model, p=p, temperature=temperature, params=["layer4"])
         assert detector.params == names

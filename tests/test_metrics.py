@@ -9,24 +9,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from gradood import paper_metrics
 
-
-def reference_fpr95(id_scores_of_id, id_scores_of_ood):
-    """Obviously-correct FPR95 of the official code, O(n^2): ID positive, higher = more ID.
-
-    Thresholds are the distinct scores, from the highest down to the first one at which every
-    ID sample is accepted; the chosen one has the ID recall closest to 0.95 (a tie in distance
-    goes to the lower threshold, i.e. the higher recall).
-    """
-    thresholds = sorted(set(id_scores_of_id) | set(id_scores_of_ood), reverse=True)
-    best = None
-    for threshold in thresholds:
-        recall = float(np.mean(id_scores_of_id >= threshold))
-        distance = abs(recall - 0.95)
-        if best is None or distance <= best[0]:
-            best = (distance, threshold)
-        if recall == 1.0:
-            break
-    return float(np.mean(id_scores_of_ood >= best[1]))
+from references import reference_fpr95
 
 
 def _sample(seed, n_id, n_ood, ties):

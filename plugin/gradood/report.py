@@ -174,7 +174,7 @@ def _gradnorm_sweep(table: pd.DataFrame, column: str) -> pd.DataFrame | None:
     """GradNorm rows of ``table`` that vary ``column`` with the other setting fixed."""
     if column not in table.columns or "method" not in table.columns:
         return None
-    rows = table[table["method"].str.startswith("GradNorm")]
+    rows = table[table["method"].str.lower().str.startswith("gradnorm")]
     other = "temperature" if column == "p" else "p"
     if other in rows.columns:
         rows = rows[rows[other] == 1.0]  # the paper's default of the other setting
