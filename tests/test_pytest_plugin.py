@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+from PIL import Image
+from torch import Tensor
+
+from gradood.detectors.gradnorm import PAPER_NORMS, PAPER_TEMPERATURES
+from gradood.models import BIT_S_R101X1
+from gradood.testing import BigTransferStyleNet, make_imagenet_layout
+
+from references import entrywise_norm, official_gradients, reference_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,3 +69,181 @@ def test_repository_paths_accept_the_gpu_option(path):
     )
     assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.stdout + run.stderr
     assert "--gpu was given, but torch finds no CUDA device" in run.stderr
+
+
+# -- the harness, end to end -------------------------------------------------------------------
+
+HOOKS = """
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from gradood.testing import BigTransferStyleNet
+
+MINIATURE = pickle.loads(Path(__file__).with_name("miniature.pkl").read_bytes())
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_gradood_open_protocol(config, name):
+    if name != "imagenet":
+        pytest.skip("only the ImageNet miniature")
+    return MINIATURE.open()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_gradood_load_model(config, protocol):
+    torch.manual_seed(0)
+    return BigTransferStyleNet(num_classes=3)
+"""
+
+
+def _run_pytest(args: list[str], tmp_path: Path, extra_path: Path | None = None):
+    env = dict(os.environ)
+    if extra_path is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(extra_path), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+
+
+def _images(folder: Path) -> Tensor:
+    transform = BIT_S_R101X1.transform()
+    paths = sorted(p for p in folder.rglob("*") if p.is_file())
+    return torch.stack([transform(Image.open(path)) for path in paths])
+
+
+def _expected_rows(root: Path) -> dict[tuple[str, str], dict[str, float]]:
+    """Independently: images read with PIL, the official per-sample GradNorm (autograd of the
+    head weight on each sample's own penultimate feature), sklearn and a brute-force FPR95."""
+    torch.manual_seed(0)
+    model = BigTransferStyleNet(num_classes=3).eval()
+    head = model.head.conv
+    sets = {"ID": _images(root / "id_data" / "ILSVRC-2012" / "val")}
+    for name in ("iNaturalist", "SUN", "Places", "Textures"):
+        sets[name] = _images(root / "ood_data" / name)
+
+    with torch.no_grad():  # one forward pass per set: pooled features and logits
+        pooled = {
+            k: model.head.avg(model.before_head(model.body(model.root(x)))) for k, x in sets.items()
+        }
+        features = {k: f.flatten(1) for k, f in pooled.items()}
+        logits = {k: head(f).flatten(1).double() for k, f in pooled.items()}
+
+    def gradnorm(name: str, p: float, temperature: float) -> np.ndarray:
+        grads = official_gradients(
+            lambda h: head(h[:, :, None, None]).flatten(1),
+            [head.weight],
+            features[name],
+            temperature,
+        )
+        return np.array([float(entrywise_norm(grad, p)) for grad in grads])
+
+    def logit_score(name: str, method: str) -> np.ndarray:
+        if method == "MSP":
+            return logits[name].softmax(1).amax(1).numpy()
+        if method == "ODIN":
+            return (logits[name] / 1000).softmax(1).amax(1).numpy()
+        return torch.logsumexp(logits[name], 1).numpy()  # Energy, T = 1
+
+    settings = [("GradNorm", p, 1.0) for p in PAPER_NORMS]
+    settings += [("GradNorm", 1.0, t) for t in PAPER_TEMPERATURES if t != 1.0]
+    settings += [(m, None, None) for m in ("MSP", "ODIN", "Energy")]
+    expected = {}
+    for method, p, temperature in settings:
+        if method == "GradNorm":
+            scores = {k: gradnorm(k, p, temperature) for k in sets}
+        else:
+            scores = {k: logit_score(k, method) for k in sets}
+        per_set = {
+            name: reference_metrics(scores["ID"], scores[name]) for name in sets if name != "ID"
+        }
+        per_set["Average"] = {
+            metric: float(np.mean([row[metric] for row in per_set.values()]))
+            for metric in ("FPR95", "AUROC")
+        }
+        for name, row in per_set.items():
+            expected[(method, p, temperature, name)] = row
+    return expected
+
+
+def test_harness_end_to_end_on_a_miniature_imagenet(tmp_path):
+    miniature = make_imagenet_layout(
+        tmp_path / "data",
+        classes=3,
+        images_per_class=3,
+        ood_counts={"iNaturalist": 4, "SUN": 3, "Places": 5, "Textures": 4},
+    )
+    plugin_dir = tmp_path / "plugin"
+    plugin_dir.mkdir()
+    (plugin_dir / "miniature.pkl").write_bytes(pickle.dumps(miniature))
+    (plugin_dir / "miniature_hooks.py").write_text(HOOKS)
+    run = _run_pytest(
+        [
+            "benchmarks/test_paper_tables.py",
+            "-p",
+            "miniature_hooks",
+            "-k",
+            "(table1 or table7 or table8) and not Mahalanobis",
+            "--report-dir",
+            str(tmp_path / "reports"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        tmp_path,
+        extra_path=plugin_dir,
+    )
+    # a random model is far from the paper's numbers: the checks fail, and say so
+    assert run.returncode == pytest.ExitCode.TESTS_FAILED, run.stdout[-3000:] + run.stderr
+    assert "the paper's numbers beside this run's" in run.stdout
+    (folder,) = (tmp_path / "reports").iterdir()
+    report = pd.read_csv(folder / "paper.csv")
+    assert {"figure4_norms.png", "figure5_temperatures.png", "paper.md"} <= {
+        p.name for p in folder.iterdir()
+    }
+    expected = _expected_rows(tmp_path / "data")
+    assert len(report) == 20 + 50 + 75  # Table 1 without Mahalanobis, Tables 7 and 8
+    for row in report.itertuples(index=False):
+        p = None if row.method != "GradNorm" else row.p
+        temperature = None if row.method != "GradNorm" else row.temperature
+        reference = expected[(row.method, p, temperature, row.ood_data)]
+        # float32 forward passes in batches vs one sample at a time: scores differ in the
+        # 7th digit, far from reordering any two of these few samples
+        assert row._8 == pytest.approx(reference["FPR95"], abs=1e-9), row.check
+        assert row._11 == pytest.approx(reference["AUROC"], abs=1e-9), row.check
+
+
+def test_pytest_benchmarks_on_a_fresh_install(tmp_path):
+    """`pytest benchmarks` without data: the bundled benchmark runs and prints its table, the
+    paper checks are skipped with the missing paths, exit 0; a second run repeats its numbers."""
+    common = [
+        "--benchmark-disable",
+        "--data-root",
+        str(tmp_path / "no-data"),
+        "--checkpoint-dir",
+        str(tmp_path / "no-checkpoints"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "-rs",
+    ]
+    first = _run_pytest(["benchmarks", *common, "--report-dir", str(tmp_path / "r1")], tmp_path)
+    assert first.returncode == pytest.ExitCode.OK, first.stdout[-3000:] + first.stderr
+    assert "bundled benchmark: digits vs photo crops and uniform noise" in first.stdout
+    assert f"imagenet protocol: data missing under {tmp_path / 'no-data'}" in first.stdout
+    assert f"{tmp_path / 'no-data'}/id_data/ILSVRC-2012/val: found 0 images, expected 50,000" in (
+        first.stdout
+    )
+    second = _run_pytest(
+        ["benchmarks/test_bundled.py", *common, "--report-dir", str(tmp_path / "r2")], tmp_path
+    )
+    assert second.returncode == pytest.ExitCode.OK, second.stdout[-3000:] + second.stderr
+    tables = [
+        next((tmp_path / run).glob("*/bundled-benchmark*.csv")).read_text() for run in ("r1", "r2")
+    ]
+    assert tables[0] == tables[1]
