@@ -35,26 +35,18 @@ def _check(check: PaperCheck, paper_measurements, gradood_report) -> None:
     )
 
 
-@pytest.mark.parametrize("check", _rows("table1"))
-def test_table1(check, paper_measurements, gradood_report):
-    _check(check, paper_measurements, gradood_report)
+def _table_test(table: str):
+    """The test of every row of ``table``, one parameter per row."""
+
+    @pytest.mark.parametrize("check", _rows(table))
+    def test(check: PaperCheck, paper_measurements, gradood_report) -> None:
+        _check(check, paper_measurements, gradood_report)
+
+    return test
 
 
-@pytest.mark.parametrize("check", _rows("table6"))
-def test_table6(check, paper_measurements, gradood_report):
-    _check(check, paper_measurements, gradood_report)
-
-
-@pytest.mark.parametrize("check", _rows("table7"))
-def test_table7(check, paper_measurements, gradood_report):
-    _check(check, paper_measurements, gradood_report)
-
-
-@pytest.mark.parametrize("check", _rows("table8"))
-def test_table8(check, paper_measurements, gradood_report):
-    _check(check, paper_measurements, gradood_report)
-
-
-@pytest.mark.parametrize("check", _rows("table9"))
-def test_table9(check, paper_measurements, gradood_report):
-    _check(check, paper_measurements, gradood_report)
+test_table1 = _table_test("table1")
+test_table6 = _table_test("table6")
+test_table7 = _table_test("table7")
+test_table8 = _table_test("table8")
+test_table9 = _table_test("table9")
