@@ -71,6 +71,8 @@ class ResNet20(nn.Module):
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
         self.conv1 = nn.Conv2d(3, _STAGE_WIDTHS[0], 3, 1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(_STAGE_WIDTHS[0])
+        # a module, so that hooks (e.g. Mahalanobis's first feature layer) see its output
+        self.relu = nn.ReLU()
         stages, in_channels = [], _STAGE_WIDTHS[0]
         for index, width in enumerate(_STAGE_WIDTHS):
             blocks = []
@@ -87,7 +89,7 @@ class ResNet20(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The penultimate features: globally pooled output of the last stage, B x 64."""
-        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return x.mean(dim=(2, 3))
 
