@@ -100,7 +100,8 @@ def pytest_gradood_load_model(config, protocol):
 
 
 def _run_pytest(args: list[str], tmp_path: Path, extra_path: Path | None = None):
-    env = dict(os.environ)
+    # one torch thread, as in this process (tests/conftest.py): small tensors, shared cores
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if extra_path is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(extra_path), env.get("PYTHONPATH")]))
     return subprocess.run(
