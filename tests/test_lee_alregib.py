@@ -310,7 +310,7 @@ def test_mean_and_std_must_match_the_channels():
         ({"split": (0.4, 0.4, 0.3)}, "split must be three fractions"),
         ({"hidden_width": 0}, "hidden_width must be an integer >= 1"),
         ({"lr": -1.0}, "lr must be a finite number > 0"),
-        ({"std": (0.5, 0.0, 0.5)}, "std must be > 0"),
+        ({"std": (0.5, 0.0, 0.5)}, "std must be a positive number"),
         ({"log_epsilon": 0.0}, "log_epsilon must be a finite number > 0"),
         ({"seed": -1}, "seed must be an integer >= 0"),
         ({"params": ["nope"]}, "'nope' names no parameter or module of SmallCNN"),

@@ -87,7 +87,7 @@ def test_mahalanobis_presets_give_the_paper_variant(preset, magnitude, norm_std,
     detector = gradood.create_detector("mahalanobis", SmallCNN(), preset=preset, layers=layers)
     assert type(detector) is MahalanobisEnsemble
     assert (detector.magnitude, detector.layers) == (magnitude, layers)
-    assert detector.norm_std == (None if norm_std is None else list(norm_std))
+    assert detector.norm_std == (None if norm_std is None else tuple(norm_std))
     assert detector.norm_mean == (None if norm_mean is None else list(norm_mean))
     assert (detector.adversarial_step, detector.adversarial_clamp) == (0.05, (0.0, 1.0))
     assert detector.samples == 500

@@ -7,13 +7,14 @@ and its output the logits ``z`` (B x C): ``z = W h + b``.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from .shared import shared_for
 
 __all__ = ["Head", "PenultimateEncoder", "find_head", "penultimate_encoder"]
 
@@ -187,12 +188,6 @@ class PenultimateEncoder(nn.Module):
         return forward_with_features(self.model, self.head, x)[1]
 
 
-# model -> head name -> encoder; weak both ways, so the cache keeps neither alive
-_ENCODERS: weakref.WeakKeyDictionary[nn.Module, weakref.WeakValueDictionary] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def penultimate_encoder(
     model: nn.Module, head: str | nn.Module | None = None
 ) -> PenultimateEncoder:
@@ -202,9 +197,4 @@ def penultimate_encoder(
     identity, run the model once for every detector built on the same features.
     """
     found = find_head(model, head)
-    per_model = _ENCODERS.setdefault(model, weakref.WeakValueDictionary())
-    encoder = per_model.get(found.name)
-    if encoder is None:
-        encoder = PenultimateEncoder(model, found)
-        per_model[found.name] = encoder
-    return encoder
+    return shared_for(model, ("penultimate", found.name), lambda: PenultimateEncoder(model, found))

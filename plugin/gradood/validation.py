@@ -4,11 +4,56 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["check_finite", "check_norm_order", "check_temperature"]
+__all__ = [
+    "check_channel_values",
+    "check_finite",
+    "check_norm_order",
+    "check_number",
+    "check_positive_int",
+    "check_temperature",
+]
+
+
+def check_number(value: Any, what: str, *, allow_zero: bool = False) -> float:
+    """A finite real number > 0 (>= 0 with ``allow_zero``), as a float.
+
+    :raises TypeError: if ``value`` is not a real number (bools are not)
+    :raises ValueError: if it is not finite or out of range
+    """
+    bound = ">= 0" if allow_zero else "> 0"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a finite number {bound}, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{what} must be a finite number {bound}, got {value}")
+    return value
+
+
+def check_positive_int(value: Any, what: str) -> int:
+    """An integer >= 1 (bools are not integers here)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def check_channel_values(
+    value: float | Sequence[float], what: str, *, positive: bool = False
+) -> tuple[float, ...]:
+    """Per-channel values (one number is one channel): finite, and > 0 with ``positive``."""
+    values = (value,) if isinstance(value, numbers.Real) else tuple(value)
+    valid = all(
+        isinstance(v, numbers.Real) and math.isfinite(v) and (v > 0 or not positive) for v in values
+    )
+    if not values or not valid:
+        kind = "positive" if positive else "finite"
+        raise ValueError(f"{what} must be a {kind} number or a sequence of them, got {value!r}")
+    return tuple(float(v) for v in values)
 
 
 def check_norm_order(p: float) -> float:
@@ -23,12 +68,7 @@ def check_norm_order(p: float) -> float:
 
 def check_temperature(temperature: float) -> float:
     """A softmax temperature: a finite real number > 0."""
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
-        raise TypeError(f"temperature must be a finite number > 0, got {temperature!r}")
-    temperature = float(temperature)
-    if not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-    return temperature
+    return check_number(temperature, "temperature")
 
 
 def check_finite(tensor: Tensor, what: str) -> None:

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from ..gradients import per_sample_gradient_powers, resolve_parameter_names
 from ..heads import Head, find_head, forward_with_features, penultimate_encoder
-from ..validation import check_finite, check_norm_order, check_temperature
+from ..validation import check_finite, check_norm_order, check_positive_int, check_temperature
 
 __all__ = ["PAPER_NORMS", "PAPER_TEMPERATURES", "GradNorm", "gradnorm_score", "uniform_loss"]
 
@@ -77,12 +77,6 @@ def gradnorm_score(
     if not bool(torch.isfinite(scores).all()):
         raise ValueError(f"the L_{p:g} gradient norm overflows float64; use a larger p")
     return scores
-
-
-def _check_micro_batch_size(size: int) -> int:
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"micro_batch_size must be an integer >= 1, got {size!r}")
-    return size
 
 
 class GradNorm(FeaturesDetector):
@@ -145,7 +139,7 @@ class GradNorm(FeaturesDetector):
         self.model = model
         self.p = p
         self.temperature = temperature
-        self.micro_batch_size = _check_micro_batch_size(micro_batch_size)
+        self.micro_batch_size = check_positive_int(micro_batch_size, "micro_batch_size")
         self.head: Head = find_head(model, head)
         self.params = None if params is None else resolve_parameter_names(model, params)
         self.encoder = penultimate_encoder(model, self.head.module) if params is None else None

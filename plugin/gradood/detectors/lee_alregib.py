@@ -40,7 +40,6 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -59,7 +58,8 @@ from torch.utils.data import DataLoader
 
 from ..gradients import per_sample_squared_norms, resolve_parameter_names
 from ..metrics import paper_metrics
-from ..validation import check_finite
+from ..shared import shared_for
+from ..validation import check_channel_values, check_finite, check_number, check_positive_int
 
 __all__ = ["GradientFeatures", "LeeAlRegib", "confounding_label_loss", "gradient_feature_encoder"]
 
@@ -103,48 +103,14 @@ class GradientFeatures(nn.Module):
         return torch.cat(parts)
 
 
-# model -> (names, micro-batch size) -> encoder; weak both ways, as heads.penultimate_encoder
-_ENCODERS: weakref.WeakKeyDictionary[nn.Module, weakref.WeakValueDictionary] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def gradient_feature_encoder(
     model: nn.Module, params: str | Sequence[str] | None = None, micro_batch_size: int = 32
 ) -> GradientFeatures:
     """The shared :class:`GradientFeatures` encoder of ``model`` for these settings, so that
     pytorch-ood's ``Benchmark.evaluate`` (cache keyed by encoder identity) computes them once."""
     names = resolve_parameter_names(model, params)
-    per_model = _ENCODERS.setdefault(model, weakref.WeakValueDictionary())
-    key = (tuple(names), micro_batch_size)
-    encoder = per_model.get(key)
-    if encoder is None:
-        encoder = GradientFeatures(model, names, micro_batch_size)
-        per_model[key] = encoder
-    return encoder
-
-
-def _positive_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
-def _positive_float(value: Any, what: str, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{what} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{what} must be a finite number {bound}, got {value}")
-    return value
-
-
-def _channel_values(value: float | Sequence[float], what: str) -> tuple[float, ...]:
-    values = (value,) if isinstance(value, numbers.Real) else tuple(value)
-    if not values or not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in values):
-        raise ValueError(f"{what} must be a finite number or a sequence of them, got {value!r}")
-    return tuple(float(v) for v in values)
+    key = ("gradient features", tuple(names), micro_batch_size)
+    return shared_for(model, key, lambda: GradientFeatures(model, names, micro_batch_size))
 
 
 def _seed_for(*entropy: int) -> int:
@@ -219,22 +185,20 @@ class LeeAlRegib(FeaturesDetector):
         if model is None:
             raise ModelNotSetException("LeeAlRegib needs a model")
         self.model = model
-        self.mean = _channel_values(mean, "mean")
-        self.std = _channel_values(std, "std")
-        if any(s <= 0 for s in self.std):
-            raise ValueError(f"std must be > 0, got {self.std}")
+        self.mean = check_channel_values(mean, "mean")
+        self.std = check_channel_values(std, "std", positive=True)
         self.input_shape = None if input_shape is None else tuple(int(d) for d in input_shape)
-        self.hidden_width = _positive_int(hidden_width, "hidden_width")
-        self.epochs = _positive_int(epochs, "epochs")
-        self.lr = _positive_float(lr, "lr")
-        self.weight_decay = _positive_float(weight_decay, "weight_decay", allow_zero=True)
-        self.batch_size = _positive_int(batch_size, "batch_size")
-        self.log_epsilon = _positive_float(log_epsilon, "log_epsilon")
+        self.hidden_width = check_positive_int(hidden_width, "hidden_width")
+        self.epochs = check_positive_int(epochs, "epochs")
+        self.lr = check_number(lr, "lr")
+        self.weight_decay = check_number(weight_decay, "weight_decay", allow_zero=True)
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.log_epsilon = check_number(log_epsilon, "log_epsilon")
         self.split = self._check_split(split)
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         self.seed = int(seed)
-        micro_batch_size = _positive_int(micro_batch_size, "micro_batch_size")
+        micro_batch_size = check_positive_int(micro_batch_size, "micro_batch_size")
         self.encoder = gradient_feature_encoder(model, params, micro_batch_size)
         self.classifier: nn.Sequential | None = None
         self.feature_mean: Tensor | None = None

@@ -38,8 +38,6 @@ confidence): the same ranking, except that the float64 sigmoid saturates to ties
 from __future__ import annotations
 
 import inspect
-import math
-import numbers
 import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -62,7 +60,7 @@ from torch.utils.data import DataLoader
 from typing_extensions import Self
 
 from ..metrics import paper_metrics
-from ..validation import check_finite
+from ..validation import check_channel_values, check_finite, check_number, check_positive_int
 
 __all__ = [
     "ADVERSARIAL_STEP",
@@ -387,18 +385,24 @@ class MahalanobisEnsemble(GradientDetector):
             raise ModelNotSetException("MahalanobisEnsemble needs a model")
         self.model = model
         self.layers = self._resolve_layers(model, layers)
-        self.magnitude = None if magnitude is None else _non_negative(magnitude, "magnitude")
-        self.magnitudes = [_non_negative(m, "each candidate magnitude") for m in magnitudes]
+        self.magnitude = (
+            None if magnitude is None else check_number(magnitude, "magnitude", allow_zero=True)
+        )
+        self.magnitudes = [
+            check_number(m, "each candidate magnitude", allow_zero=True) for m in magnitudes
+        ]
         if self.magnitude is None and not self.magnitudes:
             raise ValueError("give a magnitude or at least one candidate in magnitudes")
-        self.norm_std = _positive_list(norm_std, "norm_std")
+        self.norm_std = (
+            None if norm_std is None else check_channel_values(norm_std, "norm_std", positive=True)
+        )
         self.norm_mean = None if norm_mean is None else [float(v) for v in norm_mean]
         if adversarial_clamp is not None and self.norm_std is not None and norm_mean is None:
             raise ValueError("adversarial_clamp in pixel units (norm_std given) needs norm_mean")
-        self.adversarial_step = _non_negative(adversarial_step, "adversarial_step")
+        self.adversarial_step = check_number(adversarial_step, "adversarial_step", allow_zero=True)
         self.adversarial_clamp = None if adversarial_clamp is None else tuple(adversarial_clamp)
-        self.samples = _positive_int(samples, "samples")
-        self.batch_size = _positive_int(batch_size, "batch_size")
+        self.samples = check_positive_int(samples, "samples")
+        self.batch_size = check_positive_int(batch_size, "batch_size")
         self.means: dict[str, Tensor] | None = None
         self.precisions: dict[str, Tensor] | None = None
         self._projected_means: dict[str, Tensor] = {}
@@ -672,7 +676,7 @@ class MahalanobisEnsemble(GradientDetector):
         if tuple(state["coef"].shape) != (len(self.layers),):
             raise ValueError(f"coef must have shape ({len(self.layers)},)")
         self._set_statistics(state["means"], state["precisions"])
-        self.magnitude = _non_negative(state["magnitude"], "magnitude")
+        self.magnitude = check_number(state["magnitude"], "magnitude", allow_zero=True)
         self._set_regression((state["coef"].double(), state["intercept"].double()))
         return self
 
@@ -781,26 +785,3 @@ def _log_odds(scores: Tensor, coef: Tensor, intercept: Tensor) -> Tensor:
 
 
 # -- argument checks --------------------------------------------------------------------------
-
-
-def _non_negative(value: float, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{what} must be a finite number >= 0, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{what} must be a finite number >= 0, got {value}")
-    return float(value)
-
-
-def _positive_int(value: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
-    return value
-
-
-def _positive_list(values: Sequence[float] | None, what: str) -> list[float] | None:
-    if values is None:
-        return None
-    values = [float(v) for v in values]
-    if not values or not all(math.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"{what} must be positive per-channel values, got {values}")
-    return values
