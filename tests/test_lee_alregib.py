@@ -174,7 +174,7 @@ def test_state_dict_round_trip_without_the_model(trained):
     buffer = io.BytesIO()
     torch.save(detector.state_dict(), buffer)
     buffer.seek(0)
-    state = torch.load(buffer)
+    state = torch.load(buffer, weights_only=True)
     model_size = sum(p.numel() for p in model.parameters())
     saved_size = sum(v.numel() for v in state["classifier"].values())
     assert saved_size != model_size and "model" not in state
