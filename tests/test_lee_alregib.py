@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
 
 from gradood import LeeAlRegib, paper_metrics
-from gradood.detectors.lee_alregib import confounding_label_loss
+from gradood.detectors.lee_alregib import _default_linear_init, confounding_label_loss
 from gradood.testing import BigTransferStyleNet, SmallCNN
 
 # float64 models: exact per-sample gradients summed in another order than autograd's (see
@@ -140,6 +140,17 @@ def test_fitting_is_reproducible(trained):
     assert not torch.equal(first.predict(x), other.predict(x))
 
 
+@pytest.mark.parametrize(("fan_in", "seed"), [(1, 0), (7, 1), (306, 2)])
+def test_classifier_starts_from_nn_linears_default_initialization(fan_in, seed):
+    layer = nn.Linear(fan_in, 5, dtype=torch.float64)
+    _default_linear_init(layer, torch.Generator().manual_seed(seed))
+    with torch.random.fork_rng():  # reference: nn.Linear's own initialization, same seed
+        torch.manual_seed(seed)
+        reference = nn.Linear(fan_in, 5, dtype=torch.float64)
+    assert torch.equal(layer.weight, reference.weight)
+    assert torch.equal(layer.bias, reference.bias)
+
+
 def test_noise_range_and_reproducibility_per_sample():
     detector = LeeAlRegib(
         SmallCNN(), mean=(0.5, 0.4, 0.3), std=(0.5, 0.25, 0.1), input_shape=(3, 6, 5)
@@ -163,7 +174,7 @@ def test_state_dict_round_trip_without_the_model(trained):
     buffer = io.BytesIO()
     torch.save(detector.state_dict(), buffer)
     buffer.seek(0)
-    state = torch.load(buffer)
+    state = torch.load(buffer, weights_only=True)
     model_size = sum(p.numel() for p in model.parameters())
     saved_size = sum(v.numel() for v in state["classifier"].values())
     assert saved_size != model_size and "model" not in state

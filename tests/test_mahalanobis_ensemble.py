@@ -415,7 +415,7 @@ def test_state_dict_round_trip():
     torch.save(detector.state_dict(), buffer)
     buffer.seek(0)
     restored = MahalanobisEnsemble(model, LAYERS, norm_std=STD)
-    restored.load_state_dict(torch.load(buffer))
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
     x_test, _ = random_batch(17, 6)
     assert restored.magnitude == 0.002
     torch.testing.assert_close(restored.predict(x_test), detector.predict(x_test), rtol=0, atol=0)

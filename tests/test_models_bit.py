@@ -189,8 +189,9 @@ def test_remap_gives_exactly_timm_s_names_and_shapes():
     state = {"module." + bit: torch.zeros(()).expand(shape) for bit, _, shape in entries}
     renamed = big_transfer_to_timm(state)
     assert renamed == {tim: state["module." + bit] for bit, tim, _ in entries}
-    with torch.device("meta"):  # the test's table agrees with timm's own model
-        reference = timm.create_model("resnetv2_101x1_bit", pretrained=False)
+    # the test's table agrees with timm's own model (built for real, 0.4 s: timm 0.9's ResNetV2
+    # cannot be built on the meta device)
+    reference = timm.create_model("resnetv2_101x1_bit", pretrained=False)
     assert {k: tuple(v.shape) for k, v in reference.state_dict().items()} == {
         tim: shape for _, tim, shape in entries
     }

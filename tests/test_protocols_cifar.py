@@ -31,6 +31,15 @@ from gradood.protocols import (
     protocol_class,
     sample_places365,
 )
+from gradood.protocols.places365 import (
+    PLACES365_BASE_URL,
+    PLACES365_CATEGORIES,
+    PLACES365_DEVKIT,
+    PLACES365_TEST_IMAGES,
+    PLACES365_TEST_LIST,
+    Places365SampleSource,
+    Places365TestImages,
+)
 from gradood.testing import SmallCNN, forbid_downloads, make_cifar_layout
 
 OOD_NAMES = ["SVHN", "LSUN (crop)", "Places365", "Textures"]
@@ -165,6 +174,71 @@ def test_absent_or_incomplete_set_names_path_counts_and_source(
     assert (error.path, error.found) == (layout.root / path, found)
     assert source in error.source
     assert f"found {found} " in str(error) and f"expected {error.expected:,}" in str(error)
+
+
+def test_a_class_folder_without_images_is_counted_not_a_torchvision_error(layouts):
+    layout = layouts["cifar10"]
+    for image in (layout.root / "dtd/images/banded").iterdir():
+        image.unlink()
+
+    with pytest.raises(DatasetNotFoundError, match="incomplete") as raised:
+        layout.open()
+
+    assert (raised.value.path, raised.value.found, raised.value.expected) == (
+        layout.root / "dtd/images",
+        2,
+        4,
+    )
+
+
+def test_places365_lists_are_md5_checked(layouts):
+    layout = layouts["cifar10"]
+    with pytest.raises(DatasetNotFoundError, match="md5 check") as raised:
+        Places365SampleSource("Places365").open(
+            layout.root,
+            layout.expected["Places365"],
+            transform=None,
+            target_transform=None,
+            verify_checksums=True,  # the generated lists are not the published ones
+        )
+    assert raised.value.found is None
+    assert f"categories_places365.txt does not match {PLACES365_CATEGORIES[1]}" in str(raised.value)
+
+
+_TORCHVISION_READS_PLACES365_TEST = ("test", True) in Places365._IMAGES_META
+
+
+@pytest.mark.skipif(
+    not _TORCHVISION_READS_PLACES365_TEST,
+    reason="torchvision < 0.22: its Places365 has no test split to compare with",
+)
+def test_places365_test_images_are_torchvisions_test_split(layouts):
+    class Unchecked(Places365):  # the generated lists fail the published md5s
+        _CATEGORIES_META = (Places365._CATEGORIES_META[0], None)
+        _FILE_LIST_META = {s: (f, None) for s, (f, _) in Places365._FILE_LIST_META.items()}
+
+    folder = layouts["cifar10"].root / "places365"
+    theirs = Unchecked(str(folder), split="test", small=True, transform=np.asarray)
+    ours = Places365TestImages(folder, transform=np.asarray)
+
+    assert ours.imgs == theirs.imgs and len(ours) == len(theirs) == 12
+    for (our_image, our_target), (image, target) in zip(ours, theirs, strict=True):
+        assert np.array_equal(our_image, image) and our_target is target is None
+    # the published facts gradood states itself are torchvision's
+    stated = [
+        PLACES365_BASE_URL,
+        PLACES365_DEVKIT,
+        PLACES365_TEST_IMAGES,
+        PLACES365_CATEGORIES,
+        PLACES365_TEST_LIST,
+    ]
+    assert stated == [
+        Places365._BASE_URL,
+        Places365._DEVKIT_META["standard"],
+        Places365._IMAGES_META[("test", True)],
+        Places365._CATEGORIES_META,
+        Places365._FILE_LIST_META["test"],
+    ]
 
 
 def test_places365_test_set_must_be_complete(layouts):
@@ -368,7 +442,7 @@ def test_download_installs_absent_sets_from_their_published_archives(
     layout = layouts["cifar10"]
     root, served = layout.root, tmp_path / "served"
     served.mkdir()
-    places, devkit = root / "places365", f"{Places365._BASE_URL}filelist_places365-standard.tar"
+    places, devkit = root / "places365", f"{PLACES365_BASE_URL}filelist_places365-standard.tar"
     with tarfile.open(served / "devkit.tar", "w") as tar:
         for name in ("categories_places365.txt", "places365_test.txt"):
             tar.add(places / name, arcname=name)
@@ -376,7 +450,7 @@ def test_download_installs_absent_sets_from_their_published_archives(
         CIFAR10.url: _tar(root / "cifar-10-batches-py", served / "c.tar.gz", "cifar-10-batches-py"),
         Textures.url: _tar(root / "dtd", served / "t.tar.gz", "dtd"),
         devkit: served / "devkit.tar",
-        f"{Places365._BASE_URL}test_256.tar": _tar(
+        f"{PLACES365_BASE_URL}test_256.tar": _tar(
             places / "test_256", served / "p.tar", "test_256"
         ),
     }
@@ -399,8 +473,8 @@ def test_download_installs_absent_sets_from_their_published_archives(
 
     assert calls == [
         (CIFAR10.url, CIFAR10.tgz_md5),
-        (devkit, Places365._DEVKIT_META["standard"][1]),
-        (f"{Places365._BASE_URL}test_256.tar", Places365._IMAGES_META[("test", True)][1]),
+        (devkit, PLACES365_DEVKIT[1]),
+        (f"{PLACES365_BASE_URL}test_256.tar", PLACES365_TEST_IMAGES[1]),
         (Textures.url, Textures.tgz_md5),
     ]
     assert [len(d) for d in benchmark.test_oods] == [5, 3, 4, 4]

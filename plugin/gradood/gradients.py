@@ -703,7 +703,7 @@ class _FunctionalRule(_Rule):
                 inputs[k] = value
             args, kwargs = pytree.tree_unflatten(inputs, spec)
             output = torch.func.functional_call(module, params, args, kwargs)
-            flat = pytree.tree_leaves(output)
+            flat = _tree_leaves(output)
             return tuple(flat[k] for k in call.leaf_positions)
 
         def one_sample(params, values, sample_grads):
@@ -727,6 +727,11 @@ class _FunctionalRule(_Rule):
 
     def probe_input(self, module, generator):  # pragma: no cover - never probed
         raise NotImplementedError
+
+
+def _tree_leaves(tree: Any) -> list[Any]:
+    """The leaves of a pytree (``pytree.tree_leaves`` exists only from torch 2.2 on)."""
+    return pytree.tree_flatten(tree)[0]
 
 
 def _loop_vjp(call_module, params, values, grads) -> dict[str, Tensor]:
@@ -1028,7 +1033,7 @@ class _Session:
             leaves[k] = leaves[k] + self._probe(leaves[k])
             probed.append(leaves[k])
         input_versions = [
-            (t, t._version) for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, Tensor)
+            (t, t._version) for t in _tree_leaves((args, kwargs)) if isinstance(t, Tensor)
         ]
         call = _Call(
             args=args,

@@ -237,7 +237,6 @@ def forbid_downloads(monkeypatch: Any) -> None:
     """Make torchvision's download functions, and any network connection, fail the test
     (``monkeypatch`` is pytest's fixture; it undoes this after the test)."""
     import torchvision.datasets.cifar
-    import torchvision.datasets.places365
     import torchvision.datasets.svhn
     import torchvision.datasets.utils
 
@@ -253,7 +252,6 @@ def forbid_downloads(monkeypatch: Any) -> None:
         ),
         torchvision.datasets.cifar: ("download_and_extract_archive",),
         torchvision.datasets.svhn: ("download_url",),
-        torchvision.datasets.places365: ("download_and_extract_archive",),
     }
     for module, names in modules.items():
         for name in names:

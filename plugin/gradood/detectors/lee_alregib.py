@@ -377,11 +377,9 @@ class LeeAlRegib(FeaturesDetector):
             nn.ReLU(),
             nn.Linear(self.hidden_width, 1, dtype=torch.float64),
         )
-        if generator is not None:  # nn.Linear's default initialization, from our generator
+        if generator is not None:
             for layer in (classifier[0], classifier[2]):
-                nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
-                bound = 1 / math.sqrt(layer.in_features)
-                nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+                _default_linear_init(layer, generator)
         return classifier
 
     def _transform(self, features: Tensor) -> Tensor:
@@ -508,3 +506,20 @@ class LeeAlRegib(FeaturesDetector):
         self.input_shape = None if shape is None else tuple(shape)
         self.mean, self.std = tuple(state["mean"]), tuple(state["std"])
         return self
+
+
+def _default_linear_init(layer: nn.Linear, generator: torch.Generator) -> None:
+    """``nn.Linear``'s default initialization drawn from ``generator``: the weight as
+    ``kaiming_uniform_(a=sqrt(5))`` draws it, U(-b, b) with b = sqrt(3) gain / sqrt(fan_in)
+    (= 1 / sqrt(fan_in) up to rounding), the bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+    ``Tensor.uniform_`` because ``nn.init`` takes a generator only from torch 2.2 on; the bound
+    is computed as ``kaiming_uniform_`` computes it, so the draws are the same bit for bit.
+    """
+    fan_in = layer.in_features
+    gain = nn.init.calculate_gain("leaky_relu", math.sqrt(5))
+    weight_bound = math.sqrt(3.0) * (gain / math.sqrt(fan_in))
+    bias_bound = 1 / math.sqrt(fan_in)
+    with torch.no_grad():
+        layer.weight.uniform_(-weight_bound, weight_bound, generator=generator)
+        layer.bias.uniform_(-bias_bound, bias_bound, generator=generator)

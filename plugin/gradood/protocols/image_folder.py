@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import torchvision.datasets.folder as tv_folder
 from torchvision.datasets import ImageFolder
 
 from .archives import Archive
@@ -13,6 +14,34 @@ from .expected import Expected
 from .source import DataSource, count_problem
 
 __all__ = ["ImageFolderSource"]
+
+
+class ImageFolderKeepingEmptyClasses(ImageFolder):
+    """``ImageFolder`` that keeps class folders without images as classes, so that an incomplete
+    dataset is reported by its counts rather than by torchvision's error.
+
+    torchvision's ``allow_empty=True`` does the same from 0.18 on (pytorch/vision#8311); this
+    works on every supported torchvision. Samples and their order are ``ImageFolder``'s: each
+    class folder is scanned by torchvision's own ``make_dataset``, classes in sorted order.
+    """
+
+    @staticmethod
+    def make_dataset(
+        directory: str,
+        class_to_idx: dict[str, int],
+        extensions: tuple[str, ...] | None = None,
+        is_valid_file: Callable[[str], bool] | None = None,
+        allow_empty: bool = True,  # passed by torchvision >= 0.18; empty classes are kept anyway
+    ) -> list[tuple[str, int]]:
+        samples: list[tuple[str, int]] = []
+        for name in sorted(class_to_idx):
+            try:
+                samples += tv_folder.make_dataset(
+                    directory, {name: class_to_idx[name]}, extensions, is_valid_file
+                )
+            except FileNotFoundError:  # torchvision's error for a class folder without images
+                continue
+        return samples
 
 
 class ImageFolderSource(DataSource):
@@ -52,7 +81,7 @@ class ImageFolderSource(DataSource):
         transform: Callable | None,
         target_transform: Callable | None,
         verify_checksums: bool,
-    ) -> ImageFolder:
+    ) -> ImageFolderKeepingEmptyClasses:
         folder = self.path(root)
         if not folder.is_dir():
             raise self.missing(root, expected.images, 0, "not found")
@@ -63,8 +92,8 @@ class ImageFolderSource(DataSource):
                 0,
                 "no class subfolder (images are read from subfolders, as ImageFolder does)",
             )
-        dataset = ImageFolder(
-            str(folder), transform=transform, target_transform=target_transform, allow_empty=True
+        dataset = ImageFolderKeepingEmptyClasses(
+            str(folder), transform=transform, target_transform=target_transform
         )
         if expected.classes is not None and len(dataset.classes) != expected.classes:
             found = len(dataset.classes)

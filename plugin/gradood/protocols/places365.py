@@ -3,9 +3,13 @@ test images.
 
 The paper samples 10,000 of the 328,500 test images (900 per category) without publishing the
 list. gradood draws its own sample, defined by the file names alone so that anyone can redraw
-it with any tool: the names listed in torchvision's ``places365_test.txt`` (md5-checked), each
-keyed by the hex SHA-256 digest of ``f"{seed}:{name}"`` (UTF-8), the ``size`` smallest keys
-taken, served in file-list order. The default seed is :data:`PLACES365_SEED`.
+it with any tool: the names listed in ``places365_test.txt`` (md5-checked), each keyed by the
+hex SHA-256 digest of ``f"{seed}:{name}"`` (UTF-8), the ``size`` smallest keys taken, served in
+file-list order. The default seed is :data:`PLACES365_SEED`.
+
+The test set is read by :class:`Places365TestImages`, not by torchvision's ``Places365``: that
+class reads the test split only from torchvision 0.22 on. The layout, archives and checksums are
+the ones torchvision's class uses.
 """
 
 from __future__ import annotations
@@ -14,28 +18,91 @@ import hashlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urljoin
 
 import torchvision.datasets.utils as tv_utils
 from torch.utils.data import Subset
-from torchvision.datasets import Places365
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets import VisionDataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
 
 from .expected import Expected
 from .source import DataSource, count_problem
 
-__all__ = ["PLACES365_SEED", "Places365SampleSource", "sample_places365"]
+__all__ = [
+    "PLACES365_BASE_URL",
+    "PLACES365_CATEGORIES",
+    "PLACES365_DEVKIT",
+    "PLACES365_SEED",
+    "PLACES365_TEST_IMAGES",
+    "PLACES365_TEST_LIST",
+    "Places365SampleSource",
+    "Places365TestImages",
+    "sample_places365",
+]
 
 #: the seed of the CIFAR protocols' Places365 sample
 PLACES365_SEED = 0
 
+#: where the Places365 archives are published
+PLACES365_BASE_URL = "http://data.csail.mit.edu/places/places365/"
+#: (archive, md5) of the Places365-Standard devkit, which holds the list files
+PLACES365_DEVKIT = ("filelist_places365-standard.tar", "35a0585fee1fa656440f3ab298f8479c")
+#: (archive, md5) of the 256 x 256 test images, extracted to ``test_256/``
+PLACES365_TEST_IMAGES = ("test_256.tar", "f532f6ad7b582262a2ec8009075e186b")
+#: (file, md5) of the category list (in the devkit)
+PLACES365_CATEGORIES = ("categories_places365.txt", "06c963b85866bd0649f97cb43dd16673")
+#: (file, md5) of the test file list (in the devkit): one image file name per line
+PLACES365_TEST_LIST = ("places365_test.txt", "2fce8233fe493576d724142e45d93653")
 
-class Places365WithoutChecksums(Places365):
-    """torchvision's Places365 accepting list files that do not match the published md5s: for
-    miniatures only, which state ``verify_checksums=False``."""
+# the list files of the Places365 folder that extracting a devkit writes (over any there)
+_DEVKIT_LISTS = (
+    PLACES365_CATEGORIES[0],
+    "places365_train_standard.txt",
+    "places365_train_challenge.txt",
+    "places365_val.txt",
+    PLACES365_TEST_LIST[0],
+)
 
-    _CATEGORIES_META = (Places365._CATEGORIES_META[0], None)
-    _FILE_LIST_META = {split: (f, None) for split, (f, _) in Places365._FILE_LIST_META.items()}
+
+class Places365TestImages(VisionDataset):
+    """The images named in ``root / "places365_test.txt"``, read from ``root / "test_256"`` as
+    RGB PIL images, in file-list order; the test set is unlabelled, so the target is ``None``
+    (before ``target_transform``).
+
+    ``imgs`` holds ``(path, None)`` per image, as torchvision's ``Places365`` does.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        transform: Callable | None = None,
+        target_transform: Callable | None = None,
+    ):
+        super().__init__(str(root), transform=transform, target_transform=target_transform)
+        self.images_dir = os.path.join(self.root, PLACES365_TEST_IMAGES[0].removesuffix(".tar"))
+        self.names = _read_names(Path(self.root) / PLACES365_TEST_LIST[0])
+        self.imgs: list[tuple[str, None]] = [
+            (os.path.join(self.images_dir, name), None) for name in self.names
+        ]
+
+    def __len__(self) -> int:
+        return len(self.imgs)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        path, target = self.imgs[index]
+        image = pil_loader(path)
+        if self.transform is not None:
+            image = self.transform(image)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return image, target
+
+
+def _read_names(file_list: Path) -> list[str]:
+    """The file names of a Places365 test list: the first field of every non-blank line."""
+    with open(file_list, encoding="utf-8") as lines:
+        return [fields[0] for fields in map(str.split, lines) if fields]
 
 
 def sample_places365(names: Sequence[str], size: int, seed: int = PLACES365_SEED) -> list[int]:
@@ -57,22 +124,21 @@ def sample_places365(names: Sequence[str], size: int, seed: int = PLACES365_SEED
 class Places365SampleSource(DataSource):
     """A sample of the Places365-Standard test images (256 x 256 versions) at
     ``root / "places365"``, in torchvision's layout: ``categories_places365.txt``,
-    ``places365_test.txt`` and ``test_256/``.
+    ``places365_test.txt`` (both md5-checked) and ``test_256/``.
 
     ``Expected.drawn_from`` is the number of test images (listed, and in ``test_256/``),
     ``Expected.images`` the sample size.
     """
 
     folder = "places365"
-    split = "test"
 
     def __init__(self, name: str, seed: int = PLACES365_SEED):
-        devkit, _ = Places365._DEVKIT_META["standard"]
-        images, _ = Places365._IMAGES_META[(self.split, True)]
+        devkit_url = urljoin(PLACES365_BASE_URL, PLACES365_DEVKIT[0])
+        images_url = urljoin(PLACES365_BASE_URL, PLACES365_TEST_IMAGES[0])
         how_to_get = (
-            f"torchvision.datasets.Places365(root / {self.folder!r}, split={self.split!r}, "
-            f"small=True, download=True), or download=True here ({Places365._BASE_URL}{devkit} "
-            f"and {Places365._BASE_URL}{images}, md5-checked by torchvision)"
+            f"download=True here ({devkit_url} and {images_url}, md5-checked, extracted to "
+            f"root / {self.folder!r}), or torchvision.datasets.Places365(root / {self.folder!r}, "
+            "split='test', small=True, download=True) with torchvision >= 0.22"
         )
         super().__init__(name, how_to_get)
         self.seed = seed
@@ -80,12 +146,13 @@ class Places365SampleSource(DataSource):
     def path(self, root: Path) -> Path:
         return Path(root) / self.folder
 
-    def _lists(self) -> list[tuple[str, str]]:
+    @staticmethod
+    def _lists() -> list[tuple[str, str]]:
         """The (file, md5) of the category list and the test file list."""
-        return [Places365._CATEGORIES_META, Places365._FILE_LIST_META[self.split]]
+        return [PLACES365_CATEGORIES, PLACES365_TEST_LIST]
 
     def _images_dir(self, root: Path) -> Path:
-        return self.path(root) / Places365._IMAGES_META[(self.split, True)][0].removesuffix(".tar")
+        return self.path(root) / PLACES365_TEST_IMAGES[0].removesuffix(".tar")
 
     def open(
         self,
@@ -103,31 +170,29 @@ class Places365SampleSource(DataSource):
         if absent:
             problem = f"not found (missing {', '.join(absent)})"
             raise self.missing(root, expected.drawn_from, 0, problem)
-        cls = Places365 if verify_checksums else Places365WithoutChecksums
-        try:
-            dataset = cls(
-                str(folder),
-                split=self.split,
-                small=True,
-                transform=transform,
-                target_transform=target_transform,
-            )
-        except RuntimeError as error:
-            problem = f"corrupted or another version (torchvision's md5 check: {error})"
-            raise self.missing(root, expected.drawn_from, None, problem) from error
-        self._check_test_set(root, expected.drawn_from, len(dataset.imgs))
-        images_dir = Path(dataset.images_dir)
-        names = [os.path.relpath(path, images_dir) for path, _ in dataset.imgs]
-        indices = sample_places365(names, expected.images, self.seed)
-        found = sum((images_dir / names[i]).is_file() for i in indices)
+        if verify_checksums:
+            self._check_lists(root, expected.drawn_from)
+        dataset = Places365TestImages(folder, transform, target_transform)
+        self._check_test_set(root, expected.drawn_from, len(dataset))
+        indices = sample_places365(dataset.names, expected.images, self.seed)
+        images_dir = self._images_dir(root)
+        found = sum((images_dir / dataset.names[i]).is_file() for i in indices)
         if found != expected.images:
             problem = "sampled images missing"
             raise self.missing(root, expected.images, found, problem, path=images_dir)
         return Subset(dataset, indices)
 
+    def _check_lists(self, root: Path, expected: int) -> None:
+        """The list files match their published md5s."""
+        for name, md5 in self._lists():
+            path = self.path(root) / name
+            if not tv_utils.check_integrity(str(path), md5):
+                problem = f"corrupted or another version (md5 check: {path} does not match {md5})"
+                raise self.missing(root, expected, None, problem)
+
     def _check_test_set(self, root: Path, expected: int, listed: int) -> None:
         """The file list and the image folder both hold the whole test set."""
-        file_list = self.path(root) / self._lists()[1][0]
+        file_list = self.path(root) / PLACES365_TEST_LIST[0]
         if listed != expected:
             problem = count_problem(listed, expected)
             raise self.missing(root, expected, listed, problem, "listed images", file_list)
@@ -151,28 +216,26 @@ class Places365SampleSource(DataSource):
 
     def download(self, root: Path) -> None:
         folder = self.path(root)
+        lists_ok = all(tv_utils.check_integrity(str(folder / f), md5) for f, md5 in self._lists())
         refused = []
-        if not all(tv_utils.check_integrity(str(folder / f), md5) for f, md5 in self._lists()):
-            # torchvision extracts the devkit's lists into the folder, over any there
-            lists = [Places365._CATEGORIES_META[0]]
-            lists += [f for f, _ in Places365._FILE_LIST_META.values()]
-            refused += [folder / name for name in lists if (folder / name).exists()]
-            refused += self._failing(folder, *Places365._DEVKIT_META["standard"])
+        if not lists_ok:
+            refused += [folder / name for name in _DEVKIT_LISTS if (folder / name).exists()]
+            refused += self._failing(folder, *PLACES365_DEVKIT)
         if not self._images_dir(root).exists():
-            refused += self._failing(folder, *Places365._IMAGES_META[(self.split, True)])
+            refused += self._failing(folder, *PLACES365_TEST_IMAGES)
         if refused:
             raise FileExistsError(
                 f"{self.name}: downloading would overwrite {', '.join(map(str, refused))}, and "
                 "download=True never overwrites files: move them away first"
             )
-        if not all(tv_utils.check_integrity(str(folder / f), md5) for f, md5 in self._lists()):
-            self._fetch(folder, *Places365._DEVKIT_META["standard"])
+        if not lists_ok:
+            self._fetch(folder, *PLACES365_DEVKIT)
         if not self._images_dir(root).exists():
-            self._fetch(folder, *Places365._IMAGES_META[(self.split, True)])
+            self._fetch(folder, *PLACES365_TEST_IMAGES)
 
     @staticmethod
     def _fetch(folder: Path, archive: str, md5: str) -> None:
-        url = urljoin(Places365._BASE_URL, archive)
+        url = urljoin(PLACES365_BASE_URL, archive)
         tv_utils.download_and_extract_archive(url, str(folder), filename=archive, md5=md5)
 
     @staticmethod
