@@ -1,0 +1,136 @@
+"""What a rule works on and provides: the settings of one computation, the recorded
+calls of a module, the modules that register selected parameters, the rule interface, and the
+per-sample reductions."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils import _pytree as pytree
+
+# -- per-sample reductions -------------------------------------------------------------------
+
+
+def _powers(gradients: Tensor, p: float) -> Tensor:
+    """:math:`\\sum_j |g_{ij}|^p` (max for ``p = inf``) of each row, in float64."""
+    rows = gradients.reshape(gradients.shape[0], -1)
+    if rows.shape[1] == 0:
+        return torch.zeros(rows.shape[0], dtype=torch.float64, device=rows.device)
+    if math.isinf(p):
+        return rows.abs().amax(dim=1).double()
+    norms = torch.linalg.vector_norm(rows, ord=p, dim=1, dtype=torch.float64)
+    return norms.square() if p == 2 else norms**p
+
+
+def _compute_dtype(tensor: Tensor) -> torch.dtype:
+    return torch.promote_types(tensor.dtype, torch.float32)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    batch: int
+    p: float
+    method: str
+    workspace: int
+
+    def chunk(self, per_sample_elements: int) -> int:
+        return max(1, min(self.batch, self.workspace // max(1, per_sample_elements)))
+
+
+# -- recorded calls --------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Call:
+    """One call of an owner module: its inputs, probed output leaves and their gradients."""
+
+    args: tuple
+    kwargs: dict
+    output_leaves: list[Tensor]
+    output_versions: list[int]
+    input_versions: list[tuple[Tensor, int]]
+    grads: list[Tensor | None] = field(default_factory=list)
+    leaf_positions: list[int] = field(default_factory=list)
+    output_spec: Any = None
+    done: bool = False
+
+    @property
+    def input(self) -> Tensor:
+        return self.args[0] if self.args else self.kwargs["input"]
+
+    @property
+    def output(self) -> Tensor:
+        return self.output_leaves[0]
+
+    @property
+    def grad(self) -> Tensor:
+        return self.grads[0]
+
+    def has_gradient(self) -> bool:
+        return any(g is not None for g in self.grads)
+
+    def output_unchanged(self) -> bool:
+        return all(
+            t._version == v for t, v in zip(self.output_leaves, self.output_versions, strict=True)
+        )
+
+    def release(self) -> None:
+        self.args, self.kwargs, self.output_leaves, self.grads = (), {}, [], []
+        self.input_versions = []
+        self.done = True
+
+
+@dataclass(eq=False)
+class _Target:
+    name: str
+    module: nn.Module
+    params: list[tuple[str, str]]  # (attribute, qualified name)
+    rule: _Rule
+    calls: list[_Call] = field(default_factory=list)
+
+
+# -- rules -----------------------------------------------------------------------------------
+
+
+class _Rule:
+    """How the per-sample gradients of one module's own parameters follow from a call."""
+
+    #: computed while the backward pass runs (single-tensor input and output)
+    streams = True
+
+    def chunk_size(self, target: _Target, call: _Call, settings: _Settings) -> int:
+        raise NotImplementedError
+
+    def materialize(
+        self, target: _Target, call: _Call, attrs: list[str], start: int, stop: int
+    ) -> dict[str, Tensor]:
+        """Per-sample gradients of ``attrs`` for samples ``start:stop``."""
+        raise NotImplementedError
+
+    def powers(
+        self, target: _Target, call: _Call, attrs: list[str], settings: _Settings
+    ) -> dict[str, Tensor]:
+        """The per-sample statistic of each of ``attrs`` (float64, shape B)."""
+        size = self.chunk_size(target, call, settings)
+        parts: dict[str, list[Tensor]] = {attr: [] for attr in attrs}
+        for start in range(0, settings.batch, size):
+            stop = min(settings.batch, start + size)
+            for attr, grad in self.materialize(target, call, attrs, start, stop).items():
+                parts[attr].append(_powers(grad, settings.p))
+        return {attr: torch.cat(chunks) for attr, chunks in parts.items()}
+
+    # probing subclasses: the function of the module that this rule assumes
+    def probe_input(self, module: nn.Module, generator: torch.Generator) -> Tensor:
+        raise NotImplementedError
+
+    def reference(self, module: nn.Module, x: Tensor, state: dict[str, Tensor]) -> Tensor:
+        raise NotImplementedError
+
+
+def _tree_leaves(tree: Any) -> list[Any]:
+    """The leaves of a pytree (``pytree.tree_leaves`` exists only from torch 2.2 on)."""
+    return pytree.tree_flatten(tree)[0]

@@ -1,0 +1,103 @@
+"""The generic rule for any module: ``torch.func.vmap`` of the ``vjp`` of its own forward,
+or one ``torch.autograd.grad`` per sample where vmap cannot run it."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+from torch.utils import _pytree as pytree
+
+from .base import _Rule, _Target, _tree_leaves
+
+
+class _FunctionalRule(_Rule):
+    """Any module: vmap over samples of the vjp of its own forward (torch.func)."""
+
+    streams = False
+
+    def chunk_size(self, target, call, settings):
+        parameters = sum(target.module.get_parameter(a).numel() for a, _ in target.params)
+        outputs = sum(t[0].numel() for t in call.output_leaves)
+        return settings.chunk(parameters + 4 * outputs)
+
+    def materialize(self, target, call, attrs, start, stop):
+        module = target.module
+        leaves, spec = pytree.tree_flatten((call.args, call.kwargs))
+        leaves = [leaf.detach() if isinstance(leaf, Tensor) else leaf for leaf in leaves]
+        batch = call.output_leaves[0].shape[0]
+        batched = [
+            k
+            for k, leaf in enumerate(leaves)
+            if isinstance(leaf, Tensor) and leaf.ndim > 0 and leaf.shape[0] == batch
+        ]
+        grads = [
+            (g if g is not None else torch.zeros_like(t)).detach()
+            for g, t in zip(call.grads, call.output_leaves, strict=True)
+        ]
+        params = {attr: module.get_parameter(attr).detach() for attr in attrs}
+
+        def call_module(params: dict[str, Tensor], values: list[Tensor]) -> tuple[Tensor, ...]:
+            inputs = list(leaves)
+            for k, value in zip(batched, values, strict=True):
+                inputs[k] = value
+            args, kwargs = pytree.tree_unflatten(inputs, spec)
+            output = torch.func.functional_call(module, params, args, kwargs)
+            flat = _tree_leaves(output)
+            return tuple(flat[k] for k in call.leaf_positions)
+
+        def one_sample(params, values, sample_grads):
+            values = [v.unsqueeze(0) for v in values]
+            _, pullback = torch.func.vjp(lambda prm: call_module(prm, values), params)
+            return pullback(tuple(g.unsqueeze(0) for g in sample_grads))[0]
+
+        values = [leaves[k][start:stop] for k in batched]
+        chunk_grads = [g[start:stop] for g in grads]
+        try:
+            return torch.func.vmap(one_sample, in_dims=(None, 0, 0))(params, values, chunk_grads)
+        except Exception as error:
+            if "random" in str(error).lower():
+                raise ValueError(
+                    f"module '{target.name}' ({type(module).__name__}) draws random numbers in "
+                    "its forward, which the per-sample gradient of its parameters re-runs; "
+                    "call model.eval()"
+                ) from error
+            _warn_slow_fallback(target, error)
+        return _loop_vjp(call_module, params, values, chunk_grads)
+
+    def probe_input(self, module, generator):  # pragma: no cover - never probed
+        raise NotImplementedError
+
+
+def _loop_vjp(call_module, params, values, grads) -> dict[str, Tensor]:
+    """One ``torch.autograd.grad`` per sample: the fallback when vmap cannot run a module."""
+    rows: dict[str, list[Tensor]] = {attr: [] for attr in params}
+    for i in range(values[0].shape[0] if values else grads[0].shape[0]):
+        leaves = {attr: t.detach().requires_grad_(True) for attr, t in params.items()}
+        with torch.enable_grad():
+            outputs = call_module(leaves, [v[i : i + 1] for v in values])
+            found = torch.autograd.grad(
+                outputs,
+                list(leaves.values()),
+                [g[i : i + 1] for g in grads],
+                allow_unused=True,
+            )
+        for (attr, leaf), grad in zip(leaves.items(), found, strict=True):
+            rows[attr].append(torch.zeros_like(leaf) if grad is None else grad)
+    return {attr: torch.stack(grads) for attr, grads in rows.items()}
+
+
+_WARNED_MODULE_TYPES: set[type] = set()
+
+
+def _warn_slow_fallback(target: _Target, error: Exception) -> None:
+    kind = type(target.module)
+    if kind in _WARNED_MODULE_TYPES:
+        return
+    _WARNED_MODULE_TYPES.add(kind)
+    warnings.warn(
+        f"per-sample gradients of {kind.__name__} ('{target.name}') use one backward pass per "
+        f"sample: torch.func.vmap cannot run it ({type(error).__name__}: {error})",
+        stacklevel=4,
+    )
