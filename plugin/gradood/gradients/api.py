@@ -9,16 +9,16 @@ import torch
 from torch import Tensor, nn
 
 from ..validation import check_norm_order
-from .base import _Settings, _Target
+from .base import Settings, Target
 from .checks import (
-    _check_losses,
-    _check_no_active_dropout,
-    _check_samples_are_independent,
-    _ParameterUseGuard,
+    ParameterUseGuard,
+    check_losses,
+    check_no_active_dropout,
+    check_samples_are_independent,
 )
-from .dispatch import _rule_for
-from .functional import _FunctionalRule
-from .session import _Session
+from .dispatch import rule_for
+from .functional import FunctionalRule
+from .session import Session
 
 #: default bound on the elements of one chunk's temporary tensors (64 MiB in float32)
 DEFAULT_WORKSPACE_ELEMENTS = 2**24
@@ -93,20 +93,20 @@ def per_sample_gradient_powers(
     if torch.is_inference_mode_enabled():
         raise ValueError("per-sample gradients cannot be computed under torch.inference_mode()")
     names = resolve_parameter_names(model, param_names)
-    _check_samples_are_independent(model)
+    check_samples_are_independent(model)
     batch = x.shape[0]
     result = torch.zeros(batch, len(names), dtype=torch.float64, device=x.device)
     if batch == 0 or not names:
         return result
     parameters = dict(model.named_parameters())
     targets = _targets(model, {name: parameters[name] for name in names})
-    settings = _Settings(batch, p, method, workspace_elements)
-    session = _Session(targets, settings, result, {name: k for k, name in enumerate(names)})
+    settings = Settings(batch, p, method, workspace_elements)
+    session = Session(targets, settings, result, {name: k for k, name in enumerate(names)})
     with session.recording(), torch.enable_grad():
-        with _ParameterUseGuard(targets, session.active):
+        with ParameterUseGuard(targets, session.active):
             output = model(x)
         losses = per_sample_loss(output)
-        _check_losses(losses, batch)
+        check_losses(losses, batch)
         session.start_backward()
         probes = session.probes()
         if losses.requires_grad and probes:
@@ -127,7 +127,7 @@ def per_sample_squared_norms(
     return per_sample_gradient_powers(model, per_sample_loss, x, param_names, 2.0, **kwargs)
 
 
-def _targets(model: nn.Module, selected: dict[str, nn.Parameter]) -> list[_Target]:
+def _targets(model: nn.Module, selected: dict[str, nn.Parameter]) -> list[Target]:
     by_id = {id(param): name for name, param in selected.items()}
     targets = []
     for module_name, module in model.named_modules():
@@ -137,8 +137,8 @@ def _targets(model: nn.Module, selected: dict[str, nn.Parameter]) -> list[_Targe
             if id(param) in by_id
         ]
         if owned:
-            rule = _rule_for(module)
-            if isinstance(rule, _FunctionalRule):
-                _check_no_active_dropout(module_name, module)
-            targets.append(_Target(module_name or type(model).__name__, module, owned, rule))
+            rule = rule_for(module)
+            if isinstance(rule, FunctionalRule):
+                check_no_active_dropout(module_name, module)
+            targets.append(Target(module_name or type(model).__name__, module, owned, rule))
     return targets

@@ -15,7 +15,7 @@ from torch.utils import _pytree as pytree
 # -- per-sample reductions -------------------------------------------------------------------
 
 
-def _powers(gradients: Tensor, p: float) -> Tensor:
+def row_powers(gradients: Tensor, p: float) -> Tensor:
     """:math:`\\sum_j |g_{ij}|^p` (max for ``p = inf``) of each row, in float64."""
     rows = gradients.reshape(gradients.shape[0], -1)
     if rows.shape[1] == 0:
@@ -26,12 +26,12 @@ def _powers(gradients: Tensor, p: float) -> Tensor:
     return norms.square() if p == 2 else norms**p
 
 
-def _compute_dtype(tensor: Tensor) -> torch.dtype:
+def compute_dtype(tensor: Tensor) -> torch.dtype:
     return torch.promote_types(tensor.dtype, torch.float32)
 
 
 @dataclass(frozen=True)
-class _Settings:
+class Settings:
     batch: int
     p: float
     method: str
@@ -45,7 +45,7 @@ class _Settings:
 
 
 @dataclass(eq=False)
-class _Call:
+class Call:
     """One call of an owner module: its inputs, probed output leaves and their gradients."""
 
     args: tuple
@@ -85,34 +85,34 @@ class _Call:
 
 
 @dataclass(eq=False)
-class _Target:
+class Target:
     name: str
     module: nn.Module
     params: list[tuple[str, str]]  # (attribute, qualified name)
-    rule: _Rule
-    calls: list[_Call] = field(default_factory=list)
+    rule: Rule
+    calls: list[Call] = field(default_factory=list)
 
 
 # -- rules -----------------------------------------------------------------------------------
 
 
-class _Rule:
+class Rule:
     """How the per-sample gradients of one module's own parameters follow from a call."""
 
     #: computed while the backward pass runs (single-tensor input and output)
     streams = True
 
-    def chunk_size(self, target: _Target, call: _Call, settings: _Settings) -> int:
+    def chunk_size(self, target: Target, call: Call, settings: Settings) -> int:
         raise NotImplementedError
 
     def materialize(
-        self, target: _Target, call: _Call, attrs: list[str], start: int, stop: int
+        self, target: Target, call: Call, attrs: list[str], start: int, stop: int
     ) -> dict[str, Tensor]:
         """Per-sample gradients of ``attrs`` for samples ``start:stop``."""
         raise NotImplementedError
 
     def powers(
-        self, target: _Target, call: _Call, attrs: list[str], settings: _Settings
+        self, target: Target, call: Call, attrs: list[str], settings: Settings
     ) -> dict[str, Tensor]:
         """The per-sample statistic of each of ``attrs`` (float64, shape B)."""
         size = self.chunk_size(target, call, settings)
@@ -120,7 +120,7 @@ class _Rule:
         for start in range(0, settings.batch, size):
             stop = min(settings.batch, start + size)
             for attr, grad in self.materialize(target, call, attrs, start, stop).items():
-                parts[attr].append(_powers(grad, settings.p))
+                parts[attr].append(row_powers(grad, settings.p))
         return {attr: torch.cat(chunks) for attr, chunks in parts.items()}
 
     # probing subclasses: the function of the module that this rule assumes
@@ -131,6 +131,6 @@ class _Rule:
         raise NotImplementedError
 
 
-def _tree_leaves(tree: Any) -> list[Any]:
+def tree_leaves(tree: Any) -> list[Any]:
     """The leaves of a pytree (``pytree.tree_leaves`` exists only from torch 2.2 on)."""
     return pytree.tree_flatten(tree)[0]

@@ -13,10 +13,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 from torch.overrides import TorchFunctionMode
 
-from .base import _Target
+from .base import Target
 
 
-def _check_samples_are_independent(model: nn.Module) -> None:
+def check_samples_are_independent(model: nn.Module) -> None:
     coupled = [
         name or type(model).__name__
         for name, module in model.named_modules()
@@ -43,7 +43,7 @@ def _is_active_dropout(module: nn.Module) -> bool:
     return isinstance(module, _DropoutNd) and module.training and module.p > 0
 
 
-def _check_losses(losses: Any, batch: int) -> None:
+def check_losses(losses: Any, batch: int) -> None:
     if not isinstance(losses, Tensor) or losses.shape != (batch,):
         shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
         raise ValueError(
@@ -53,7 +53,7 @@ def _check_losses(losses: Any, batch: int) -> None:
         raise ValueError(f"per_sample_loss must return floating-point losses, got {losses.dtype}")
 
 
-def _check_no_active_dropout(name: str, module: nn.Module) -> None:
+def check_no_active_dropout(name: str, module: nn.Module) -> None:
     active = [n for n, m in module.named_modules() if _is_active_dropout(m)]
     if active:
         raise ValueError(
@@ -63,11 +63,11 @@ def _check_no_active_dropout(name: str, module: nn.Module) -> None:
         )
 
 
-class _ParameterUseGuard(TorchFunctionMode):
+class ParameterUseGuard(TorchFunctionMode):
     """Records selected parameters used by a torch function outside every module that
     registers them; such uses are invisible to the module rules."""
 
-    def __init__(self, targets: list[_Target], active: Counter):
+    def __init__(self, targets: list[Target], active: Counter):
         super().__init__()
         self.owners: dict[int, set[int]] = {}
         self.names: dict[int, str] = {}

@@ -9,53 +9,53 @@ import weakref
 import torch
 from torch import Tensor, nn
 
-from .base import _Rule
-from .functional import _FunctionalRule
-from .norm import _NormRule
-from .outer_product import _Conv2dRule, _LinearRule
+from .base import Rule
+from .functional import FunctionalRule
+from .norm import NormRule
+from .outer_product import Conv2dRule, LinearRule
 
 #: fan-in standardization epsilons tried for a conv subclass without an ``eps`` attribute:
 #: big_transfer's 1e-10, timm's BiT 1e-8 and default 1e-6, and 1e-5
 _STANDARDIZATION_EPSILONS = (1e-10, 1e-8, 1e-6, 1e-5)
 
 
-_FUNCTIONAL = _FunctionalRule()
-_EXACT_RULES: dict[type, _Rule] = {
-    nn.Linear: _LinearRule(),
-    nn.Conv2d: _Conv2dRule(),
-    nn.GroupNorm: _NormRule("group"),
-    nn.LayerNorm: _NormRule("layer"),
-    nn.BatchNorm1d: _NormRule("batch"),
-    nn.BatchNorm2d: _NormRule("batch"),
-    nn.BatchNorm3d: _NormRule("batch"),
+_FUNCTIONAL = FunctionalRule()
+_EXACT_RULES: dict[type, Rule] = {
+    nn.Linear: LinearRule(),
+    nn.Conv2d: Conv2dRule(),
+    nn.GroupNorm: NormRule("group"),
+    nn.LayerNorm: NormRule("layer"),
+    nn.BatchNorm1d: NormRule("batch"),
+    nn.BatchNorm2d: NormRule("batch"),
+    nn.BatchNorm3d: NormRule("batch"),
 }
 
 
-def _candidate_rules(module: nn.Module) -> list[_Rule]:
+def _candidate_rules(module: nn.Module) -> list[Rule]:
     """Rules that a subclass of a known layer might follow, most plain first."""
     if isinstance(module, nn.Linear):
-        return [_LinearRule()]
+        return [LinearRule()]
     if isinstance(module, nn.Conv2d):
         eps = getattr(module, "eps", None)
         epsilons = [None] if isinstance(eps, float) else list(_STANDARDIZATION_EPSILONS)
         return [
-            _Conv2dRule(standardized=standardized, eps=e, same_pad=same_pad)
+            Conv2dRule(standardized=standardized, eps=e, same_pad=same_pad)
             for same_pad in (False, True)
             for standardized, e in [(False, None)] + [(True, e) for e in epsilons]
         ]
     if isinstance(module, nn.GroupNorm):
-        return [_NormRule("group"), _NormRule("group", relu=True)]
+        return [NormRule("group"), NormRule("group", relu=True)]
     if isinstance(module, nn.LayerNorm):
-        return [_NormRule("layer"), _NormRule("layer", relu=True)]
+        return [NormRule("layer"), NormRule("layer", relu=True)]
     if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
-        return [_NormRule("batch"), _NormRule("batch", relu=True)]
+        return [NormRule("batch"), NormRule("batch", relu=True)]
     return []
 
 
-_PROBED: weakref.WeakKeyDictionary[nn.Module, _Rule] = weakref.WeakKeyDictionary()
+_PROBED: weakref.WeakKeyDictionary[nn.Module, Rule] = weakref.WeakKeyDictionary()
 
 
-def _rule_for(module: nn.Module) -> _Rule:
+def rule_for(module: nn.Module) -> Rule:
     own = {name for name, _ in module.named_parameters(recurse=False, remove_duplicate=False)}
     if not own <= {"weight", "bias"}:
         return _FUNCTIONAL
@@ -93,7 +93,7 @@ def _close(expected: Tensor, ours: Tensor) -> bool:
     return bool(((expected - ours).abs() <= 1e-7 * expected.abs() + tolerance).all())
 
 
-def _reproduces(rule: _Rule, module: nn.Module) -> bool:
+def _reproduces(rule: Rule, module: nn.Module) -> bool:
     """Whether ``module`` computes exactly ``rule``'s function, and its gradient with respect
     to the parameters (no detach, no custom backward), on a float64 probe."""
     generator = torch.Generator().manual_seed(0)

@@ -9,10 +9,10 @@ import torch
 from torch import Tensor
 from torch.utils import _pytree as pytree
 
-from .base import _Rule, _Target, _tree_leaves
+from .base import Rule, Target, tree_leaves
 
 
-class _FunctionalRule(_Rule):
+class FunctionalRule(Rule):
     """Any module: vmap over samples of the vjp of its own forward (torch.func)."""
 
     streams = False
@@ -44,7 +44,7 @@ class _FunctionalRule(_Rule):
                 inputs[k] = value
             args, kwargs = pytree.tree_unflatten(inputs, spec)
             output = torch.func.functional_call(module, params, args, kwargs)
-            flat = _tree_leaves(output)
+            flat = tree_leaves(output)
             return tuple(flat[k] for k in call.leaf_positions)
 
         def one_sample(params, values, sample_grads):
@@ -91,7 +91,7 @@ def _loop_vjp(call_module, params, values, grads) -> dict[str, Tensor]:
 _WARNED_MODULE_TYPES: set[type] = set()
 
 
-def _warn_slow_fallback(target: _Target, error: Exception) -> None:
+def _warn_slow_fallback(target: Target, error: Exception) -> None:
     kind = type(target.module)
     if kind in _WARNED_MODULE_TYPES:
         return

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import _compute_dtype, _Rule
+from .base import Rule, compute_dtype
 
 
 @dataclass(frozen=True)
-class _NormRule(_Rule):
+class NormRule(Rule):
     """GroupNorm / LayerNorm / BatchNorm in evaluation mode, optionally followed by a ReLU."""
 
     kind: str = "group"  # "group" | "layer" | "batch"
@@ -56,7 +56,7 @@ class _NormRule(_Rule):
     def materialize(self, target, call, attrs, start, stop):
         module = target.module
         grad = call.grad[start:stop]
-        dtype = _compute_dtype(grad)
+        dtype = compute_dtype(grad)
         grad = grad.to(dtype)
         x_hat = self._normalized(module, call.input[start:stop].to(dtype))
         if self.relu:

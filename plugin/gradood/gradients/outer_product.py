@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import _Call, _compute_dtype, _powers, _Rule, _Settings, _Target
+from .base import Call, Rule, Settings, Target, compute_dtype, row_powers
 
 
 def _pad_same(x: Tensor, kernel: tuple, stride: tuple, dilation: tuple) -> Tensor:
@@ -33,7 +33,7 @@ def _standardize(weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
 
 
 @dataclass(frozen=True)
-class _OuterProductRule(_Rule):
+class OuterProductRule(Rule):
     """``nn.Linear``/``nn.Conv2d`` and weight-standardized convolutions.
 
     ``standardized``: the weight is standardized per output channel with ``eps`` (``None``:
@@ -47,7 +47,7 @@ class _OuterProductRule(_Rule):
         """Patches A (n x g x L x d_in) and output gradients G (n x g x L x d_out)."""
         raise NotImplementedError
 
-    def positions(self, module: nn.Module, call: _Call) -> int:
+    def positions(self, module: nn.Module, call: Call) -> int:
         raise NotImplementedError
 
     def groups(self, module: nn.Module) -> int:
@@ -59,14 +59,14 @@ class _OuterProductRule(_Rule):
     def _eps(self, module: nn.Module) -> float:
         return float(module.eps) if self.eps is None else self.eps
 
-    def _sizes(self, module: nn.Module, call: _Call) -> tuple[int, int, int, int]:
+    def _sizes(self, module: nn.Module, call: Call) -> tuple[int, int, int, int]:
         weight = module.weight
         groups = self.groups(module)
         d_out = weight.shape[0] // groups
         d_in = weight[0].numel()
         return self.positions(module, call), groups, d_in, d_out
 
-    def _uses_ghost(self, module: nn.Module, call: _Call, settings: _Settings) -> bool:
+    def _uses_ghost(self, module: nn.Module, call: Call, settings: Settings) -> bool:
         if settings.p != 2 or settings.method == "materialize":
             return False
         if self.standardized and not call.output_unchanged():
@@ -77,10 +77,10 @@ class _OuterProductRule(_Rule):
         ghost = positions * positions * (d_in + (2 if self.standardized else 1) * d_out)
         return ghost < positions * d_in * d_out
 
-    def chunk_size(self, target: _Target, call: _Call, settings: _Settings) -> int:
+    def chunk_size(self, target: Target, call: Call, settings: Settings) -> int:
         return settings.chunk(self._per_sample_elements(target.module, call, ghost=False))
 
-    def _per_sample_elements(self, module: nn.Module, call: _Call, ghost: bool) -> int:
+    def _per_sample_elements(self, module: nn.Module, call: Call, ghost: bool) -> int:
         positions, groups, d_in, d_out = self._sizes(module, call)
         patches = groups * positions * d_in if self.unfolds() else 0
         if ghost:
@@ -118,10 +118,10 @@ class _OuterProductRule(_Rule):
             return super().powers(target, call, attrs, settings)
         result = {"weight": self._ghost_squared_norms(module, call, settings)}
         if "bias" in attrs:
-            result["bias"] = _powers(self.bias_gradient(module, call.grad), settings.p)
+            result["bias"] = row_powers(self.bias_gradient(module, call.grad), settings.p)
         return result
 
-    def _ghost_squared_norms(self, module: nn.Module, call: _Call, settings: _Settings) -> Tensor:
+    def _ghost_squared_norms(self, module: nn.Module, call: Call, settings: Settings) -> Tensor:
         size = settings.chunk(self._per_sample_elements(module, call, ghost=True))
         parts = []
         for start in range(0, settings.batch, size):
@@ -169,12 +169,12 @@ def _conv_output_layout(values: Tensor, groups: int) -> Tensor:
 
 
 @dataclass(frozen=True)
-class _LinearRule(_OuterProductRule):
+class LinearRule(OuterProductRule):
     def positions(self, module, call):
         return call.input[0].numel() // module.in_features
 
     def layout(self, module, x, grad):
-        n, dtype = x.shape[0], _compute_dtype(grad)
+        n, dtype = x.shape[0], compute_dtype(grad)
         patches = x.to(dtype).reshape(n, 1, -1, module.in_features)
         return patches, grad.to(dtype).reshape(n, 1, -1, module.out_features)
 
@@ -192,7 +192,7 @@ class _LinearRule(_OuterProductRule):
 
 
 @dataclass(frozen=True)
-class _Conv2dRule(_OuterProductRule):
+class Conv2dRule(OuterProductRule):
     same_pad: bool = False
 
     def groups(self, module):
@@ -214,7 +214,7 @@ class _Conv2dRule(_OuterProductRule):
         return x, module.padding
 
     def layout(self, module, x, grad):
-        x, padding = self._padded(module, x.to(_compute_dtype(grad)))
+        x, padding = self._padded(module, x.to(compute_dtype(grad)))
         n = x.shape[0]
         patches = F.unfold(x, module.kernel_size, module.dilation, padding, module.stride)
         patches = patches.reshape(n, module.groups, -1, patches.shape[-1]).transpose(-1, -2)

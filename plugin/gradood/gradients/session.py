@@ -13,14 +13,14 @@ import torch
 from torch import Tensor
 from torch.utils import _pytree as pytree
 
-from .base import _Call, _compute_dtype, _powers, _Settings, _Target, _tree_leaves
+from .base import Call, Settings, Target, compute_dtype, row_powers, tree_leaves
 
 
-class _Session:
+class Session:
     def __init__(
         self,
-        targets: list[_Target],
-        settings: _Settings,
+        targets: list[Target],
+        settings: Settings,
         result: Tensor,
         columns: dict[str, int],
     ):
@@ -68,11 +68,11 @@ class _Session:
     def probes(self) -> list[Tensor]:
         return list(self._probes.values())
 
-    def _enter(self, target: _Target, module, args, kwargs):
+    def _enter(self, target: Target, module, args, kwargs):
         if self.is_recording:
             self.active[id(module)] += 1
 
-    def _leave(self, target: _Target, module, args, kwargs, output):
+    def _leave(self, target: Target, module, args, kwargs, output):
         if not self.is_recording:
             return None
         self.active[id(module)] -= 1
@@ -94,9 +94,9 @@ class _Session:
             leaves[k] = leaves[k] + self._probe(leaves[k])
             probed.append(leaves[k])
         input_versions = [
-            (t, t._version) for t in _tree_leaves((args, kwargs)) if isinstance(t, Tensor)
+            (t, t._version) for t in tree_leaves((args, kwargs)) if isinstance(t, Tensor)
         ]
-        call = _Call(
+        call = Call(
             args=args,
             kwargs=kwargs,
             output_leaves=probed,
@@ -145,12 +145,12 @@ class _Session:
             ):
                 self.streaming.add(id(target.calls[0]))
 
-    def _on_gradient(self, target: _Target, call: _Call, index: int, grad: Tensor) -> None:
+    def _on_gradient(self, target: Target, call: Call, index: int, grad: Tensor) -> None:
         call.grads[index] = grad
         if id(call) in self.streaming:
             self._compute(target, call)
 
-    def _compute(self, target: _Target, call: _Call) -> None:
+    def _compute(self, target: Target, call: Call) -> None:
         self._check_inputs_unchanged(target, call)
         attrs = [attr for attr, _ in target.params]
         with torch.no_grad():
@@ -159,7 +159,7 @@ class _Session:
             self.result[:, self.columns[name]] += powers[attr].to(self.result.device)
         call.release()
 
-    def _check_inputs_unchanged(self, target: _Target, call: _Call) -> None:
+    def _check_inputs_unchanged(self, target: Target, call: Call) -> None:
         if any(t._version != v for t, v in call.input_versions):
             raise ValueError(
                 f"the input of module '{target.name}' was modified in place after the module "
@@ -183,7 +183,7 @@ class _Session:
         if shared:
             self._sum_contributions(shared)
 
-    def _sum_contributions(self, pending: list[tuple[_Target, _Call]]) -> None:
+    def _sum_contributions(self, pending: list[tuple[Target, Call]]) -> None:
         settings = self.settings
         for target, call in pending:
             self._check_inputs_unchanged(target, call)
@@ -197,11 +197,11 @@ class _Session:
                 with torch.no_grad():
                     grads = target.rule.materialize(target, call, attrs, start, stop)
                 for attr, name in target.params:
-                    grad = grads[attr].to(_compute_dtype(grads[attr]))
+                    grad = grads[attr].to(compute_dtype(grads[attr]))
                     sums[name] = grad if name not in sums else sums[name] + grad
             for name in names:
-                self.result[start:stop, self.columns[name]] += _powers(sums[name], settings.p).to(
-                    self.result.device
-                )
+                self.result[start:stop, self.columns[name]] += row_powers(
+                    sums[name], settings.p
+                ).to(self.result.device)
         for _, call in pending:
             call.release()
