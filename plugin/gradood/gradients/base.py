@@ -5,6 +5,7 @@ per-sample reductions."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,18 +28,27 @@ def row_powers(gradients: Tensor, p: float) -> Tensor:
 
 
 def compute_dtype(tensor: Tensor) -> torch.dtype:
+    """The dtype rules compute in: the tensor's, at least float32."""
     return torch.promote_types(tensor.dtype, torch.float32)
 
 
 @dataclass(frozen=True)
 class Settings:
+    """One computation's batch size, order ``p``, method and workspace bound (elements)."""
+
     batch: int
     p: float
     method: str
     workspace: int
 
     def chunk(self, per_sample_elements: int) -> int:
+        """Samples per chunk: as many as fit the workspace, at least one."""
         return max(1, min(self.batch, self.workspace // max(1, per_sample_elements)))
+
+    def spans(self, size: int) -> Iterator[tuple[int, int]]:
+        """``(start, stop)`` of consecutive chunks of ``size`` samples covering the batch."""
+        for start in range(0, self.batch, size):
+            yield start, min(self.batch, start + size)
 
 
 # -- recorded calls --------------------------------------------------------------------------
@@ -86,6 +96,8 @@ class Call:
 
 @dataclass(eq=False)
 class Target:
+    """A module that registers selected parameters, the rule for it, and its recorded calls."""
+
     name: str
     module: nn.Module
     params: list[tuple[str, str]]  # (attribute, qualified name)
@@ -115,10 +127,8 @@ class Rule:
         self, target: Target, call: Call, attrs: list[str], settings: Settings
     ) -> dict[str, Tensor]:
         """The per-sample statistic of each of ``attrs`` (float64, shape B)."""
-        size = self.chunk_size(target, call, settings)
         parts: dict[str, list[Tensor]] = {attr: [] for attr in attrs}
-        for start in range(0, settings.batch, size):
-            stop = min(settings.batch, start + size)
+        for start, stop in settings.spans(self.chunk_size(target, call, settings)):
             for attr, grad in self.materialize(target, call, attrs, start, stop).items():
                 parts[attr].append(row_powers(grad, settings.p))
         return {attr: torch.cat(chunks) for attr, chunks in parts.items()}

@@ -59,6 +59,12 @@ class OuterProductRule(Rule):
     def _eps(self, module: nn.Module) -> float:
         return float(module.eps) if self.eps is None else self.eps
 
+    def _as_used(self, module: nn.Module, weight: Tensor) -> Tensor:
+        """The weight as the layer applies it: standardized per output channel, or as is."""
+        if not self.standardized:
+            return weight
+        return _standardize(weight, self._eps(module))[0].reshape_as(weight)
+
     def _sizes(self, module: nn.Module, call: Call) -> tuple[int, int, int, int]:
         weight = module.weight
         groups = self.groups(module)
@@ -124,8 +130,7 @@ class OuterProductRule(Rule):
     def _ghost_squared_norms(self, module: nn.Module, call: Call, settings: Settings) -> Tensor:
         size = settings.chunk(self._per_sample_elements(module, call, ghost=True))
         parts = []
-        for start in range(0, settings.batch, size):
-            stop = min(settings.batch, start + size)
+        for start, stop in settings.spans(size):
             patches, grads = self.layout(module, call.input[start:stop], call.grad[start:stop])
             patch_gram = patches @ patches.transpose(-1, -2)  # n x g x L x L
             if self.standardized:
@@ -185,10 +190,7 @@ class LinearRule(OuterProductRule):
         return torch.randn(2, 3, module.in_features, generator=generator, dtype=torch.float64)
 
     def reference(self, module, x, state):
-        weight = state["weight"]
-        if self.standardized:
-            weight = _standardize(weight, self._eps(module))[0].reshape_as(weight)
-        return F.linear(x, weight, state.get("bias"))
+        return F.linear(x, self._as_used(module, state["weight"]), state.get("bias"))
 
 
 @dataclass(frozen=True)
@@ -232,9 +234,6 @@ class Conv2dRule(OuterProductRule):
         return torch.randn(shape, generator=generator, dtype=torch.float64)
 
     def reference(self, module, x, state):
-        weight = state["weight"]
-        if self.standardized:
-            weight = _standardize(weight, self._eps(module))[0].reshape_as(weight)
+        weight, bias = self._as_used(module, state["weight"]), state.get("bias")
         x, padding = self._padded(module, x)
-        bias = state.get("bias")
         return F.conv2d(x, weight, bias, module.stride, padding, module.dilation, module.groups)
