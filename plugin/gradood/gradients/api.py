@@ -11,8 +11,6 @@ from torch import Tensor, nn
 from ..validation import check_norm_order
 from .base import Settings, Target
 from .checks import (
-    ParameterUseGuard,
-    check_losses,
     check_no_active_dropout,
     check_samples_are_independent,
 )
@@ -80,18 +78,7 @@ def per_sample_gradient_powers(
         their first dimension, or a loss that is not one value per sample
     """
     p = check_norm_order(p)
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {', '.join(_METHODS)}, got {method!r}")
-    if method == "ghost" and p != 2:
-        raise ValueError(f"method='ghost' computes squared L2 norms only (p = 2), got p = {p:g}")
-    if isinstance(workspace_elements, bool) or not isinstance(workspace_elements, int):
-        raise ValueError(f"workspace_elements must be an integer >= 1, got {workspace_elements!r}")
-    if workspace_elements < 1:
-        raise ValueError(f"workspace_elements must be an integer >= 1, got {workspace_elements}")
-    if not isinstance(x, Tensor) or x.ndim < 1:
-        raise ValueError("x must be a tensor with a batch dimension")
-    if torch.is_inference_mode_enabled():
-        raise ValueError("per-sample gradients cannot be computed under torch.inference_mode()")
+    _check_arguments(x, p, method, workspace_elements)
     names = resolve_parameter_names(model, param_names)
     check_samples_are_independent(model)
     batch = x.shape[0]
@@ -102,16 +89,7 @@ def per_sample_gradient_powers(
     targets = _targets(model, {name: parameters[name] for name in names})
     settings = Settings(batch, p, method, workspace_elements)
     session = Session(targets, settings, result, {name: k for k, name in enumerate(names)})
-    with session.recording(), torch.enable_grad():
-        with ParameterUseGuard(targets, session.active):
-            output = model(x)
-        losses = per_sample_loss(output)
-        check_losses(losses, batch)
-        session.start_backward()
-        probes = session.probes()
-        if losses.requires_grad and probes:
-            torch.autograd.grad(losses.sum(), probes, allow_unused=True)
-    session.finish()
+    session.run(model, per_sample_loss, x)
     return result
 
 
@@ -127,7 +105,24 @@ def per_sample_squared_norms(
     return per_sample_gradient_powers(model, per_sample_loss, x, param_names, 2.0, **kwargs)
 
 
+def _check_arguments(x: Tensor, p: float, method: str, workspace_elements: int) -> None:
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {', '.join(_METHODS)}, got {method!r}")
+    if method == "ghost" and p != 2:
+        raise ValueError(f"method='ghost' computes squared L2 norms only (p = 2), got p = {p:g}")
+    if isinstance(workspace_elements, bool) or not isinstance(workspace_elements, int):
+        raise ValueError(f"workspace_elements must be an integer >= 1, got {workspace_elements!r}")
+    if workspace_elements < 1:
+        raise ValueError(f"workspace_elements must be an integer >= 1, got {workspace_elements}")
+    if not isinstance(x, Tensor) or x.ndim < 1:
+        raise ValueError("x must be a tensor with a batch dimension")
+    if torch.is_inference_mode_enabled():
+        raise ValueError("per-sample gradients cannot be computed under torch.inference_mode()")
+
+
 def _targets(model: nn.Module, selected: dict[str, nn.Parameter]) -> list[Target]:
+    """The modules that register ``selected`` parameters (tied ones: every such module), each
+    with its rule; a generic-rule module must not contain active dropout."""
     by_id = {id(param): name for name, param in selected.items()}
     targets = []
     for module_name, module in model.named_modules():

@@ -5,18 +5,23 @@ afterwards."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from .base import Call, Settings, Target, compute_dtype, row_powers, tree_leaves
+from .checks import ParameterUseGuard, check_losses
 
 
 class Session:
+    """Adds each target's per-sample statistics into ``result`` (B x P, column
+    ``columns[name]`` for a parameter) during one pass over the model (:meth:`run`)."""
+
     def __init__(
         self,
         targets: list[Target],
@@ -32,6 +37,20 @@ class Session:
         self.is_recording = False
         self.streaming: set[int] = set()
         self._probes: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+    def run(self, model: nn.Module, per_sample_loss: Callable[[Any], Tensor], x: Tensor) -> None:
+        """One forward pass that records the targets' calls, one backward pass from the summed
+        losses to the probes (activation gradients only), then the deferred contributions."""
+        with self.recording(), torch.enable_grad():
+            with ParameterUseGuard(self.targets, self.active):
+                output = model(x)
+            losses = per_sample_loss(output)
+            check_losses(losses, self.settings.batch)
+            self.start_backward()
+            probes = self.probes()
+            if losses.requires_grad and probes:
+                torch.autograd.grad(losses.sum(), probes, allow_unused=True)
+        self.finish()
 
     @contextmanager
     def recording(self) -> Iterator[None]:
@@ -189,8 +208,7 @@ class Session:
             self._check_inputs_unchanged(target, call)
         size = min(t.rule.chunk_size(t, c, settings) for t, c in pending)
         names = list(dict.fromkeys(name for t, _ in pending for _, name in t.params))
-        for start in range(0, settings.batch, size):
-            stop = min(settings.batch, start + size)
+        for start, stop in settings.spans(size):
             sums: dict[str, Tensor] = {}
             for target, call in pending:
                 attrs = [attr for attr, _ in target.params]
@@ -200,8 +218,7 @@ class Session:
                     grad = grads[attr].to(compute_dtype(grads[attr]))
                     sums[name] = grad if name not in sums else sums[name] + grad
             for name in names:
-                self.result[start:stop, self.columns[name]] += row_powers(
-                    sums[name], settings.p
-                ).to(self.result.device)
+                powers = row_powers(sums[name], settings.p)
+                self.result[start:stop, self.columns[name]] += powers.to(self.result.device)
         for _, call in pending:
             call.release()
