@@ -19,15 +19,20 @@ from .outer_product import Conv2dRule, LinearRule
 _STANDARDIZATION_EPSILONS = (1e-10, 1e-8, 1e-6, 1e-5)
 
 
+#: the norm layers and the normalization (:class:`NormRule` kind) each computes
+_NORM_KINDS: dict[type, str] = {
+    nn.GroupNorm: "group",
+    nn.LayerNorm: "layer",
+    nn.BatchNorm1d: "batch",
+    nn.BatchNorm2d: "batch",
+    nn.BatchNorm3d: "batch",
+}
+
 _FUNCTIONAL = FunctionalRule()
 _EXACT_RULES: dict[type, Rule] = {
     nn.Linear: LinearRule(),
     nn.Conv2d: Conv2dRule(),
-    nn.GroupNorm: NormRule("group"),
-    nn.LayerNorm: NormRule("layer"),
-    nn.BatchNorm1d: NormRule("batch"),
-    nn.BatchNorm2d: NormRule("batch"),
-    nn.BatchNorm3d: NormRule("batch"),
+    **{layer: NormRule(kind) for layer, kind in _NORM_KINDS.items()},
 }
 
 
@@ -43,19 +48,17 @@ def _candidate_rules(module: nn.Module) -> list[Rule]:
             for same_pad in (False, True)
             for standardized, e in [(False, None)] + [(True, e) for e in epsilons]
         ]
-    if isinstance(module, nn.GroupNorm):
-        return [NormRule("group"), NormRule("group", relu=True)]
-    if isinstance(module, nn.LayerNorm):
-        return [NormRule("layer"), NormRule("layer", relu=True)]
-    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
-        return [NormRule("batch"), NormRule("batch", relu=True)]
-    return []
+    kind = next((k for layer, k in _NORM_KINDS.items() if isinstance(module, layer)), None)
+    return [] if kind is None else [NormRule(kind), NormRule(kind, relu=True)]
 
 
 _PROBED: weakref.WeakKeyDictionary[nn.Module, Rule] = weakref.WeakKeyDictionary()
 
 
 def rule_for(module: nn.Module) -> Rule:
+    """The rule for ``module``'s own parameters: the generic rule if it registers any other
+    than ``weight`` and ``bias``; its type's rule for an exact known type; for a subclass the
+    first candidate rule that the float64 probe confirms (cached per module), else generic."""
     own = {name for name, _ in module.named_parameters(recurse=False, remove_duplicate=False)}
     if not own <= {"weight", "bias"}:
         return _FUNCTIONAL

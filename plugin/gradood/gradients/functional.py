@@ -66,9 +66,6 @@ class FunctionalRule(Rule):
             _warn_slow_fallback(target, error)
         return _loop_vjp(call_module, params, values, chunk_grads)
 
-    def probe_input(self, module, generator):  # pragma: no cover - never probed
-        raise NotImplementedError
-
 
 def _loop_vjp(call_module, params, values, grads) -> dict[str, Tensor]:
     """One ``torch.autograd.grad`` per sample: the fallback when vmap cannot run a module."""
