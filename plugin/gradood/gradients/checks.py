@@ -17,6 +17,8 @@ from .base import Target
 
 
 def check_samples_are_independent(model: nn.Module) -> None:
+    """Raises if a BatchNorm couples the samples (batch statistics); warns on active dropout,
+    whose per-sample gradients are those of this pass's random masks."""
     coupled = [
         name or type(model).__name__
         for name, module in model.named_modules()
@@ -44,6 +46,7 @@ def _is_active_dropout(module: nn.Module) -> bool:
 
 
 def check_losses(losses: Any, batch: int) -> None:
+    """Raises unless ``losses`` is a floating-point tensor of shape ``(batch,)``."""
     if not isinstance(losses, Tensor) or losses.shape != (batch,):
         shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
         raise ValueError(
@@ -54,6 +57,7 @@ def check_losses(losses: Any, batch: int) -> None:
 
 
 def check_no_active_dropout(name: str, module: nn.Module) -> None:
+    """Raises if ``module``, whose forward the generic rule re-runs, contains active dropout."""
     active = [n for n, m in module.named_modules() if _is_active_dropout(m)]
     if active:
         raise ValueError(

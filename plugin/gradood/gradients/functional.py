@@ -4,16 +4,21 @@ or one ``torch.autograd.grad`` per sample where vmap cannot run it."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
-from .base import Rule, Target, tree_leaves
+from .base import Call, Rule, Target, tree_leaves
 
 
 class FunctionalRule(Rule):
-    """Any module: vmap over samples of the vjp of its own forward (torch.func)."""
+    """Any module: :math:`g_i = \\partial \\langle \\gamma_i, m_\\theta(x_i) \\rangle /
+    \\partial \\theta`, the vjp of the module's own forward on sample :math:`i`'s recorded
+    inputs and output gradients :math:`\\gamma_i`, vmapped over samples (``torch.func``), or
+    one ``torch.autograd.grad`` per sample where vmap cannot run the module. Inputs without the
+    batch in their first dim are shared by all samples."""
 
     streams = False
 
@@ -24,35 +29,19 @@ class FunctionalRule(Rule):
 
     def materialize(self, target, call, attrs, start, stop):
         module = target.module
-        leaves, spec = pytree.tree_flatten((call.args, call.kwargs))
-        leaves = [leaf.detach() if isinstance(leaf, Tensor) else leaf for leaf in leaves]
-        batch = call.output_leaves[0].shape[0]
-        batched = [
-            k
-            for k, leaf in enumerate(leaves)
-            if isinstance(leaf, Tensor) and leaf.ndim > 0 and leaf.shape[0] == batch
-        ]
+        call_module, batched_inputs = _replay(module, call)
         grads = [
             (g if g is not None else torch.zeros_like(t)).detach()
             for g, t in zip(call.grads, call.output_leaves, strict=True)
         ]
         params = {attr: module.get_parameter(attr).detach() for attr in attrs}
 
-        def call_module(params: dict[str, Tensor], values: list[Tensor]) -> tuple[Tensor, ...]:
-            inputs = list(leaves)
-            for k, value in zip(batched, values, strict=True):
-                inputs[k] = value
-            args, kwargs = pytree.tree_unflatten(inputs, spec)
-            output = torch.func.functional_call(module, params, args, kwargs)
-            flat = tree_leaves(output)
-            return tuple(flat[k] for k in call.leaf_positions)
-
         def one_sample(params, values, sample_grads):
             values = [v.unsqueeze(0) for v in values]
             _, pullback = torch.func.vjp(lambda prm: call_module(prm, values), params)
             return pullback(tuple(g.unsqueeze(0) for g in sample_grads))[0]
 
-        values = [leaves[k][start:stop] for k in batched]
+        values = [v[start:stop] for v in batched_inputs]
         chunk_grads = [g[start:stop] for g in grads]
         try:
             return torch.func.vmap(one_sample, in_dims=(None, 0, 0))(params, values, chunk_grads)
@@ -67,7 +56,41 @@ class FunctionalRule(Rule):
         return _loop_vjp(call_module, params, values, chunk_grads)
 
 
-def _loop_vjp(call_module, params, values, grads) -> dict[str, Tensor]:
+#: ``call_module(params, values)``: the probed outputs of a recorded call, re-run with
+#: ``params`` and with ``values`` in place of its batched inputs
+ModuleCall = Callable[[dict[str, Tensor], list[Tensor]], tuple[Tensor, ...]]
+
+
+def _replay(module: nn.Module, call: Call) -> tuple[ModuleCall, list[Tensor]]:
+    """The recorded call as a function of the parameters and the batched inputs (those with
+    the batch in their first dim; the others are kept as recorded), and those inputs."""
+    leaves, spec = pytree.tree_flatten((call.args, call.kwargs))
+    leaves = [leaf.detach() if isinstance(leaf, Tensor) else leaf for leaf in leaves]
+    batch = call.output_leaves[0].shape[0]
+    batched = [
+        k
+        for k, leaf in enumerate(leaves)
+        if isinstance(leaf, Tensor) and leaf.ndim > 0 and leaf.shape[0] == batch
+    ]
+
+    def call_module(params: dict[str, Tensor], values: list[Tensor]) -> tuple[Tensor, ...]:
+        inputs = list(leaves)
+        for k, value in zip(batched, values, strict=True):
+            inputs[k] = value
+        args, kwargs = pytree.tree_unflatten(inputs, spec)
+        output = torch.func.functional_call(module, params, args, kwargs)
+        flat = tree_leaves(output)
+        return tuple(flat[k] for k in call.leaf_positions)
+
+    return call_module, [leaves[k] for k in batched]
+
+
+def _loop_vjp(
+    call_module: ModuleCall,
+    params: dict[str, Tensor],
+    values: list[Tensor],
+    grads: list[Tensor],
+) -> dict[str, Tensor]:
     """One ``torch.autograd.grad`` per sample: the fallback when vmap cannot run a module."""
     rows: dict[str, list[Tensor]] = {attr: [] for attr in params}
     for i in range(values[0].shape[0] if values else grads[0].shape[0]):

@@ -14,7 +14,14 @@ from .base import Rule, compute_dtype
 
 @dataclass(frozen=True)
 class NormRule(Rule):
-    """GroupNorm / LayerNorm / BatchNorm in evaluation mode, optionally followed by a ReLU."""
+    """GroupNorm / LayerNorm / BatchNorm in evaluation mode, optionally followed by a ReLU.
+
+    With :math:`\\hat x` the input normalized as the layer does it (recomputed from the
+    recorded input; BatchNorm with its running statistics) and :math:`\\gamma` the output
+    gradient (masked by :math:`y > 0` after a ReLU), the per-sample gradients are
+    :math:`\\sum \\gamma \\odot \\hat x` for the weight and :math:`\\sum \\gamma` for the
+    bias, summed over the dims that share a weight entry.
+    """
 
     kind: str = "group"  # "group" | "layer" | "batch"
     relu: bool = False

@@ -36,8 +36,17 @@ def _standardize(weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
 class OuterProductRule(Rule):
     """``nn.Linear``/``nn.Conv2d`` and weight-standardized convolutions.
 
-    ``standardized``: the weight is standardized per output channel with ``eps`` (``None``:
-    the module's ``eps`` attribute).
+    With patches :math:`a_{il}` and output gradients :math:`\\gamma_{il}` at positions
+    :math:`l` (per group), the weight's per-sample gradient is :math:`g_i = \\sum_l
+    \\gamma_{il} a_{il}^\\top` and the bias's :math:`\\sum_l \\gamma_{il}`. For ``p = 2``
+    the Gram form :math:`\\lVert g_i \\rVert^2 = \\sum_{l, l'} (a_{il} \\cdot a_{il'})
+    (\\gamma_{il} \\cdot \\gamma_{il'})` is used where it is cheaper (the package's cost
+    model), else :math:`g_i` is materialized.
+
+    ``standardized``: the layer uses the weight standardized per output channel with ``eps``
+    (``None``: the module's ``eps`` attribute); the raw weight's gradient is the Jacobian map
+    :math:`(v - \\bar v - \\hat w_o (v \\cdot \\hat w_o) / n) / s_o` of the gradient
+    :math:`v` with respect to the standardized one.
     """
 
     standardized: bool = False
@@ -175,6 +184,8 @@ def _conv_output_layout(values: Tensor, groups: int) -> Tensor:
 
 @dataclass(frozen=True)
 class LinearRule(OuterProductRule):
+    """``nn.Linear`` with any leading dims: each input row is a patch, one position each."""
+
     def positions(self, module, call):
         return call.input[0].numel() // module.in_features
 
@@ -195,6 +206,10 @@ class LinearRule(OuterProductRule):
 
 @dataclass(frozen=True)
 class Conv2dRule(OuterProductRule):
+    """``nn.Conv2d`` (any stride, padding, padding mode, dilation, groups): the patches are the
+    unfolded padded input, one position per output pixel. ``same_pad``: TensorFlow's SAME
+    padding first (timm's ``StdConv2dSame``)."""
+
     same_pad: bool = False
 
     def groups(self, module):
