@@ -61,6 +61,13 @@ would be re-run with new masks. Every selected parameter must be used inside the
 module that registers it; a use anywhere else is detected and raises ``ValueError`` naming it.
 Modules must see the batch in their first dimension. Reductions are done in float64; the result
 is float64.
+
+**Layout.** ``api``: the entry points, parameter selection, argument checks; ``session``: the
+recording hooks and the pass, contributions computed during the backward pass or summed after
+it; ``base``: settings, recorded calls, targets, the rule interface and the reductions;
+``outer_product``, ``norm``, ``functional``: the rules; ``dispatch``: which rule a module gets
+(the subclass probe); ``checks``: what makes per-sample gradients undefined. Imports point from
+``api`` down to ``base``.
 """
 
 from __future__ import annotations

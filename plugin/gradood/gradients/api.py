@@ -69,7 +69,7 @@ def per_sample_gradient_powers(
         ``None`` for all
     :param p: order, a real number > 0 or ``float("inf")``
     :param method: for ``p = 2`` on Linear/Conv2d weights: ``"auto"`` (the cheaper per layer,
-        see the module docstring), ``"ghost"`` (Gram form) or ``"materialize"``
+        see :mod:`gradood.gradients`), ``"ghost"`` (Gram form) or ``"materialize"``
     :param workspace_elements: bound on a chunk's temporary elements (>= one sample per chunk)
     :return: float64 tensor of shape B x P, column k for the k-th selected parameter in
         ``model.named_parameters()`` order

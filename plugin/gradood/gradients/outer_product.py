@@ -153,7 +153,7 @@ class OuterProductRule(Rule):
     def _ghost_standardized(
         self, module: nn.Module, patches: Tensor, grads: Tensor, patch_gram: Tensor, output: Tensor
     ) -> Tensor:
-        """:math:`\\sum_o \\lVert J_o^\\top v_o \\rVert^2` from Gram matrices (module docstring):
+        """:math:`\\sum_o \\lVert J_o^\\top v_o \\rVert^2` from Gram matrices (class docstring):
         :math:`(\\lVert v_o \\rVert^2 - (1^\\top v_o)^2 / n - (2/n - \\lVert \\hat w_o
         \\rVert^2 / n^2) (\\hat w_o \\cdot v_o)^2) / s_o^2`, with :math:`\\hat w_o \\cdot a_l`
         read from the layer's output."""
