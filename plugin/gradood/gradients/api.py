@@ -106,6 +106,7 @@ def per_sample_squared_norms(
 
 
 def _check_arguments(x: Tensor, p: float, method: str, workspace_elements: int) -> None:
+    """Raises ``ValueError`` naming the first bad argument."""
     if method not in _METHODS:
         raise ValueError(f"method must be one of {', '.join(_METHODS)}, got {method!r}")
     if method == "ghost" and p != 2:

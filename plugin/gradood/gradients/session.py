@@ -77,6 +77,9 @@ class Session:
                 handle.remove()
 
     def _probe(self, like: Tensor) -> Tensor:
+        """A zero scalar (one per dtype and device) added to every recorded output: the backward
+        pass differentiates with respect to the probes only, so it forms activation gradients
+        (seen by the outputs' hooks) and no parameter gradient."""
         key = (like.dtype, like.device)
         if key not in self._probes:
             self._probes[key] = torch.zeros(
