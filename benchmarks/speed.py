@@ -97,7 +97,7 @@ def calibrated_rounds(
     work: Callable[[], object],
     device: str,
     budget_s: float,
-    min_rounds: int = 3,
+    min_rounds: int = 5,
     max_rounds: int = 200,
 ) -> int:
     """Run ``work`` once (a warm-up, CUDA synchronized) and return how many rounds fit in
