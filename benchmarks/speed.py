@@ -99,14 +99,20 @@ def calibrated_rounds(
     budget_s: float,
     min_rounds: int = 5,
     max_rounds: int = 200,
+    warmup_s: float = 0.2,
 ) -> int:
-    """Run ``work`` once (a warm-up, CUDA synchronized) and return how many rounds fit in
-    ``budget_s`` seconds, between ``min_rounds`` and ``max_rounds``."""
-    synchronize(device)
-    start = time.perf_counter()
-    work()
-    synchronize(device)
-    seconds = time.perf_counter() - start
+    """Warm up (``work`` until ``warmup_s`` seconds have passed, at least once; CUDA
+    synchronized) and return how many rounds of the last call's duration fit in ``budget_s``
+    seconds, between ``min_rounds`` and ``max_rounds``."""
+    started = time.perf_counter()
+    while True:
+        synchronize(device)
+        start = time.perf_counter()
+        work()
+        synchronize(device)
+        seconds = time.perf_counter() - start
+        if time.perf_counter() - started >= warmup_s:
+            break
     return max(min_rounds, min(max_rounds, math.ceil(budget_s / max(seconds, 1e-9))))
 
 
