@@ -124,7 +124,7 @@ def _mahalanobis(model: nn.Module, arch: Architecture, device: str) -> Detector:
     detector = create_detector("mahalanobis", model)
     labels = _all_classes(arch, device)
     width = find_head(model).in_features
-    return detector.fit_features(torch.randn(labels.numel(), width, device=device), labels)
+    return detector.fit_features(_random_rows(labels.numel(), width, device), labels)
 
 
 def _mahalanobis_ensemble(model: nn.Module, arch: Architecture, device: str) -> Detector:
@@ -132,7 +132,7 @@ def _mahalanobis_ensemble(model: nn.Module, arch: Architecture, device: str) -> 
     labels = _all_classes(arch, device)
     widths = _layer_widths(model, detector.layers, arch.size, device)
     detector.fit_features(
-        {name: torch.randn(labels.numel(), width, device=device) for name, width in widths.items()},
+        {name: _random_rows(labels.numel(), width, device) for name, width in widths.items()},
         labels,
     )
     generator = torch.Generator().manual_seed(0)
@@ -154,6 +154,11 @@ def _lee_alregib(model: nn.Module, arch: Architecture, device: str) -> Detector:
     features = torch.rand(rows, len(detector.feature_names), generator=generator)
     labels = torch.where(torch.arange(rows) % 2 == 0, 0, -1)
     return detector.fit_features(features.double().to(device), labels.to(device))
+
+
+def _random_rows(rows: int, width: int, device: str) -> Tensor:
+    """Standard normal features, the same in every run and on every device."""
+    return torch.randn(rows, width, generator=torch.Generator().manual_seed(0)).to(device)
 
 
 def _all_classes(arch: Architecture, device: str) -> Tensor:
