@@ -107,7 +107,8 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["torchvision"] = torchvision.__version__
     machine_info["pytorch_ood"] = getattr(pytorch_ood, "__version__", "unknown")
     machine_info["torch_threads"] = torch.get_num_threads()
-    machine_info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    machine_info["torch_cpu_capability"] = capability() if capability else None
     machine_info["cuda"] = torch.version.cuda
     machine_info["cudnn"] = (
         torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
