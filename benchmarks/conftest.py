@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+from speed import steady_allocator
 
 from gradood.checks import Comparison, PaperCheck, compare, measure, measurement_plan
 from gradood.protocols import DatasetNotFoundError, protocol_class
@@ -59,6 +60,13 @@ class SideBySide:
 
 
 _SIDE_BY_SIDE = SideBySide()
+#: how the C library's allocator was set for timing (see ``speed.steady_allocator``)
+_ALLOCATOR: dict[str, str | None] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.getoption("benchmark_disable", default=True):
+        _ALLOCATOR["allocator"] = steady_allocator()
 
 
 @pytest.fixture(scope="session")
@@ -117,6 +125,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["gpus"] = (
         [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
     )
+    machine_info["allocator"] = _ALLOCATOR.get("allocator")
     machine_info["tf32"] = {
         "matmul": torch.backends.cuda.matmul.allow_tf32,
         "cudnn": torch.backends.cudnn.allow_tf32,

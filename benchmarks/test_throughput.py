@@ -33,7 +33,9 @@ round, and mean), the peak memory of one more call (CUDA: ``max_memory_allocated
 ``reset_peak_memory_stats``; CPU: the resident-set high-water mark ``VmHWM`` after resetting
 it, whose increment over the resident memory before the call is a lower bound here, since the
 allocator reuses memory that earlier cases left), the device, batch size, dtype, torch version
-and thread count. Under ``--benchmark-disable`` each case runs once, untimed.
+and thread count. Under ``--benchmark-disable`` each case runs once, untimed. While timing,
+glibc's allocator keeps freed memory (``speed.steady_allocator``): otherwise which case ran
+first would change the others' page faults.
 
 **Side by side** (same model and batch, one run, the same group): the official per-sample
 GradNorm loop, pytorch-ood's ``GradNorm`` (restricted to the head's weight) and
