@@ -13,7 +13,7 @@ import os
 import platform
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -115,6 +115,30 @@ def calibrated_rounds(
         if time.perf_counter() - started >= warmup_s:
             break
     return max(min_rounds, min(max_rounds, math.ceil(budget_s / max(seconds, 1e-9))))
+
+
+def interleaved_fastest(
+    workloads: Mapping[str, Callable[[], object]],
+    device: str,
+    budget_s: float,
+    min_rounds: int = 5,
+) -> dict[str, float]:
+    """The fastest round (seconds) of each workload, timed in alternation (CUDA synchronized)
+    for about ``budget_s`` seconds after a warm-up. On a machine whose speed drifts (a shared
+    CPU), workloads timed in alternation see the same conditions; benchmarks timed one after
+    the other do not, which matters for ratios close to 1."""
+    rounds = calibrated_rounds(
+        lambda: [work() for work in workloads.values()], device, budget_s, min_rounds
+    )
+    fastest = dict.fromkeys(workloads, math.inf)
+    for _ in range(rounds):
+        for name, work in workloads.items():
+            synchronize(device)
+            start = time.perf_counter()
+            work()
+            synchronize(device)
+            fastest[name] = min(fastest[name], time.perf_counter() - start)
+    return fastest
 
 
 def steady_allocator() -> str | None:
