@@ -29,13 +29,13 @@ layer); Lee & AlRegib's classifier is trained for one epoch on random features.
 **Timing.** Warm-up calls (for 0.2 s, at least one) calibrate the number of rounds to a time
 budget (at least ten rounds on the CPU, five on the GPU); pytest-benchmark then times the
 rounds, CUDA synchronized inside the timing. ``extra_info`` holds images per second (fastest
-round, and mean), the peak memory of one more call (CUDA: ``max_memory_allocated`` after
-``reset_peak_memory_stats``; CPU: the resident-set high-water mark ``VmHWM`` after resetting
-it, whose increment over the resident memory before the call is a lower bound here, since the
-allocator reuses memory that earlier cases left), the device, batch size, dtype, torch version
-and thread count. Under ``--benchmark-disable`` each case runs once, untimed. While timing,
-glibc's allocator keeps freed memory (``speed.steady_allocator``): otherwise which case ran
-first would change the others' page faults.
+round, and mean), on CUDA the peak memory of one more call (``max_memory_allocated`` after
+``reset_peak_memory_stats``, and its increment over the memory allocated before; not on the
+CPU, where in one process the allocator keeps what earlier cases freed, so a call's
+resident-set peak is not its own), the device, batch size, dtype, torch version and thread
+count. Under ``--benchmark-disable`` each case runs once, untimed. While timing, glibc's
+allocator keeps freed memory (``speed.steady_allocator``): otherwise which case ran first would
+change the others' page faults.
 
 **Side by side** (same model and batch, one run, the same group): the official per-sample
 GradNorm loop, pytorch-ood's ``GradNorm`` (restricted to the head's weight) and
@@ -246,6 +246,11 @@ COMPARISONS = [
     (Config(RESNET50, 64, "fp32"), GRADNORM_REFERENCES + LEE_ALREGIB_REFERENCES, True),
     (Config(BIT, 64, "fp32"), GRADNORM_REFERENCES + LEE_ALREGIB_REFERENCES, True),
 ]
+CPU_MEMORY_NOT_MEASURED = (
+    "not measured on the CPU: in one process the allocator keeps what earlier cases freed, so "
+    "a call's resident-set peak is not its own (test_lee_alregib_speed.py measures fresh "
+    "processes)"
+)
 #: time budget per case (seconds of timed rounds) and the fewest rounds, by device type: a
 #: shared CPU drifts by several percent within seconds, and the fastest of more rounds is steadier
 BUDGET_S = {"cpu": 1.0, "cuda": 2.0}
@@ -361,6 +366,9 @@ def _record_throughput_and_memory(
     info = benchmark.extra_info
     info["images_per_second"] = images / stats.min
     info["images_per_second_mean"] = images / stats.mean
+    if torch.device(device).type != "cuda":
+        info["memory_measure"] = CPU_MEMORY_NOT_MEASURED
+        return
     memory = peak_memory(work, device)
     info["peak_memory_MiB"] = round(memory["peak"] / 2**20, 1)
     info["peak_memory_increment_MiB"] = round(max(0, memory["peak"] - memory["before"]) / 2**20, 1)
