@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+from speed import steady_allocator
 
 from gradood.checks import Comparison, PaperCheck, compare, measure, measurement_plan
 from gradood.protocols import DatasetNotFoundError, protocol_class
@@ -16,9 +17,11 @@ from gradood.pytest_plugin import option_path
 
 @dataclass
 class SideBySide:
-    """Fastest round of each benchmark of this run, by (group, name), to form ratios."""
+    """Fastest round of each benchmark of this run, by (group, name), to form ratios, and
+    notes (e.g. the ratios a test checked) for the terminal summary."""
 
     fastest: dict[tuple[str, str], float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def measure(
         self,
@@ -44,6 +47,10 @@ class SideBySide:
             self.fastest[(group, name)] = benchmark.stats.stats.min
         return result
 
+    def note(self, line: str) -> None:
+        """Print ``line`` in the terminal summary."""
+        self.notes.append(line)
+
     def speedup(self, group: str, slow: str, fast: str) -> float:
         """How many times faster ``fast`` ran than ``slow``; skips if one was not measured."""
         try:
@@ -53,6 +60,13 @@ class SideBySide:
 
 
 _SIDE_BY_SIDE = SideBySide()
+#: how the C library's allocator was set for timing (see ``speed.steady_allocator``)
+_ALLOCATOR: dict[str, str | None] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.getoption("benchmark_disable", default=True):
+        _ALLOCATOR["allocator"] = steady_allocator()
 
 
 @pytest.fixture(scope="session")
@@ -60,8 +74,22 @@ def side_by_side() -> SideBySide:
     return _SIDE_BY_SIDE
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread_when_untimed(request: pytest.FixtureRequest):
+    """Under ``--benchmark-disable`` nothing is timed and every benchmark runs once, as a test:
+    with one intra-op thread, as the unit tests run. On a shared machine, threads that wait for
+    each other make batch-1 loops (the official per-sample GradNorm) up to ten times slower."""
+    if not request.config.getoption("benchmark_disable"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
-    if not _SIDE_BY_SIDE.fastest:
+    if not (_SIDE_BY_SIDE.fastest or _SIDE_BY_SIDE.notes):
         return
     terminalreporter.section("side by side (fastest round, this run)")
     groups = sorted({group for group, _ in _SIDE_BY_SIDE.fastest})
@@ -74,6 +102,34 @@ def pytest_terminal_summary(terminalreporter) -> None:
                 f"  {name:<28} {seconds * 1e3:10.2f} ms   {seconds / times[base_name]:8.2f}x "
                 f"the time of {base_name}"
             )
+    for line in _SIDE_BY_SIDE.notes:
+        terminalreporter.write_line(line)
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    """The versions and devices behind the timings, in every saved benchmark JSON."""
+    import pytorch_ood
+    import torchvision
+
+    machine_info["torch"] = torch.__version__
+    machine_info["torchvision"] = torchvision.__version__
+    machine_info["pytorch_ood"] = getattr(pytorch_ood, "__version__", "unknown")
+    machine_info["torch_threads"] = torch.get_num_threads()
+    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    machine_info["torch_cpu_capability"] = capability() if capability else None
+    machine_info["cuda"] = torch.version.cuda
+    machine_info["cudnn"] = (
+        torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    )
+    cuda = torch.cuda.is_available()
+    machine_info["gpus"] = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
+    )
+    machine_info["allocator"] = _ALLOCATOR.get("allocator")
+    machine_info["tf32"] = {
+        "matmul": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn": torch.backends.cudnn.allow_tf32,
+    }
 
 
 class PaperMeasurements:

@@ -11,6 +11,7 @@ import torch
 import torchvision
 from pytorch_ood.detector import GradNorm as PoodGradNorm
 from pytorch_ood.detector import MaxSoftmax
+from speed import model_and_batch, official_per_sample
 
 from gradood import GradNorm
 
@@ -19,24 +20,7 @@ GROUP = "gradnorm resnet18 32px b256"
 
 @pytest.fixture(scope="module")
 def setup(device):
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18(num_classes=10).eval().to(device)
-    x = torch.randn(256, 3, 32, 32, device=device)
-    return model, x
-
-
-def official_per_sample(model, x, temperature=1.0):
-    """The official loop: batch size 1, ones targets, backward, L1 of fc.weight's gradient."""
-    scores = []
-    for sample in x:
-        inputs = sample[None].clone().requires_grad_(True)
-        model.zero_grad()
-        logits = model(inputs) / temperature
-        loss = torch.mean(torch.sum(-torch.log_softmax(logits, dim=-1), dim=-1))
-        loss.backward()
-        scores.append(model.fc.weight.grad.abs().sum().item())
-    model.zero_grad(set_to_none=True)
-    return torch.tensor(scores, dtype=torch.float64)
+    return model_and_batch(lambda: torchvision.models.resnet18(num_classes=10), 256, 32, device)
 
 
 def test_forward_only(benchmark, side_by_side, setup):

@@ -22,96 +22,43 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision
-from pytorch_ood.detector import GradUncertainty
+from speed import (
+    FEATURES,
+    FORWARD_BACKWARD,
+    GRAD_UNCERTAINTY,
+    lee_alregib_workload,
+    model_and_batch,
+)
 
-from gradood import LeeAlRegib
 from gradood.detectors.gradnorm import uniform_loss
 from gradood.gradients import per_sample_squared_norms
 
 GROUP = "lee-alregib features resnet18 32px b64"
 BATCH = 64
-FORWARD_BACKWARD = "forward + backward"
-FEATURES = "gradood gradient features"
-GRAD_UNCERTAINTY = "pytorch-ood GradUncertainty"
 
 #: peak memory increments (bytes) measured in this run, by workload name
 PEAK_MEMORY: dict[str, int] = {}
 
 
 def make_inputs(device: str) -> tuple[torch.nn.Module, torch.Tensor]:
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18(num_classes=10).eval().to(device)
-    return model, torch.randn(BATCH, 3, 32, 32, device=device)
+    return model_and_batch(lambda: torchvision.models.resnet18(num_classes=10), BATCH, 32, device)
 
 
-def make_workload(name: str, model: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
-    """The three compared computations, as callables on a fixed model and batch."""
-    if name == FORWARD_BACKWARD:
-        params = list(model.parameters())
-
-        def forward_backward():
-            loss = F.softplus(-model(x)).sum()
-            return torch.autograd.grad(loss, params)
-
-        return forward_backward
-    if name == FEATURES:
-        detector = LeeAlRegib(model, micro_batch_size=BATCH)  # one pass over the whole batch
-        return lambda: detector.gradient_features(x)
-    if name == GRAD_UNCERTAINTY:
-        detector = GradUncertainty(model)  # all parameters
-        return lambda: detector.predict(x)
-    raise ValueError(f"unknown workload {name!r}")
-
-
+# a fresh process per workload, so that no earlier allocation is reused or counted
 _CHILD = r"""
-import importlib.util, json, resource, sys, torch
+import importlib.util, json, os, sys
+sys.path.insert(0, os.path.dirname(sys.argv[1]))
+import speed
 spec = importlib.util.spec_from_file_location("lee_alregib_speed", sys.argv[1])
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
 name, device = sys.argv[2], sys.argv[3]
 model, x = bench.make_inputs(device)
-work = bench.make_workload(name, model, x)
-
-def resident_bytes():
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize()
-
-def reset_peak():  # Linux >= 4.0: "5" resets the peak resident set size (VmHWM)
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-        return True
-    except OSError:
-        return False
-
-def peak_bytes(was_reset):
-    if was_reset:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # includes earlier peaks
-
-if device == "cuda":
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    work()
-    torch.cuda.synchronize()
-    peak, method = torch.cuda.max_memory_allocated(), "cuda max_memory_allocated"
-else:
-    was_reset = reset_peak()
-    before = resident_bytes()
-    work()
-    peak = peak_bytes(was_reset)
-    method = "VmHWM after clear_refs" if was_reset else "ru_maxrss (an upper bound)"
-print(json.dumps({"before": before, "peak": peak, "method": method}))
+print(json.dumps(speed.peak_memory(speed.lee_alregib_workload(name, model, x), device)))
 """
 
 
@@ -143,14 +90,14 @@ def setup(device):
 
 
 def test_forward_backward(benchmark, side_by_side, setup, device):
-    work = make_workload(FORWARD_BACKWARD, *setup)
+    work = lee_alregib_workload(FORWARD_BACKWARD, *setup)
     side_by_side.measure(benchmark, GROUP, FORWARD_BACKWARD, work, rounds=10)
     measure_peak_memory(benchmark, FORWARD_BACKWARD, device)
 
 
 def test_gradient_features(benchmark, side_by_side, setup, device):
     model, x = setup
-    work = make_workload(FEATURES, model, x)
+    work = lee_alregib_workload(FEATURES, model, x)
     features = side_by_side.measure(benchmark, GROUP, FEATURES, work, rounds=10)
     assert features.shape == (BATCH, len(list(model.parameters())))
     measure_peak_memory(benchmark, FEATURES, device)
@@ -158,7 +105,7 @@ def test_gradient_features(benchmark, side_by_side, setup, device):
 
 def test_pytorch_ood_grad_uncertainty(benchmark, side_by_side, setup, device):
     model, x = setup
-    work = make_workload(GRAD_UNCERTAINTY, model, x)
+    work = lee_alregib_workload(GRAD_UNCERTAINTY, model, x)
     theirs = side_by_side.measure(benchmark, GROUP, GRAD_UNCERTAINTY, work, 1, warmup_rounds=0)
     # same cost, another loss: theirs is BCE(softmax(z), 1) summed over classes, GradNorm's
     # loss at T = 1, and minus the sum of the per-tensor squared norms

@@ -133,13 +133,16 @@ def make_imagenet_layout(
     ood_counts: Mapping[str, int] | None = None,
     texture_classes: int = 2,
     train_images_per_class: int | None = None,
+    image_size: tuple[int, int] | None = None,
     seed: int = 0,
 ) -> Miniature:
     """Write a miniature of the ImageNet protocol's layout (see
     :mod:`gradood.protocols.imagenet`) under ``root``: ``classes`` wnid folders of
     ``images_per_class`` JPEGs in ``id_data/ILSVRC-2012/val``, ``ood_counts[name]`` JPEGs for
     each OOD set (default iNaturalist 3, SUN 2, Places 4, Textures 4 spread over
-    ``texture_classes`` folders). Images are 16 to 48 pixels a side, not square.
+    ``texture_classes`` folders). Images are 16 to 48 pixels a side, not square, or
+    ``image_size`` (height, width) each (e.g. ``(375, 500)``, a typical ImageNet photo, to time
+    decoding and resizing as on the real data).
 
     The training folder is written only with ``train_images_per_class``; without, its expected
     count is one image per class (so that ``train_set()`` reports it missing).
@@ -158,15 +161,18 @@ def make_imagenet_layout(
         ]
         for c, w in enumerate(wnids)
     }
-    _write_image_folder(base / "val", val, rng)
+    _write_image_folder(base / "val", val, rng, image_size)
     if train_images_per_class is not None:
         train = {w: [f"{w}_{k}.JPEG" for k in range(train_images_per_class)] for w in wnids}
-        _write_image_folder(base / "train", train, rng)
+        _write_image_folder(base / "train", train, rng, image_size)
     for name in ("iNaturalist", "SUN", "Places"):
         images = [f"{k:05d}.jpg" for k in range(counts[name])]
-        _write_image_folder(root / "ood_data" / name, {"images": images}, rng)
+        _write_image_folder(root / "ood_data" / name, {"images": images}, rng, image_size)
     _write_image_folder(
-        root / "ood_data" / "Textures", _texture_files(counts["Textures"], texture_classes), rng
+        root / "ood_data" / "Textures",
+        _texture_files(counts["Textures"], texture_classes),
+        rng,
+        image_size,
     )
     train_count = classes * (train_images_per_class or 1)
     expected = {
