@@ -114,6 +114,14 @@ def test_every_registered_detector_is_in_the_table(bundled):
     assert set(table["ood_data"]) == {"Photo crops", "Uniform noise", AVERAGE}
 
 
+# float32 forward passes of batches of other sizes may round differently in the last bit and
+# swap nearly tied scores: a swapped ID/OOD pair moves AUROC by 1 / (719 * 719) (allowed: five),
+# and an average precision or an FPR by at most about 1 / 719 (one sample)
+_ONE_SAMPLE = 1 / 719 + 1e-12
+_TOLERANCE = {"AUROC": 5 / 719**2, "AUPR-IN": _ONE_SAMPLE, "AUPR-OUT": _ONE_SAMPLE}
+_TOLERANCE |= {"FPR95": _ONE_SAMPLE, "FPR95TPR": _ONE_SAMPLE}
+
+
 def test_rows_equal_the_metrics_of_direct_scores(bundled):
     """The harness's rows (cached forward pass, raw-input scoring) against each detector's
     own ``predict`` on the tensors, through ``paper_metrics``."""
@@ -128,9 +136,7 @@ def test_rows_equal_the_metrics_of_direct_scores(bundled):
                 row = row[row[name] == value]
             assert len(row) == 1, (method, settings, ood_name)
             for metric, value in expected.items():
-                # float32 scores from batches of another size may round differently in the
-                # last bit; metrics move by at most one sample pair in 719 x 719
-                assert row[metric].item() == pytest.approx(value, abs=2 / 719), (
+                assert row[metric].item() == pytest.approx(value, abs=_TOLERANCE[metric]), (
                     method,
                     settings,
                     ood_name,
