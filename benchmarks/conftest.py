@@ -1,5 +1,5 @@
-"""Shared pieces of the benchmark harness: side-by-side timing ratios from one run, and the
-paper measurements behind the reported-number checks."""
+"""Shared pieces of the benchmark harness: timing with pytest-benchmark, the speed verdicts,
+and the paper measurements behind the reported-number checks."""
 
 from __future__ import annotations
 
@@ -11,17 +11,16 @@ import torch
 from speed import steady_allocator
 
 from gradood.checks import Comparison, PaperCheck, compare, measure, measurement_plan
+from gradood.harness.timing import MISSED, SpeedCheck
 from gradood.protocols import DatasetNotFoundError, protocol_class
-from gradood.pytest_plugin import option_path
+from gradood.pytest_plugin import details_hint, enforce_speed_targets, option_path, run_report
 
 
 @dataclass
 class SideBySide:
-    """Fastest round of each benchmark of this run, by (group, name), to form ratios, and
-    notes (e.g. the ratios a test checked) for the terminal summary."""
+    """Fastest round of each benchmark of this run, by (group, name)."""
 
     fastest: dict[tuple[str, str], float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
 
     def measure(
         self,
@@ -47,63 +46,57 @@ class SideBySide:
             self.fastest[(group, name)] = benchmark.stats.stats.min
         return result
 
-    def note(self, line: str) -> None:
-        """Print ``line`` in the terminal summary."""
-        self.notes.append(line)
 
-    def speedup(self, group: str, slow: str, fast: str) -> float:
-        """How many times faster ``fast`` ran than ``slow``; skips if one was not measured."""
-        try:
-            return self.fastest[(group, slow)] / self.fastest[(group, fast)]
-        except KeyError:
-            pytest.skip(f"'{slow}' and '{fast}' were not both timed in this run")
-
-
-_SIDE_BY_SIDE = SideBySide()
 #: how the C library's allocator was set for timing (see ``speed.steady_allocator``)
-_ALLOCATOR: dict[str, str | None] = {}
+_ALLOCATOR = pytest.StashKey[object]()
+_SIDE_BY_SIDE = pytest.StashKey[SideBySide]()
 
 
+#: pytest-benchmark's columns unless ``--benchmark-columns`` is given: narrow tables
+COLUMNS = ["min", "median", "iqr", "rounds"]
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    if "--benchmark-columns" not in " ".join(config.invocation_params.args):
+        config.option.benchmark_columns = COLUMNS
+    config.stash[_SIDE_BY_SIDE] = SideBySide()
     if not config.getoption("benchmark_disable", default=True):
-        _ALLOCATOR["allocator"] = steady_allocator()
+        config.stash[_ALLOCATOR] = steady_allocator()
 
 
 @pytest.fixture(scope="session")
-def side_by_side() -> SideBySide:
-    return _SIDE_BY_SIDE
+def side_by_side(request: pytest.FixtureRequest) -> SideBySide:
+    return request.config.stash[_SIDE_BY_SIDE]
+
+
+@pytest.fixture(scope="session")
+def speed_check(request: pytest.FixtureRequest) -> Callable[[SpeedCheck], None]:
+    """Record a verdict in the run's summary; a missed target fails only where timings mean
+    something (``--gpu``) or where asked to (``--enforce-speed-targets``)."""
+    config = request.config
+
+    def record(check: SpeedCheck) -> None:
+        run_report(config).speed.append(check)
+        if check.verdict == MISSED and enforce_speed_targets(config):
+            pytest.fail(f"speed target missed: {check.line()}")
+
+    return record
 
 
 @pytest.fixture(autouse=True, scope="session")
-def one_thread_when_untimed(request: pytest.FixtureRequest):
-    """Under ``--benchmark-disable`` nothing is timed and every benchmark runs once, as a test:
-    with one intra-op thread, as the unit tests run. On a shared machine, threads that wait for
-    each other make batch-1 loops (the official per-sample GradNorm) up to ten times slower."""
-    if not request.config.getoption("benchmark_disable"):
+def one_cpu_thread(device: str):
+    """On the CPU, everything runs with one intra-op thread: a busy machine then slows a
+    workload by its share of a core, whereas threads that spin waiting for each other make it
+    up to ten times slower (batch-1 loops such as the official per-sample GradNorm most). The
+    ratios of side-by-side work do not depend on it; images per second are per core."""
+    if torch.device(device).type != "cpu":
         yield
         return
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def pytest_terminal_summary(terminalreporter) -> None:
-    if not (_SIDE_BY_SIDE.fastest or _SIDE_BY_SIDE.notes):
-        return
-    terminalreporter.section("side by side (fastest round, this run)")
-    groups = sorted({group for group, _ in _SIDE_BY_SIDE.fastest})
-    for group in groups:
-        times = {n: t for (g, n), t in _SIDE_BY_SIDE.fastest.items() if g == group}
-        base_name = min(times, key=times.get)
-        terminalreporter.write_line(f"{group}:")
-        for name, seconds in sorted(times.items(), key=lambda item: item[1]):
-            terminalreporter.write_line(
-                f"  {name:<28} {seconds * 1e3:10.2f} ms   {seconds / times[base_name]:8.2f}x "
-                f"the time of {base_name}"
-            )
-    for line in _SIDE_BY_SIDE.notes:
-        terminalreporter.write_line(line)
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
@@ -125,7 +118,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["gpus"] = (
         [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
     )
-    machine_info["allocator"] = _ALLOCATOR.get("allocator")
+    machine_info["allocator"] = config.stash.get(_ALLOCATOR, None)
     machine_info["tf32"] = {
         "matmul": torch.backends.cuda.matmul.allow_tf32,
         "cudnn": torch.backends.cudnn.allow_tf32,
@@ -160,7 +153,12 @@ class PaperMeasurements:
             except pytest.skip.Exception as skipped:
                 self._memo[key] = _Skip(str(skipped.msg))
             except DatasetNotFoundError as error:
-                self._memo[key] = _Skip(f"{key[-1]} needs the ID training set: {error}")
+                protocol, group = key[1], key[2]
+                run_report(self.config).missing[f"{protocol} ID training set"] = f"- {error}"
+                reason = (
+                    f"{protocol}: {group} needs the ID training set ({details_hint(self.config)})"
+                )
+                self._memo[key] = _Skip(reason)
         value = self._memo[key]
         if isinstance(value, _Skip):
             pytest.skip(value.reason)

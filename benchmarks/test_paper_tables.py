@@ -25,7 +25,11 @@ def _rows(table: str) -> list:
 
 
 def _check(check: PaperCheck, paper_measurements, gradood_report) -> None:
-    comparison = paper_measurements.compare(check, CHECKS)
+    try:
+        comparison = paper_measurements.compare(check, CHECKS)
+    except pytest.skip.Exception as skipped:
+        gradood_report.skipped.append((check, str(skipped.msg)))
+        raise
     gradood_report.comparisons.append(comparison)
     tolerance = check.tolerance
     assert comparison.within_tolerance, (

@@ -202,7 +202,7 @@ def test_harness_end_to_end_on_a_miniature_imagenet(tmp_path):
     )
     # a random model is far from the paper's numbers: the checks fail, and say so
     assert run.returncode == pytest.ExitCode.TESTS_FAILED, run.stdout[-3000:] + run.stderr
-    assert "the paper's numbers beside this run's" in run.stdout
+    assert "imagenet  145 of 145 rows run, 0 within tolerance" in run.stdout
     (folder,) = (tmp_path / "reports").iterdir()
     report = pd.read_csv(folder / "paper.csv")
     assert {"figure4_norms.png", "figure5_temperatures.png", "paper.md"} <= {
@@ -220,32 +220,56 @@ def test_harness_end_to_end_on_a_miniature_imagenet(tmp_path):
         assert row._11 == pytest.approx(reference["AUROC"], abs=1e-9), row.check
 
 
+def _failed_tests(output: str) -> str:
+    """The inner run's FAILED lines and the end of its output, for an assertion message."""
+    failed = [line for line in output.splitlines() if line.startswith(("FAILED", "ERROR"))]
+    return "inner failures:\n" + "\n".join(failed) + "\n...\n" + output[-1500:]
+
+
 def test_pytest_benchmarks_on_a_fresh_install(tmp_path):
-    """`pytest benchmarks` without data: the bundled benchmark runs and prints its table, the
-    paper checks are skipped with the missing paths, exit 0; a second run repeats its numbers."""
-    common = [
-        "--benchmark-disable",
-        "--data-root",
-        str(tmp_path / "no-data"),
-        "--checkpoint-dir",
-        str(tmp_path / "no-checkpoints"),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "-rs",
-    ]
+    """`pytest benchmarks` without data: the bundled benchmark runs, the paper checks are
+    skipped with one short line each (the details go into the report), exit 0, and the run
+    ends in the summary; a second run repeats the bundled table."""
+    no_data = tmp_path / "no-data"
+    common = ["--benchmark-disable", "--data-root", str(no_data)]
+    common += ["--checkpoint-dir", str(tmp_path / "no-checkpoints")]
+    common += ["--cache-dir", str(tmp_path / "cache")]
     first = _run_pytest(["benchmarks", *common, "--report-dir", str(tmp_path / "r1")], tmp_path)
-    assert first.returncode == pytest.ExitCode.OK, first.stdout[-3000:] + first.stderr
-    assert "bundled digits benchmark:" in first.stdout
-    assert f"imagenet protocol: data missing under {tmp_path / 'no-data'}" in first.stdout
-    assert f"{tmp_path / 'no-data'}/id_data/ILSVRC-2012/val: found 0 images, expected 50,000" in (
-        first.stdout
-    )
+    assert first.returncode == pytest.ExitCode.OK, _failed_tests(first.stdout + first.stderr)
+    lines = first.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if "gradood summary" in line)
+    summary = lines[start + 1 : -1]
+    assert len(lines) - start <= 40 and max(map(len, summary)) <= 100, "\n".join(lines[start:])
+    text = "\n".join(summary)
+    assert "bundled digits benchmark: shipped DigitsCNN" in text
+    (folder,) = (tmp_path / "r1").iterdir()
+    details = folder / "missing-data.md"
+    assert "imagenet  0 of 160 rows run: 5 datasets missing (details: missing-data.md" in text
+    assert "found 0 images, expected 50,000" in details.read_text()
+    skips = [line for line in lines if line.startswith("SKIPPED")]
+    # one short line each: pytest's prefix, the protocol, what is missing, the report's file
+    assert skips and all(len(line.replace(str(tmp_path), "T")) <= 120 for line in skips), skips
+    assert not any("expected 50,000" in line for line in skips)
     second = _run_pytest(
         ["benchmarks/test_bundled.py", *common, "--report-dir", str(tmp_path / "r2")], tmp_path
     )
-    assert second.returncode == pytest.ExitCode.OK, second.stdout[-3000:] + second.stderr
+    assert second.returncode == pytest.ExitCode.OK, _failed_tests(second.stdout + second.stderr)
     tables = [
         next((tmp_path / run).glob("*/bundled-digits-benchmark.csv")).read_text()
         for run in ("r1", "r2")
     ]
     assert tables[0] == tables[1]
+
+
+@pytest.mark.parametrize("option", ["--report-dir", "--cache-dir"])
+def test_an_unwritable_directory_is_a_usage_error_before_any_test(pytester, option):
+    pytester.makeconftest('pytest_plugins = ["gradood.pytest_plugin"]')
+    pytester.makepyfile(test_sample="def test_never_runs():\n    raise AssertionError")
+    blocker = pytester.path / "a-file"
+    blocker.write_text("not a directory")
+    result = pytester.runpytest(option, str(blocker / "reports"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [f"*{option}*{blocker}/reports: cannot write there: {blocker} is not a directory*"]
+    )
+    assert "test_never_runs" not in result.stdout.str()

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from gradood.checks import Comparison, paper_checks
-from gradood.report import Report
+from gradood.harness.timing import SpeedCheck, Target
+from gradood.report import MISSING_DATA, Report
 
 
 def _report() -> Report:
@@ -29,16 +30,13 @@ def _report() -> Report:
     return Report(comparisons=comparisons, tables={"toy benchmark": table})
 
 
-def test_side_by_side_and_summary_lines():
+def test_side_by_side():
     report = _report()
     frame = report.side_by_side()
     assert len(frame) == len(report.comparisons) == 20
     assert frame["FPR95 measured"].tolist() == [c.fpr95 for c in report.comparisons]
     within = sum(c.within_tolerance for c in report.comparisons)
-    assert 0 < within < 20
-    text = "\n".join(report.lines())
-    assert f"({within} of 20 within tolerance" in text
-    assert "toy benchmark:" in text and "table7[SUN-L0.5]" in text
+    assert 0 < within < 20 and int(frame["within tolerance"].sum()) == within
 
 
 def test_writes_tables_and_figures(tmp_path):
@@ -50,8 +48,7 @@ def test_writes_tables_and_figures(tmp_path):
         "paper.md",
         "toy-benchmark.csv",
         "toy-benchmark.md",
-        "figure4_norms.png",
-        "figure5_temperatures.png",
+        "figure4_norms.png",  # Table 7 was measured; Table 8 was not: no Figure 5
         "toy-benchmark_p.png",
     }
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(names)  # no temp files
@@ -60,11 +57,38 @@ def test_writes_tables_and_figures(tmp_path):
     markdown = (tmp_path / "run" / "toy-benchmark.md").read_text().splitlines()
     assert markdown[0].startswith("| method | p | temperature | ood_data | FPR95 | AUROC |")
     assert "| gradnorm | 0.50 | 1.00 | noise | 50.00 | 90.00 |" in markdown
-    for figure in ("figure4_norms.png", "figure5_temperatures.png", "toy-benchmark_p.png"):
+    for figure in ("figure4_norms.png", "toy-benchmark_p.png"):
         data = (tmp_path / "run" / figure).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 10_000
 
 
-def test_paper_figures_without_measurements(tmp_path):
-    written = Report().write(tmp_path)
-    assert {p.name for p in written} == {"figure4_norms.png", "figure5_temperatures.png"}
+def test_no_paper_figures_without_measurements(tmp_path):
+    """The paper's lines alone would say nothing about the run."""
+    assert Report().write(tmp_path) == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_what_is_missing_and_the_speed_verdicts(tmp_path):
+    report = Report()
+    report.add_missing("cifar10", "data", "2 datasets missing", "- SVHN: not found at /x")
+    report.speed.append(SpeedCheck("resnet20 32px b64", "memory", 1.5, Target(2.0, False)))
+    written = {path.name: path for path in report.write(tmp_path)}
+    assert set(written) == {MISSING_DATA, "speed.txt"}
+    assert "## cifar10 data\n\n- SVHN: not found at /x" in written[MISSING_DATA].read_text()
+    assert written["speed.txt"].read_text().split()[-1] == "met"
+    assert report.unavailable == {"cifar10": "2 datasets missing"}
+
+
+def test_the_bundled_sweeps_show_the_other_detectors(tmp_path, monkeypatch):
+    """Each other method's Average is drawn as a reference line beside GradNorm's sweep."""
+    import matplotlib.axes
+
+    drawn = []
+    monkeypatch.setattr(
+        matplotlib.axes.Axes, "axhline", lambda self, y, **kw: drawn.append((y, kw["label"]))
+    )
+    table = _report().tables["toy benchmark"]
+    other = table.assign(method="msp", settings="", p=float("nan"))[table["ood_data"] == "Average"]
+    Report(tables={"toy": pd.concat([table, other.iloc[:1]])}).write(tmp_path)
+    row = other.iloc[0]
+    assert drawn == [(100 * row["FPR95"], "msp (Average)"), (100 * row["AUROC"], "msp (Average)")]

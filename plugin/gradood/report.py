@@ -1,5 +1,6 @@
 """The harness's side-by-side report: reported and measured numbers, as text, Markdown, CSV and
-plots like the paper's Figures 4 (metrics against the norm p) and 5 (against the temperature T).
+plots like the paper's Figures 4 (metrics against the norm p) and 5 (against the temperature T),
+the speed verdicts, and what was missing for the checks that were skipped.
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ from pathlib import Path
 import pandas as pd
 
 from . import reported
-from .checks import Comparison
+from .checks import Comparison, PaperCheck
 from .files import atomic_write, atomic_write_text
+from .harness.timing import SpeedCheck
 
-__all__ = ["Report"]
+__all__ = ["MISSING_DATA", "Report"]
+
+#: the report's file of what the skipped checks need
+MISSING_DATA = "missing-data.md"
 
 _SIDE_BY_SIDE = [
     "check",
@@ -31,31 +36,34 @@ _SIDE_BY_SIDE = [
 
 @dataclass
 class Report:
-    """What one run measured: paper comparisons and tables of other benchmarks."""
+    """What one run measured: paper comparisons, tables of other benchmarks, speed verdicts,
+    and the paper checks that could not run, with why."""
 
     comparisons: list[Comparison] = field(default_factory=list)
     #: name -> table of :func:`gradood.evaluate` (fractions), e.g. the bundled benchmark
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    #: name -> one line about the table (model, accuracy, data)
+    captions: dict[str, str] = field(default_factory=dict)
+    #: name -> {method: the settings the summary shows for it (e.g. the paper's)}
+    defaults: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    speed: list[SpeedCheck] = field(default_factory=list)
+    #: paper checks that were skipped, with the one-line reason
+    skipped: list[tuple[PaperCheck, str]] = field(default_factory=list)
+    #: what is missing (e.g. ``"imagenet data"``) -> Markdown with paths, counts and sources
+    missing: dict[str, str] = field(default_factory=dict)
+    #: protocol -> why (some of) its checks could not run, in a few words
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    def add_missing(self, protocol: str, what: str, reason: str, details: str) -> None:
+        """Record that ``protocol`` lacks ``what``: ``reason`` in a few words (the summary's),
+        ``details`` in Markdown (the report's ``missing-data.md``)."""
+        self.unavailable.setdefault(protocol, reason)
+        self.missing[f"{protocol} {what}"] = details
 
     def side_by_side(self) -> pd.DataFrame:
         """One row per compared check, in the order measured (metrics in percent)."""
         rows = [comparison.as_row() for comparison in self.comparisons]
         return pd.DataFrame(rows, columns=list(Comparison.columns()))
-
-    def lines(self) -> list[str]:
-        """The terminal summary: each benchmark table, then the paper comparisons."""
-        lines = []
-        for name, table in self.tables.items():
-            lines += [f"{name}:", *_percent(table).to_string(index=False).splitlines(), ""]
-        if self.comparisons:
-            frame = self.side_by_side()[_SIDE_BY_SIDE]
-            within = int(frame["within tolerance"].sum())
-            lines += [
-                f"the paper's numbers beside this run's ({within} of {len(frame)} within "
-                "tolerance; FPR95 and AUROC in %):",
-                *frame.to_string(index=False, float_format="{:.2f}".format).splitlines(),
-            ]
-        return lines
 
     def write(self, directory: str | os.PathLike) -> list[Path]:
         """Write ``paper.csv`` / ``paper.md``, a CSV and Markdown file per table, and the
@@ -63,6 +71,11 @@ class Report:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         written = []
+        if self.missing:
+            written.append(atomic_write_text(directory / MISSING_DATA, self.missing_markdown()))
+        if self.speed:
+            lines = [check.line() for check in self.speed]
+            written.append(atomic_write_text(directory / "speed.txt", "\n".join(lines) + "\n"))
         frame = self.side_by_side()
         if len(frame):
             written += [
@@ -77,6 +90,13 @@ class Report:
             ]
         written += _figures(frame, self.tables, directory)
         return written
+
+    def missing_markdown(self) -> str:
+        """What the skipped paper checks need, as Markdown."""
+        parts = ["# What this run's skipped paper checks need", ""]
+        for what, details in self.missing.items():
+            parts += [f"## {what}", "", details.rstrip(), ""]
+        return "\n".join(parts)
 
 
 def _percent(table: pd.DataFrame) -> pd.DataFrame:
@@ -112,26 +132,39 @@ def _figures(
     import matplotlib
 
     matplotlib.use("Agg")
-    written = [
-        _sweep_figure(
-            reported.table(name),
-            comparisons[comparisons["table"] == name] if len(comparisons) else comparisons,
-            column,
-            directory / f"{figure}.png",
-            title,
-        )
-        for name, column, figure, title in (
-            ("table7", "p", "figure4_norms", "GradNorm against the norm p (Table 7, T = 1)"),
-            ("table8", "temperature", "figure5_temperatures", "GradNorm against T (Table 8, L1)"),
-        )
-    ]
+    written = []
+    for name, column, figure, title in PAPER_FIGURES:
+        measured = comparisons[comparisons["table"] == name] if len(comparisons) else comparisons
+        if len(measured):  # the paper's lines alone would say nothing about this run
+            path = directory / f"{figure}.png"
+            written.append(_sweep_figure(reported.table(name), measured, column, path, title))
     for name, table in tables.items():
         for column in ("p", "temperature"):
             sweep = _gradnorm_sweep(table, column)
             if sweep is not None:
                 path = directory / f"{_file_stem(name)}_{column}.png"
-                written.append(_measured_figure(sweep, column, path, f"{name}: GradNorm"))
+                references = _other_averages(table)
+                title = f"{name}: GradNorm"
+                written.append(_measured_figure(sweep, references, column, path, title))
     return written
+
+
+#: the paper's sweeps, drawn with this run's measurements beside them: (table, the swept
+#: setting, file stem, title)
+PAPER_FIGURES = (
+    ("table7", "p", "figure4_norms", "GradNorm against the norm p (Table 7, T = 1)"),
+    ("table8", "temperature", "figure5_temperatures", "GradNorm against T (Table 8, L1)"),
+)
+
+
+def _other_averages(table: pd.DataFrame) -> pd.DataFrame:
+    """The ``Average`` rows of every method but GradNorm, one per method and settings."""
+    rows = table[(table["ood_data"] == "Average") & ~_is_gradnorm(table)]
+    return rows.drop_duplicates(subset=["method", "settings"] if "settings" in rows else "method")
+
+
+def _is_gradnorm(table: pd.DataFrame) -> pd.Series:
+    return table["method"].str.lower().str.startswith("gradnorm")
 
 
 def _axis_values(values: pd.Series) -> tuple[list[int], list[str]]:
@@ -174,7 +207,7 @@ def _gradnorm_sweep(table: pd.DataFrame, column: str) -> pd.DataFrame | None:
     """GradNorm rows of ``table`` that vary ``column`` with the other setting fixed."""
     if column not in table.columns or "method" not in table.columns:
         return None
-    rows = table[table["method"].str.lower().str.startswith("gradnorm")]
+    rows = table[_is_gradnorm(table)]
     other = "temperature" if column == "p" else "p"
     if other in rows.columns:
         rows = rows[rows[other] == 1.0]  # the paper's default of the other setting
@@ -183,18 +216,27 @@ def _gradnorm_sweep(table: pd.DataFrame, column: str) -> pd.DataFrame | None:
     return rows
 
 
-def _measured_figure(rows: pd.DataFrame, column: str, path: Path, title: str) -> Path:
+def _measured_figure(
+    rows: pd.DataFrame, references: pd.DataFrame, column: str, path: Path, title: str
+) -> Path:
+    """GradNorm's metrics against ``column`` per OOD set, and each of ``references``' Average
+    (the other detectors) as a dashed horizontal line."""
     import matplotlib.pyplot as plt
 
     positions, labels = _axis_values(rows[column])
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for axis, metric in zip(axes, ("FPR95", "AUROC"), strict=True):
         for index, (ood, part) in enumerate(rows.groupby("ood_data", sort=False)):
             part = part.sort_values(column)
             x = [_position(v, labels) for v in part[column]]
-            axis.plot(x, 100 * part[metric], "o-", color=f"C{index}", label=ood)
+            width = 2.5 if ood == "Average" else 1.0
+            axis.plot(x, 100 * part[metric], "o-", lw=width, color=f"C{index}", label=ood)
+        for index, row in enumerate(references.itertuples(index=False)):
+            value = 100 * getattr(row, metric)
+            color = plt.get_cmap("Dark2")(index % 8)
+            axis.axhline(value, ls="--", lw=1, color=color, label=f"{row.method} (Average)")
         _decorate(axis, positions, labels, column, metric)
-    axes[1].legend(fontsize=7)
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     figure.suptitle(title)
     return _save(figure, path)
 

@@ -1,17 +1,38 @@
-"""The bundled benchmark's classifier: a small CNN for 8 x 8 digits, trained in seconds.
+"""The bundled benchmark's classifier: a small CNN for 8 x 8 digits, shipped with the package.
 
 Two 3 x 3 convolutions (16 and 32 channels) with batch normalization and ReLU, the second with
-stride 2, global average pooling and a linear head ``fc``. Training is full-batch Adam
-(learning rate 0.01, weight decay 5e-4) for a fixed number of steps: no shuffling and no
-augmentation, so the weights are a function of the seed and the data alone.
+stride 2, global average pooling and a linear head ``fc``.
+
+The recipe (:func:`train_digits_cnn`): full-batch Adam (weight decay 5e-4) for 200 steps, the
+learning rate decaying from 0.01 to 0 on a half cosine, no shuffling and no augmentation. The
+decay to zero makes it converge (train accuracy 100 %, test accuracy about 98 %) whatever the
+CPU or thread count; a constant rate oscillates, and which phase the last step lands in then
+depends on float rounding.
+
+The weights the bundled benchmark scores (:func:`load_digits_cnn`) were trained once by this
+recipe on :class:`gradood.protocols.DigitsBenchmark`'s training split (seed 0) and ship as
+``digits_cnn.pt`` with their SHA-256, so every machine scores the same network. Regenerate them
+with ``python -m gradood.models.digits --out <file>`` (it prints the new SHA-256).
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import math
+from importlib import resources
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DigitsCNN", "train_digits_cnn"]
+from ..files import atomic_torch_save
+
+__all__ = ["DIGITS_CNN_SHA256", "DigitsCNN", "load_digits_cnn", "train_digits_cnn"]
+
+#: SHA-256 of the shipped ``digits_cnn.pt``
+DIGITS_CNN_SHA256 = "acd0826067dd4c7b05985ec333dd360341f9167db106b15e36992a4e21696311"
+_WEIGHTS = "digits_cnn.pt"
 
 
 class DigitsCNN(nn.Module):
@@ -36,11 +57,13 @@ class DigitsCNN(nn.Module):
 
 
 def train_digits_cnn(
-    images: Tensor, labels: Tensor, *, seed: int = 0, steps: int = 300, lr: float = 0.01
+    images: Tensor, labels: Tensor, *, seed: int = 0, steps: int = 200, lr: float = 0.01
 ) -> DigitsCNN:
     """Train :class:`DigitsCNN` on all of ``images`` (N x 1 x 8 x 8) at once; eval mode.
 
-    :raises ValueError: on an empty set or labels outside 0 ... 9
+    Step ``s`` of ``steps`` uses the learning rate ``lr * (1 + cos(pi * s / steps)) / 2``.
+
+    :raises ValueError: on an empty set, labels outside 0 ... 9, or a non-finite loss
     """
     if len(images) == 0 or len(images) != len(labels):
         raise ValueError(f"need as many labels as images, got {len(images)} and {len(labels)}")
@@ -50,10 +73,63 @@ def train_digits_cnn(
         torch.manual_seed(seed)
         model = DigitsCNN(in_channels=images.shape[1])
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=5e-4)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: (1 + math.cos(math.pi * step / steps)) / 2
+    )
     model.train()
-    for _ in range(steps):
+    for step in range(steps):
         loss = nn.functional.cross_entropy(model(images), labels)
+        if not torch.isfinite(loss):
+            raise ValueError(
+                f"the loss is {loss.item()} at step {step}: non-finite inputs, or lower lr={lr}"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        schedule.step()
     return model.eval()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_digits_cnn(path: str | Path | None = None, sha256: str | None = DIGITS_CNN_SHA256):
+    """The shipped :class:`DigitsCNN` (eval mode), or the weights at ``path``.
+
+    The file is read with ``weights_only=True``; with ``sha256`` (default: the shipped file's)
+    its hash must match.
+
+    :raises ValueError: if the file's SHA-256 differs from ``sha256`` (names the file)
+    """
+    if path is None:
+        with resources.as_file(resources.files(__package__) / _WEIGHTS) as shipped:
+            return load_digits_cnn(shipped, sha256)
+    path = Path(path)
+    if sha256 is not None and (found := _sha256(path)) != sha256:
+        raise ValueError(
+            f"{path}: SHA-256 {found}, expected {sha256}: the file is corrupt or not the "
+            "shipped digits CNN"
+        )
+    model = DigitsCNN()
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train the shipped weights by the recipe and write them (``--out``)."""
+    from ..protocols.digits import DigitsBenchmark
+
+    parser = argparse.ArgumentParser(description="train the bundled benchmark's digits CNN")
+    parser.add_argument("--out", type=Path, required=True, help="the weights file to write")
+    parser.add_argument("--seed", type=int, default=0, help="split, initialization (default 0)")
+    args = parser.parse_args(argv)
+    if args.out.exists():
+        parser.error(f"{args.out} exists: choose another --out (nothing is overwritten)")
+    model = train_digits_cnn(*DigitsBenchmark(seed=args.seed).train_set().tensors, seed=args.seed)
+    atomic_torch_save(args.out, model.state_dict())
+    print(f"{args.out}: SHA-256 {_sha256(args.out)}")
+
+
+if __name__ == "__main__":
+    main()

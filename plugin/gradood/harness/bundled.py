@@ -1,0 +1,156 @@
+"""The bundled offline benchmark: every registered detector on scikit-learn's digits.
+
+ID = the digits test split; OOD = letters (near), photo crops and uniform noise (far)
+(:class:`gradood.protocols.DigitsBenchmark`); the classifier is the shipped
+:func:`gradood.models.digits.load_digits_cnn`. Every detector of the registry (third-party
+plugins included) is built, fitted on the ID training split where it needs it, and scored by
+:func:`gradood.evaluate`; GradNorm at every norm of Table 7 and every temperature of Table 8.
+
+Everything runs in float64: the machine's float rounding (about 1e-16 relative, and it differs
+between CPUs and thread counts) then moves no fit's discrete choices (a selected epoch, a tuned
+magnitude) and reorders only scores tied to about 1e-12, so every machine gets the same table up
+to such near-ties (see :data:`NEAR_TIE_TOLERANCE`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from pytorch_ood.api import Detector
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from ..detectors.gradnorm import PAPER_NORMS, PAPER_TEMPERATURES, GradNorm
+from ..detectors.lee_alregib import LeeAlRegib
+from ..evaluate import evaluate
+from ..models.digits import load_digits_cnn
+from ..protocols.digits import DigitsBenchmark
+from ..registry import available_detectors, create_detector
+
+__all__ = ["NEAR_TIE_TOLERANCE", "PAPER_SETTING", "TITLE", "BundledRun", "run_bundled"]
+
+TITLE = "bundled digits benchmark"
+SEED = 0
+#: GradNorm's setting in the paper's main results (Table 1)
+PAPER_SETTING = {"p": 1.0, "temperature": 1.0}
+#: the name of the paper's Mahalanobis ensemble in the table
+MAHALANOBIS_PAPER = "mahalanobis-paper"
+#: the outputs of the CNN's two convolution blocks, for the paper's Mahalanobis ensemble
+MAHALANOBIS_LAYERS = ["body.2", "body.5"]
+_ID_TEST = 719
+#: how far two runs' metrics may differ when only float rounding differs: a swapped pair of
+#: nearly tied ID/OOD scores moves AUROC by 1 / 719^2 (five such swaps allowed), an FPR or an
+#: average precision by at most about one sample, 1 / 719
+NEAR_TIE_TOLERANCE = {
+    "AUROC": 5 / _ID_TEST**2,
+    "AUPR-IN": 1 / _ID_TEST + 1e-12,
+    "AUPR-OUT": 1 / _ID_TEST + 1e-12,
+    "FPR95": 1 / _ID_TEST + 1e-12,
+    "FPR95TPR": 1 / _ID_TEST + 1e-12,
+}
+
+Entry = tuple[str, dict, Detector]
+Progress = Callable[[str], None]
+
+
+@dataclass
+class BundledRun:
+    """The benchmark (float64 tensors), the classifier, the fitted detectors and the table."""
+
+    benchmark: DigitsBenchmark
+    model: nn.Module
+    entries: list[Entry]
+    table: pd.DataFrame
+
+    def accuracy(self) -> float:
+        """The classifier's accuracy on the ID test set."""
+        (id_set,) = self.benchmark.test_sets(known=True, unknown=False)
+        images, labels = id_set.tensors
+        with torch.no_grad():
+            return float((self.model(images).argmax(1) == labels).double().mean())
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``count`` inside the block."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextmanager
+def float64_by_default() -> Iterator[None]:
+    """New floating-point tensors are float64 inside the block (some of pytorch-ood's detectors
+    allocate their statistics with the default dtype)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _float64(benchmark: DigitsBenchmark) -> DigitsBenchmark:
+    for dataset in [benchmark.train_set(), *benchmark.test_sets(known=True, unknown=False)]:
+        _as_float64(dataset)
+    for dataset in benchmark.test_sets(known=False, unknown=True):
+        _as_float64(dataset)
+    return benchmark
+
+
+def _as_float64(dataset: TensorDataset) -> None:
+    images, labels = dataset.tensors
+    dataset.tensors = (images.double(), labels)
+
+
+def _entries(name: str, model: nn.Module, benchmark: DigitsBenchmark) -> list[Entry]:
+    """The bundled benchmark's settings of detector ``name``, fitted where needed."""
+    train = DataLoader(benchmark.train_set(), batch_size=256)
+    if name == "gradnorm":  # Table 7's norms at T = 1, Table 8's temperatures with L1
+        settings = [(p, 1.0) for p in PAPER_NORMS]
+        settings += [(1.0, t) for t in PAPER_TEMPERATURES if t != 1.0]
+        return [
+            (name, {"p": p, "temperature": t}, GradNorm(model, p=p, temperature=t))
+            for p, t in settings
+        ]
+    if name == "mahalanobis":
+        single = create_detector(name, model).fit(train)
+        ensemble = create_detector(
+            name,
+            model,
+            paper=True,
+            layers=MAHALANOBIS_LAYERS,
+            norm_mean=[benchmark.mean],
+            norm_std=[benchmark.std],
+        ).fit(train)
+        return [(name, {}, single), (MAHALANOBIS_PAPER, {}, ensemble)]
+    if name == "lee-alregib":
+        detector = LeeAlRegib(model, mean=benchmark.mean, std=benchmark.std, seed=SEED)
+        return [(name, {}, detector.fit(train))]
+    detector = create_detector(name, model)
+    if detector.requires_fit:
+        detector.fit(train)
+    return [(name, {}, detector)]
+
+
+def run_bundled(threads: int = 1, progress: Progress | None = None) -> BundledRun:
+    """Build, fit and score every registered detector with ``threads`` torch threads."""
+    say = progress or (lambda _message: None)
+    with torch_threads(threads), float64_by_default():
+        benchmark = _float64(DigitsBenchmark(seed=SEED))
+        model = load_digits_cnn().double()
+        entries = []
+        names = available_detectors()
+        for index, name in enumerate(names, start=1):
+            say(f"{TITLE}: fitting {name} ({index} of {len(names)})")
+            entries += _entries(name, model, benchmark)
+        say(f"{TITLE}: scoring {len(entries)} detector settings")
+        table = evaluate(benchmark, entries, batch_size=256, progress=False)
+    return BundledRun(benchmark, model, entries, table)
