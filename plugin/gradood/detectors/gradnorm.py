@@ -66,11 +66,11 @@ def gradnorm_score(
     :param features: penultimate features :math:`h` entering the final layer, shape B x D
     :param p: order of the entrywise norm, > 0 or ``math.inf``
     :param temperature: :math:`T > 0`
-    :return: float64 scores of shape B
+    :return: float64 scores of shape B, without an autograd graph
     :raises ValueError: if a score overflows float64 (only for tiny ``p``)
     """
     p, temperature = check_norm_order(p), check_temperature(temperature)
-    z, h = logits.double(), features.double()
+    z, h = logits.detach().double(), features.detach().double()
     num_classes = z.shape[1]
     logit_grad = (num_classes * torch.softmax(z / temperature, dim=1) - 1) / temperature
     scores = torch.exp(_log_norm(logit_grad, p) + _log_norm(h, p))
