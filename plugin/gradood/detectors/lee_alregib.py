@@ -40,7 +40,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -104,11 +104,17 @@ class GradientFeatures(nn.Module):
 
 
 def gradient_feature_encoder(
-    model: nn.Module, params: str | Sequence[str] | None = None, micro_batch_size: int = 32
+    model: nn.Module,
+    params: str | Sequence[str] | None = None,
+    micro_batch_size: int = 32,
+    param_filter: Callable[[str], bool] | None = None,
 ) -> GradientFeatures:
     """The shared :class:`GradientFeatures` encoder of ``model`` for these settings, so that
-    pytorch-ood's ``Benchmark.evaluate`` (cache keyed by encoder identity) computes them once."""
-    names = resolve_parameter_names(model, params)
+    pytorch-ood's ``Benchmark.evaluate`` (cache keyed by encoder identity) computes them once.
+
+    :raises ValueError: if ``params`` and ``param_filter`` select no parameter
+    """
+    names = resolve_parameter_names(model, params, param_filter)
     key = ("gradient features", tuple(names), micro_batch_size)
     return shared_for(model, key, lambda: GradientFeatures(model, names, micro_batch_size))
 
@@ -145,6 +151,7 @@ class LeeAlRegib(FeaturesDetector):
     def __init__(
         self,
         model: nn.Module,
+        param_filter: Callable[[str], bool] | None = None,
         *,
         mean: float | Sequence[float] = 0.0,
         std: float | Sequence[float] = 1.0,
@@ -162,6 +169,8 @@ class LeeAlRegib(FeaturesDetector):
     ):
         """
         :param model: the classifier, in evaluation mode; its output is the logits B x C
+        :param param_filter: keeps the parameters whose qualified names it accepts (pytorch-ood's
+            ``GradUncertainty`` argument; among ``params`` if both are given); ``None``: all
         :param mean: per-channel mean (or one value) of the model's input normalization, for
             the uniform-noise surrogate OOD (pixel values in [0, 1])
         :param std: per-channel std (or one value) of that normalization
@@ -179,7 +188,7 @@ class LeeAlRegib(FeaturesDetector):
         :param params: parameters or modules whose gradients are features (``None``: all)
         :param micro_batch_size: samples per backward pass when computing features
         :raises ModelNotSetException: if ``model`` is ``None``
-        :raises ValueError: on an invalid argument
+        :raises ValueError: on an invalid argument, or a selection of no parameter
         """
         super().__init__()
         if model is None:
@@ -199,7 +208,7 @@ class LeeAlRegib(FeaturesDetector):
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         self.seed = int(seed)
         micro_batch_size = check_positive_int(micro_batch_size, "micro_batch_size")
-        self.encoder = gradient_feature_encoder(model, params, micro_batch_size)
+        self.encoder = gradient_feature_encoder(model, params, micro_batch_size, param_filter)
         self.classifier: nn.Sequential | None = None
         self.feature_mean: Tensor | None = None
         self.feature_std: Tensor | None = None
