@@ -39,6 +39,11 @@ def _is_head_layer(module: nn.Module) -> bool:
     )
 
 
+def _outputs(layer: nn.Module) -> int:
+    """The output width of a head layer (``nn.Linear`` or ``nn.Conv2d``)."""
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+
+
 def _describe(module: nn.Module) -> str:
     return type(module).__name__
 
@@ -57,8 +62,7 @@ class Head:
 
     @property
     def num_classes(self) -> int:
-        m = self.module
-        return m.out_features if isinstance(m, nn.Linear) else m.out_channels
+        return _outputs(self.module)
 
     @property
     def weight_name(self) -> str:
@@ -163,11 +167,14 @@ def capture_head(head: Head) -> Iterator[dict[str, Tensor]]:
         handle.remove()
 
 
-def check_output_is_head_output(head: Head, logits: Tensor, head_output: Tensor) -> None:
+def check_output_is_head_output(
+    model: nn.Module, head: Head, logits: Tensor, head_output: Tensor
+) -> None:
     """Raise unless the model's logits equal, value for value, what its head returned.
 
     :raises ValueError: naming the head and both shapes if they differ (a wrongly guessed head,
-        or a layer or an in-place operation after the head that changes the logits)
+        or a layer or an in-place operation after the head that changes the logits), and the
+        layers that could be heads if several have as many outputs as there are logits
     """
     if head_output.numel() != logits.numel():
         raise ValueError(
@@ -181,7 +188,19 @@ def check_output_is_head_output(head: Head, logits: Tensor, head_output: Tensor)
             f"the model's output is not the output of its head '{head.name}' (a layer or an "
             "in-place operation after the head changes the logits); pass the correct head=..., "
             "or select parameters with params=... for exact per-sample gradients through it"
+            + _several_heads(model, logits.shape[1])
         )
+
+
+def _several_heads(model: nn.Module, width: int) -> str:
+    """A note naming the head layers with ``width`` outputs, if there are several."""
+    names = [n for n, m in model.named_modules() if _is_head_layer(m) and _outputs(m) == width]
+    if len(names) < 2:
+        return ""
+    return (
+        f". Layers with {width} outputs: {', '.join(names)}; if the logits combine several of "
+        "them (e.g. two averaged heads, as in distilled DeiT), no single head gives them"
+    )
 
 
 def forward_with_features(model: nn.Module, head: Head, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -195,7 +214,7 @@ def forward_with_features(model: nn.Module, head: Head, x: Tensor) -> tuple[Tens
     if "input" not in record:
         raise ValueError(f"the head '{head.name}' was not called in the model's forward pass")
     features = head.pooled_features(record["input"])
-    check_output_is_head_output(head, logits, record["output"])
+    check_output_is_head_output(model, head, logits, record["output"])
     return logits, features
 
 
