@@ -294,6 +294,18 @@ def test_regression_is_sklearns_on_the_layer_scores():
     )
 
 
+def test_fit_shows_progress_unless_asked_not_to(capsys):
+    model = blocks_model(2)
+    x, y = random_batch(2, 40)
+    loader = DataLoader(TensorDataset(x, y), batch_size=10)
+    MahalanobisEnsemble(model, LAYERS, magnitudes=[0.0, 0.01], samples=10).fit(loader)
+    shown = capsys.readouterr().err
+    assert "Mahalanobis: Gaussians" in shown and "Mahalanobis: magnitudes" in shown
+    quiet = MahalanobisEnsemble(model, LAYERS, magnitudes=[0.0], samples=10, progress=False)
+    quiet.fit(loader)
+    assert "Mahalanobis" not in capsys.readouterr().err
+
+
 def test_magnitude_is_chosen_as_the_official_script_does():
     model = blocks_model(10)
     x, y = random_batch(10, 90)

@@ -55,6 +55,7 @@ from pytorch_ood.api import (
 )
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from ..gradients import per_sample_squared_norms, resolve_parameter_names
 from ..metrics import paper_metrics
@@ -166,6 +167,7 @@ class LeeAlRegib(FeaturesDetector):
         seed: int = 0,
         params: str | Sequence[str] | None = None,
         micro_batch_size: int = 32,
+        progress: bool = True,
     ):
         """
         :param model: the classifier, in evaluation mode; its output is the logits B x C
@@ -187,6 +189,7 @@ class LeeAlRegib(FeaturesDetector):
             of the training samples
         :param params: parameters or modules whose gradients are features (``None``: all)
         :param micro_batch_size: samples per backward pass when computing features
+        :param progress: show progress bars while fitting (features, noise, epochs)
         :raises ModelNotSetException: if ``model`` is ``None``
         :raises ValueError: on an invalid argument, or a selection of no parameter
         """
@@ -207,6 +210,7 @@ class LeeAlRegib(FeaturesDetector):
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         self.seed = int(seed)
+        self.progress = bool(progress)
         micro_batch_size = check_positive_int(micro_batch_size, "micro_batch_size")
         self.encoder = gradient_feature_encoder(model, params, micro_batch_size, param_filter)
         self.classifier: nn.Sequential | None = None
@@ -283,10 +287,8 @@ class LeeAlRegib(FeaturesDetector):
         if self._noise_cache is not None and self._noise_cache[0] == key:
             return self._noise_cache[1]
         size = self.encoder.micro_batch_size
-        parts = [
-            self.gradient_features(self._noise(start, min(count, start + size)))
-            for start in range(0, count, size)
-        ]
+        starts = self._bar(range(0, count, size), "LeeAlRegib: noise features", "batch")
+        parts = [self.gradient_features(self._noise(s, min(count, s + size))) for s in starts]
         features = torch.cat(parts)
         self._noise_cache = (key, features)
         return features
@@ -302,18 +304,23 @@ class LeeAlRegib(FeaturesDetector):
         :raises ValueError: if there is no ID sample, or on inconsistent input shapes
         """
         features, labels = [], []
-        for batch in id_loader:
+        for batch in self._bar(id_loader, "LeeAlRegib: ID features", "batch"):
             x, y = batch[0], torch.as_tensor(batch[1])
             self._remember_shape(x)
             features.append(self.gradient_features(x))
             labels.append(torch.where(y.cpu() < 0, -1, 0))
-        for batch in ood_loader if ood_loader is not None else ():
+        ood_batches = ood_loader if ood_loader is not None else ()
+        for batch in self._bar(ood_batches, "LeeAlRegib: OOD features", "batch"):
             x = batch[0] if isinstance(batch, (list, tuple)) else batch
             features.append(self.gradient_features(x))
             labels.append(torch.full((x.shape[0],), -1))
         if not features or not any(bool((y >= 0).any()) for y in labels):
             raise ValueError("fit: the ID loader yields no ID sample (label >= 0)")
         return self.fit_features(torch.cat(features), torch.cat(labels))
+
+    def _bar(self, items: Iterable, desc: str, unit: str) -> Iterable:
+        """``items`` with a progress bar, unless ``progress`` is off."""
+        return tqdm(items, desc=desc, unit=unit, leave=False, disable=not self.progress)
 
     def _remember_shape(self, x: Tensor) -> None:
         shape = tuple(x.shape[1:])
@@ -409,7 +416,7 @@ class LeeAlRegib(FeaturesDetector):
         loss = nn.BCEWithLogitsLoss()
         best = (math.inf, -1, None)
         with torch.enable_grad():
-            for epoch in range(self.epochs):
+            for epoch in self._bar(range(self.epochs), "LeeAlRegib: classifier", "epoch"):
                 classifier.train()
                 order = train[torch.randperm(train.numel(), generator=generator).to(train.device)]
                 for batch in torch.split(order, self.batch_size):
