@@ -9,9 +9,11 @@ import pytest
 import torch
 from pytorch_ood.detector import GradNorm as PoodGradNorm
 from pytorch_ood.model import WideResNet
+from torch import nn
 
 import gradood.gradients.api as gradients_api
 from gradood import GradNorm, LeeAlRegib
+from gradood.gradients import per_sample_gradient_powers
 from gradood.testing import SmallCNN
 
 from references import entrywise_norm, official_gradients
@@ -153,3 +155,24 @@ def test_lee_alregib_features_of_the_filtered_parameters():
     torch.testing.assert_close(
         detector.gradient_features(x), torch.stack(rows), rtol=RTOL_FLOAT64, atol=0
     )
+
+
+def test_an_empty_selection_is_an_error_for_the_gradient_engine():
+    model = SmallCNN().eval()
+    with pytest.raises(ValueError, match="holds no parameter"):
+        per_sample_gradient_powers(model, lambda z: z.sum(1), torch.randn(2, 3, 8, 8), [], p=1.0)
+
+
+def test_selected_parameters_need_no_head():
+    torch.manual_seed(10)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveMaxPool2d(1), nn.Flatten())
+    model = model.double().eval()
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    detector = GradNorm(model, lambda name: name == "0.weight")
+    assert detector.head is None and detector.encoder is None
+    expected = [g.abs().sum() for g in official_gradients(model, [model[0].weight], x, 1.0)]
+    torch.testing.assert_close(
+        detector.predict(x), -torch.stack(expected), rtol=RTOL_FLOAT64, atol=0
+    )
+    with pytest.raises(ValueError, match="head= is for the head-weight score"):
+        GradNorm(model, params=["0"], head="0")
