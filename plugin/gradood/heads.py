@@ -183,7 +183,8 @@ def check_output_is_head_output(
             "registered nn.Linear or 1x1 nn.Conv2d, which need not be the last one applied; "
             "pass the correct head=..."
         )
-    if not torch.equal(head_output.reshape(logits.shape), logits.detach()):
+    # a cast after the head (e.g. autocast's bf16 to float32) keeps the values
+    if not torch.equal(head_output.reshape(logits.shape).to(logits.dtype), logits.detach()):
         raise ValueError(
             f"the model's output is not the output of its head '{head.name}' (a layer or an "
             "in-place operation after the head changes the logits); pass the correct head=..., "
