@@ -313,6 +313,43 @@ def test_wrong_scores_and_unfitted_detectors_are_named():
     assert "while scoring Mahalanobis () on 'ID'" in getattr(caught.value, "__notes__", [""])[0]
 
 
+class PostProcessed(torch.nn.Module):
+    """A classifier whose output is its head's output divided by 1.5."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x) / 1.5
+
+
+def test_logits_detectors_need_no_head():
+    benchmark = TinyBenchmark()
+    model = PostProcessed(make_model()).eval()
+    entries = [
+        ("MSP", {}, create_detector("msp", model)),
+        ("Energy", {}, create_detector("energy", model)),
+        ("ODIN", {}, create_detector("odin", model, preset="imagenet")),
+    ]
+    CountingCNN.samples = 0
+    frame = run(benchmark, entries)
+    assert CountingCNN.samples == 16 + 11 + 7  # one logits-only pass shared by the three
+    assert_matches_reference(frame, reference(benchmark, entries))
+    with pytest.raises(ValueError, match=r"not the output of its head 'net\.fc'"):
+        run(benchmark, [*entries, ("GradNorm", {}, GradNorm(model))])
+
+
+def test_logits_detectors_share_the_pass_of_a_head_detector():
+    benchmark = TinyBenchmark()
+    model = make_model()
+    entries = [("MSP", {}, MaxSoftmax(model)), ("GradNorm", {}, GradNorm(model))]
+    CountingCNN.samples = 0
+    frame = run(benchmark, entries)
+    assert CountingCNN.samples == 16 + 11 + 7
+    assert_matches_reference(frame, reference(benchmark, entries))
+
+
 def test_runs_on_the_device(device):
     benchmark = TinyBenchmark()
     on_cpu = run(benchmark, cached_detectors(make_model(), benchmark))

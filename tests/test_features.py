@@ -375,6 +375,44 @@ def test_bad_datasets_are_named():
         extract(make_model(), triples)
 
 
+class InPlaceRescaled(CountingCNN):
+    """Rescales the head's output in place: the storage stays the head's, the values do not."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        out /= 2.0
+        return out
+
+
+def test_an_in_place_change_after_the_head_is_an_error():
+    model = make_model()
+    rescaled = InPlaceRescaled(num_classes=5).double().eval()
+    rescaled.load_state_dict(model.state_dict())
+    with pytest.raises(
+        ValueError, match=r"not the output of its head 'fc' \(a layer or an in-place"
+    ):
+        extract(rescaled, tensor_dataset(4))
+    logits_only = extract(rescaled, tensor_dataset(4), penultimate=False)
+    expected = direct(model, tensor_dataset(4))
+    torch.testing.assert_close(logits_only.logits, expected.logits / 2, rtol=RTOL, atol=0)
+    assert logits_only.features.shape == (4, 0)
+
+
+def test_logits_only_needs_no_head(tmp_path):
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 5, 3), torch.nn.AdaptiveMaxPool2d(1), torch.nn.Flatten()
+    )
+    model = model.double().eval()
+    dataset = tensor_dataset(6)
+    with torch.no_grad():
+        expected = model(dataset.tensors[0])
+    for cache_dir in (None, tmp_path, tmp_path):  # computed, then written and read back
+        found = extract(model, dataset, cache_dir, penultimate=False)
+        torch.testing.assert_close(found.logits, expected, rtol=RTOL, atol=0)
+    with pytest.raises(ValueError, match="head= selects the penultimate features"):
+        extract(model, dataset, penultimate=False, head="0")
+
+
 def test_bf16_autocast_is_keyed_and_close_to_float32(tmp_path, device):
     model = make_model().float().to(device)
     dataset = TensorDataset(tensor_dataset(8).tensors[0].float(), torch.arange(8) % 5)

@@ -248,6 +248,81 @@ def test_rejects_model_whose_output_is_not_the_head_output():
         GradNorm(Rescaled().eval()).predict(torch.randn(2, 3, 8, 8))
 
 
+class _InPlaceRescaled(torch.nn.Module):
+    """Rescales the head's output in place: the storage stays the head's, the values do not."""
+
+    def __init__(self, temperature: float = 2.0):
+        super().__init__()
+        self.net = SmallCNN()
+        self.temperature = temperature
+
+    def forward(self, x):
+        out = self.net(x)
+        out /= self.temperature
+        return out
+
+
+def test_in_place_change_after_the_head_is_an_error_on_inputs_and_features():
+    torch.manual_seed(8)
+    model = _InPlaceRescaled().double().eval()
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    detector = GradNorm(model)
+    with pytest.raises(
+        ValueError, match=r"output of its head 'net\.fc' \(a layer or an in-place operation"
+    ):
+        detector.predict(x)
+    with pytest.raises(
+        ValueError, match=r"output of its head 'net\.fc' \(a layer or an in-place operation"
+    ):
+        detector.predict_features(detector.encoder(x))
+
+
+def test_in_place_change_after_the_head_is_followed_in_params_mode():
+    torch.manual_seed(9)
+    model = _InPlaceRescaled().double().eval()
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    expected = torch.stack(
+        [g.abs().sum() for g in official_gradients(model, [model.net.fc.weight], x, 1.0)]
+    )
+    scores = GradNorm(model, params=["net.fc.weight"]).predict(x)
+    torch.testing.assert_close(scores, -expected, rtol=RTOL_FLOAT64, atol=0)
+
+
+def test_wrongly_guessed_head_is_a_clear_error():
+    class ProjectionRegisteredLast(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(16, 10)
+            self.proj = torch.nn.Linear(32, 16)  # registered after fc, applied before it
+
+        def forward(self, x):
+            return self.fc(self.proj(x))
+
+    detector = GradNorm(ProjectionRegisteredLast().eval())
+    assert detector.head.name == "proj"
+    with pytest.raises(ValueError, match=r"output \(shape \(4, 10\)\).*'proj' \(shape \(4, 16\)\)"):
+        detector.predict(torch.randn(4, 32))
+    fixed = GradNorm(ProjectionRegisteredLast().eval(), head="fc")
+    assert fixed.predict(torch.randn(4, 32)).shape == (4,)
+
+
+def test_scores_carry_no_autograd_graph():
+    model, _ = _model("resnet18", seed=10)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    detector = GradNorm(model)
+    features = detector.encoder(x)
+    assert features.grad_fn is None
+    with_graph = features.clone().requires_grad_()
+    for scores in (
+        detector.predict(x),
+        detector.predict_features(features),
+        detector.predict_features(with_graph * 1.0),
+        GradNorm(model, params=["layer4.1.conv2"]).predict(x),
+    ):
+        assert scores.grad_fn is None and not scores.requires_grad
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_rejects_unknown_params():
     with pytest.raises(ValueError, match="'layer9' names no parameter or module of SmallCNN"):
         GradNorm(SmallCNN(), params=["layer9"])

@@ -90,3 +90,20 @@ def test_penultimate_encoder_is_shared_per_model_and_head():
     model, other = SmallCNN(), SmallCNN()
     assert penultimate_encoder(model) is penultimate_encoder(model, "fc")
     assert penultimate_encoder(model) is not penultimate_encoder(other)
+
+
+def test_a_cast_after_the_head_keeps_its_values():
+    class Upcast(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = SmallCNN().eval()
+
+        def forward(self, x):
+            return self.net(x).double()
+
+    model = Upcast()
+    x = torch.randn(2, 3, 8, 8)
+    logits, features = forward_with_features(model, find_head(model), x)
+    assert logits.dtype == torch.float64
+    torch.testing.assert_close(logits, model(x), rtol=0, atol=0)
+    torch.testing.assert_close(features, model.net.features(x), rtol=0, atol=0)

@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegressionCV
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from gradood.detectors import MahalanobisEnsemble
+from gradood.detectors import MahalanobisEnsemble, mahalanobis_ensemble
 from gradood.detectors.mahalanobis_ensemble import (
     _layer_features,
     default_layers,
@@ -292,6 +292,22 @@ def test_regression_is_sklearns_on_the_layer_scores():
         regression.predict_proba(test_design)[:, 1],
         rtol=1e-9,
     )
+
+
+def test_fit_shows_progress_unless_asked_not_to(capsys, monkeypatch):
+    def untrained_regression(scores, is_adversarial):  # the bars only: skip sklearn's 1 s fit
+        return torch.zeros(scores.shape[1], dtype=scores.dtype), torch.zeros((), dtype=scores.dtype)
+
+    monkeypatch.setattr(mahalanobis_ensemble, "_fit_logistic_regression", untrained_regression)
+    model = blocks_model(2)
+    x, y = random_batch(2, 40)
+    loader = DataLoader(TensorDataset(x, y), batch_size=10)
+    MahalanobisEnsemble(model, LAYERS, magnitudes=[0.0, 0.01], samples=10).fit(loader)
+    shown = capsys.readouterr().err
+    assert "Mahalanobis: Gaussians" in shown and "Mahalanobis: magnitudes" in shown
+    quiet = MahalanobisEnsemble(model, LAYERS, magnitudes=[0.0], samples=10, progress=False)
+    quiet.fit(loader)
+    assert "Mahalanobis" not in capsys.readouterr().err
 
 
 def test_magnitude_is_chosen_as_the_official_script_does():

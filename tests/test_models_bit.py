@@ -124,6 +124,22 @@ def _save_like_the_authors(state: dict[str, Tensor], path) -> None:
     torch.save({"step": 1, "model": {"module." + k: v for k, v in state.items()}}, path)
 
 
+def _in_big_transfer_s_own_layout(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """big_transfer's ResNetV2 keeps the final GroupNorm inside its head: ``head.gn``."""
+    return {k.replace("before_head.gn.", "head.gn."): v for k, v in state.items()}
+
+
+def _save_like_big_transfer(state: dict[str, Tensor], path) -> None:
+    """big_transfer's train.py: step, the DataParallel model's state dict (its own names) and
+    the optimizer's state."""
+    model = {"module." + k: v for k, v in _in_big_transfer_s_own_layout(state).items()}
+    optim = {"state": {}, "param_groups": [{"lr": 0.003, "momentum": 0.9, "params": [0, 1]}]}
+    torch.save({"step": 1, "model": model, "optim": optim}, path)
+
+
+SAVERS = {"authors": _save_like_the_authors, "big_transfer": _save_like_big_transfer}
+
+
 SMALL_UNITS = (2, 1, 2, 1)  # first units (projection) and later ones (identity shortcut)
 
 
@@ -134,11 +150,13 @@ def truncated(model: nn.Module, units: tuple[int, ...]) -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize(("seed", "size"), [(0, 64), (1, 40)])
-def test_computes_the_official_function(tmp_path, seed, size):
+@pytest.mark.parametrize(
+    ("seed", "size", "layout"), [(0, 64, "authors"), (1, 40, "authors"), (2, 40, "big_transfer")]
+)
+def test_computes_the_official_function(tmp_path, seed, size, layout):
     state = random_big_transfer_state(SMALL_UNITS, num_classes=1000, seed=seed)
     path = tmp_path / "small.pth.tar"
-    _save_like_the_authors(state, path)
+    SAVERS[layout](state, path)
     # bit_s_r101x1's own network, shortened to keep the float64 forward fast
     model = load_big_transfer_checkpoint(truncated(bit_s_r101x1(), SMALL_UNITS), path).double()
     generator = torch.Generator().manual_seed(seed)
@@ -161,18 +179,18 @@ def test_computes_the_official_function(tmp_path, seed, size):
             assert (with_timm_eps(x) - expected).abs().max() > 1e-3 * scale
 
 
-@pytest.fixture(scope="module")
-def r101_checkpoint(tmp_path_factory):
-    """A full-size file in the authors' layout; each tensor holds one value, its index (an
-    expanded scalar, so that the file stays tiny)."""
+@pytest.fixture(scope="module", params=sorted(SAVERS))
+def r101_checkpoint(tmp_path_factory, request):
+    """A full-size file in the authors' layout or big_transfer's own; each tensor holds one
+    value, its index (an expanded scalar, so that the file stays tiny)."""
     entries = architecture(R101_UNITS, num_classes=1000)
     state = {bit: torch.tensor(float(i)).expand(shape) for i, (bit, _, shape) in enumerate(entries)}
     path = tmp_path_factory.mktemp("bit") / "BiT-S-R101x1-flat-finetune.pth.tar"
-    _save_like_the_authors(state, path)
+    SAVERS[request.param](state, path)
     return entries, path
 
 
-def test_loads_the_authors_r101_checkpoint_strictly(r101_checkpoint):
+def test_loads_both_layouts_of_r101_checkpoints_strictly(r101_checkpoint):
     entries, path = r101_checkpoint
     assert len(entries) == 306
     model = bit_s_r101x1(path)
@@ -204,6 +222,8 @@ def test_remap_accepts_unprefixed_names_and_passes_foreign_ones():
     # two entries for one parameter: an error instead of one silently winning
     with pytest.raises(ValueError, match=r"map to the same parameter 'stem\.conv\.weight'"):
         big_transfer_to_timm({"root.conv.weight": value, "stem.conv.weight": value})
+    with pytest.raises(ValueError, match=r"map to the same parameter 'norm\.bias'"):
+        big_transfer_to_timm({"before_head.gn.bias": value, "head.gn.bias": value})
 
 
 @pytest.fixture(scope="module")

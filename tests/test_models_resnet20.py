@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -332,6 +334,16 @@ def test_missing_dataset_says_where_and_how_to_get_it(tmp_path):
         (folder / name).write_bytes(b"")
     with pytest.raises(DatasetError, match="fails torchvision's checksums"):
         cifar_datasets("cifar100", tmp_path)
+
+
+def test_trains_on_cuda_when_available(monkeypatch):
+    for available, expected in [(True, "cuda"), (False, "cpu")]:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda available=available: available)
+        assert recipe.default_device() == expected
+    # the command line leaves the choice to train(device=None), which takes default_device()
+    args = recipe._parser().parse_args(["--data-root", "data", "--out", "c10.pt"])
+    assert args.device is None
+    assert inspect.signature(recipe.train).parameters["device"].default is None
 
 
 def test_command_line(tmp_path, monkeypatch, capsys):

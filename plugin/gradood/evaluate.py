@@ -8,12 +8,14 @@
   ``ConcatDataset(ID, OOD)`` that all sets share is still read only once);
 - **from the cache** of :func:`gradood.features.extract_features` (one forward pass per model,
   head and dataset, on disk with ``cache_dir``): every ``LogitsDetector`` with a ``model``
-  (``predict_logits``: MSP, Energy, ...), every ``FeaturesDetector`` whose ``encoder`` is a
-  :func:`gradood.heads.penultimate_encoder` (``predict_features``: :class:`gradood.GradNorm` at
-  any ``p`` and ``T``, pytorch-ood's ``Mahalanobis`` as the registry builds it, ...), pytorch-ood's
-  ``ODIN`` with ``eps == 0`` (then :math:`\\hat x = x` and the score is MSP at temperature
-  :math:`T` of the logits, :math:`-\\max_c \\mathrm{softmax}(z / T)_c`: scored from the cached
-  logits without ODIN's backward pass), and any detector that follows the
+  (``predict_logits``: MSP, Energy, ...; these need no head and run on any classifier, e.g.
+  one whose output is post-processed after its last layer), every ``FeaturesDetector`` whose
+  ``encoder`` is a :func:`gradood.heads.penultimate_encoder` (``predict_features``:
+  :class:`gradood.GradNorm` at any ``p`` and ``T``, pytorch-ood's ``Mahalanobis`` as the
+  registry builds it, ...), pytorch-ood's ``ODIN`` with ``eps == 0`` (then
+  :math:`\\hat x = x` and the score is MSP at temperature :math:`T` of the logits,
+  :math:`-\\max_c \\mathrm{softmax}(z / T)_c`: scored from the cached logits without ODIN's
+  backward pass), and any detector that follows the
   :class:`CachedScorer` protocol (scores from :class:`~gradood.features.Features`, including
   extra layer outputs);
 - **on the raw inputs** (``detector.predict(x)``, all such detectors in one pass over each
@@ -90,10 +92,11 @@ class _Entry:
 
 @dataclass
 class _Source:
-    """A model whose logits, penultimate features (at ``head``) and ``layers`` are extracted."""
+    """A model whose logits, penultimate features (at ``head``; none without a head: logits
+    only) and ``layers`` are extracted."""
 
     model: nn.Module
-    head: Head
+    head: Head | None
     layers: dict[str, str]
 
 
@@ -101,7 +104,7 @@ class _Source:
 class _Route:
     """How an entry is scored from its source's :class:`Features`."""
 
-    source: tuple[int, str]
+    source: tuple[int, str | None]
     score: Callable[[Features], Tensor]
 
 
@@ -276,17 +279,26 @@ def _check_unique(entries: list[_Entry]) -> None:
         seen.add(label)
 
 
-def _routes(entries: list[_Entry]) -> tuple[dict[tuple[int, str], _Source], list[_Route | None]]:
-    """The models to extract, and for each entry how it is scored from them (None: raw)."""
-    sources: dict[tuple[int, str], _Source] = {}
+def _routes(
+    entries: list[_Entry],
+) -> tuple[dict[tuple[int, str | None], _Source], list[_Route | None]]:
+    """The models to extract, and for each entry how it is scored from them (None: raw).
+
+    A detector of logits only shares the extraction of a detector of the same model that needs
+    its head, if there is one; else its model is run for the logits alone, without a head.
+    """
+    found = [_cached_scoring(entry.detector) for entry in entries]
+    with_head = {id(f[0]): f[1].name for f in found if f is not None and f[1] is not None}
+    sources: dict[tuple[int, str | None], _Source] = {}
     routes: list[_Route | None] = []
-    for entry in entries:
-        found = _cached_scoring(entry.detector)
-        if found is None:
+    for entry, scoring in zip(entries, found, strict=True):
+        if scoring is None:
             routes.append(None)
             continue
-        model, head, layers, score = found
-        key = (id(model), head.name)
+        model, head, layers, score = scoring
+        key = (id(model), head.name if head is not None else with_head.get(id(model)))
+        if key[1] is not None and head is None:
+            head = find_head(model, key[1])
         source = sources.setdefault(key, _Source(model, head, {}))
         for name, path in layers.items():
             if source.layers.setdefault(name, path) != path:
@@ -300,16 +312,15 @@ def _routes(entries: list[_Entry]) -> tuple[dict[tuple[int, str], _Source], list
 
 def _cached_scoring(
     detector: Detector,
-) -> tuple[nn.Module, Head, Mapping[str, str], Callable[[Features], Tensor]] | None:
+) -> tuple[nn.Module, Head | None, Mapping[str, str], Callable[[Features], Tensor]] | None:
+    """The model, the head (``None``: logits only), the extra layers and the score function of
+    a detector scored from the cache; ``None`` for one that needs the raw inputs."""
     if isinstance(detector, ODIN):
         if detector.model is None or float(detector.eps) != 0.0:
             return None
-        head = _head_or_none(detector.model)
-        if head is None:
-            return None
         temperature = detector.temperature
         # eps = 0: x_hat = x, so ODIN is MSP at temperature T on the logits
-        return detector.model, head, {}, lambda f: MaxSoftmax.score(f.logits, temperature)
+        return detector.model, None, {}, lambda f: MaxSoftmax.score(f.logits, temperature)
     if callable(getattr(detector, "predict_cached", None)) and detector.model is not None:
         head = find_head(detector.model, getattr(detector, "head", None))
         layers = getattr(detector, "cached_layers", None) or {}
@@ -317,22 +328,11 @@ def _cached_scoring(
     if isinstance(detector, GradientDetector):
         return None
     if isinstance(detector, LogitsDetector) and getattr(detector, "model", None) is not None:
-        head = _head_or_none(detector.model)
-        if head is None:
-            return None
-        return detector.model, head, {}, lambda f: detector.predict_logits(f.logits)
+        return detector.model, None, {}, lambda f: detector.predict_logits(f.logits)
     encoder = getattr(detector, "encoder", None)
     if isinstance(detector, FeaturesDetector) and isinstance(encoder, PenultimateEncoder):
         return encoder.model, encoder.head, {}, lambda f: detector.predict_features(f.features)
     return None
-
-
-def _head_or_none(model: nn.Module) -> Head | None:
-    """The head, if the model has one; else the detector runs on raw inputs."""
-    try:
-        return find_head(model)
-    except ValueError:
-        return None
 
 
 def _test_sets(benchmark: Any) -> _TestSets:
@@ -370,7 +370,7 @@ def _score_dataset(
     name: str,
     dataset: Dataset,
     entries: list[_Entry],
-    sources: dict[tuple[int, str], _Source],
+    sources: dict[tuple[int, str | None], _Source],
     routes: list[_Route | None],
     options: _Options,
     ranks: Ranks,
@@ -382,7 +382,8 @@ def _score_dataset(
         features = extract_features(
             source.model,
             dataset,
-            head=source.head.name,
+            head=None if source.head is None else source.head.name,
+            penultimate=source.head is not None,
             cache_dir=options.cache_dir,
             batch_size=options.batch_size,
             num_workers=options.num_workers,

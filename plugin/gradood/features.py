@@ -64,7 +64,7 @@ from tqdm.auto import tqdm
 from .distributed import Ranks, current_ranks, resolve_device
 from .files import atomic_torch_save
 from .fingerprint import Fingerprint, qualified_name
-from .heads import Head, find_head, forward_with_features
+from .heads import Head, find_head, forward_logits, forward_with_features
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "REDUCTIONS", "CacheError", "Features", "extract_features"]
 
@@ -177,6 +177,7 @@ def extract_features(
     dataset: Dataset,
     *,
     head: str | nn.Module | None = None,
+    penultimate: bool = True,
     cache_dir: str | os.PathLike | None = None,
     batch_size: int = 64,
     num_workers: int = 0,
@@ -197,6 +198,9 @@ def extract_features(
     and sharding.
 
     :param head: the model's final layer (see :func:`gradood.heads.find_head`); found if ``None``
+    :param penultimate: extract the penultimate features too (the model's output must then be
+        its head's output); ``False``: logits only, from any classifier, with
+        ``Features.features`` of shape N x 0
     :param cache_dir: directory of the on-disk cache; ``None`` for no cache (then the ranks of
         a multi-process run exchange their chunks through ``torch.distributed``)
     :param batch_size: samples per forward pass
@@ -225,7 +229,7 @@ def extract_features(
     resolved_device = resolve_device(device, model)
     if device is not None:
         model.to(resolved_device)
-    found_head = find_head(model, head)
+    found_head = _head_to_capture(model, head, penultimate)
     size = len(dataset)
     if size == 0:
         raise ValueError(f"the dataset {type(dataset).__name__} is empty: nothing to extract")
@@ -262,6 +266,16 @@ def extract_features(
     _check_same_key(ranks, key)
     store = _Store(Path(cache_dir).expanduser(), key)
     return _extract_cached(model, found_head, dataset, ranges, plan, store, ranks)
+
+
+def _head_to_capture(
+    model: nn.Module, head: str | nn.Module | None, penultimate: bool
+) -> Head | None:
+    if penultimate:
+        return find_head(model, head)
+    if head is not None:
+        raise ValueError("head= selects the penultimate features; it needs penultimate=True")
+    return None
 
 
 def _check_layers(model: nn.Module, extra_layers: Mapping[str, str] | None) -> dict[str, str]:
@@ -313,7 +327,7 @@ def _loader_kwargs(
 
 def _extract(
     model: nn.Module,
-    head: Head,
+    head: Head | None,
     dataset: Dataset,
     ranges: list[tuple[int, int]],
     plan: _Plan,
@@ -329,7 +343,7 @@ def _extract(
 
 def _run(
     model: nn.Module,
-    head: Head,
+    head: Head | None,
     dataset: Dataset,
     ranges: list[tuple[int, int]],
     plan: _Plan,
@@ -373,7 +387,7 @@ def _pair(batch: Any) -> tuple[Tensor, Tensor]:
 
 def _forward(
     model: nn.Module,
-    head: Head,
+    head: Head | None,
     inputs: Tensor,
     labels: Tensor,
     captured: dict[str, list[Tensor]],
@@ -386,7 +400,12 @@ def _forward(
         torch.no_grad(),
         torch.autocast(device.type, dtype=torch.bfloat16, enabled=plan.bf16),
     ):
-        logits, features = forward_with_features(model, head, inputs.to(device, non_blocking=True))
+        inputs = inputs.to(device, non_blocking=True)
+        if head is None:
+            logits = forward_logits(model, inputs)
+            features = logits.new_empty(logits.shape[0], 0)
+        else:
+            logits, features = forward_with_features(model, head, inputs)
         extras = {
             name: _reduce(name, outputs, plan.reduction) for name, outputs in captured.items()
         }
@@ -439,7 +458,9 @@ def _capture_layers(model: nn.Module, layers: Mapping[str, str]) -> Iterator[dic
 # -- the cache key ---------------------------------------------------------------------------
 
 
-def _cache_key(model: nn.Module, head: Head, dataset: Dataset, plan: _Plan, key_extra: Any) -> _Key:
+def _cache_key(
+    model: nn.Module, head: Head | None, dataset: Dataset, plan: _Plan, key_extra: Any
+) -> _Key:
     model_print = Fingerprint().add(model, "model")
     data_print = Fingerprint().add(len(dataset)).add(dataset, "dataset")
     if data_print.data_sources == 0:
@@ -449,7 +470,7 @@ def _cache_key(model: nn.Module, head: Head, dataset: Dataset, plan: _Plan, key_
         {
             "format": FORMAT_VERSION,
             "torch": str(torch.__version__),
-            "head": head.name,
+            "head": None if head is None else head.name,
             "layers": dict(plan.layers),
             "reduction": reduction,
             "bf16": plan.bf16,
@@ -466,7 +487,7 @@ def _cache_key(model: nn.Module, head: Head, dataset: Dataset, plan: _Plan, key_
     digest = hashlib.blake2b("|".join(parts.values()).encode(), digest_size=20).hexdigest()
     summary = {
         "model": qualified_name(type(model)),
-        "head": head.name,
+        "head": None if head is None else head.name,
         "dataset": qualified_name(type(dataset)),
         "samples": len(dataset),
         "extra_layers": dict(plan.layers),
@@ -588,7 +609,7 @@ class _Store:
 
 def _extract_cached(
     model: nn.Module,
-    head: Head,
+    head: Head | None,
     dataset: Dataset,
     ranges: list[tuple[int, int]],
     plan: _Plan,

@@ -16,7 +16,15 @@ from torch import Tensor, nn
 
 from .shared import shared_for
 
-__all__ = ["Head", "PenultimateEncoder", "find_head", "penultimate_encoder"]
+__all__ = [
+    "Head",
+    "PenultimateEncoder",
+    "check_output_is_head_output",
+    "find_head",
+    "forward_logits",
+    "forward_with_features",
+    "penultimate_encoder",
+]
 
 
 def _is_head_layer(module: nn.Module) -> bool:
@@ -29,6 +37,11 @@ def _is_head_layer(module: nn.Module) -> bool:
         and module.groups == 1
         and module.dilation == (1, 1)
     )
+
+
+def _outputs(layer: nn.Module) -> int:
+    """The output width of a head layer (``nn.Linear`` or ``nn.Conv2d``)."""
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
 
 
 def _describe(module: nn.Module) -> str:
@@ -49,8 +62,7 @@ class Head:
 
     @property
     def num_classes(self) -> int:
-        m = self.module
-        return m.out_features if isinstance(m, nn.Linear) else m.out_channels
+        return _outputs(self.module)
 
     @property
     def weight_name(self) -> str:
@@ -137,12 +149,16 @@ def _checked(model: nn.Module, name: str, module: nn.Module) -> Head:
 
 @contextmanager
 def capture_head(head: Head) -> Iterator[dict[str, Tensor]]:
-    """Record the head's input and output during forward passes inside the block."""
+    """Record copies of the head's input and output during forward passes inside the block.
+
+    Copies, so that an in-place change after the head (``out /= T``) shows in a comparison
+    with the model's output instead of reaching the record too.
+    """
     record: dict[str, Tensor] = {}
 
     def hook(_module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        record["input"] = inputs[0]
-        record["output"] = output
+        record["input"] = inputs[0].detach().clone()
+        record["output"] = output.detach().clone()
 
     handle = head.module.register_forward_hook(hook)
     try:
@@ -151,29 +167,67 @@ def capture_head(head: Head) -> Iterator[dict[str, Tensor]]:
         handle.remove()
 
 
+def check_output_is_head_output(
+    model: nn.Module, head: Head, logits: Tensor, head_output: Tensor
+) -> None:
+    """Raise unless the model's logits equal, value for value, what its head returned.
+
+    :raises ValueError: naming the head and both shapes if they differ (a wrongly guessed head,
+        or a layer or an in-place operation after the head that changes the logits), and the
+        layers that could be heads if several have as many outputs as there are logits
+    """
+    if head_output.numel() != logits.numel():
+        raise ValueError(
+            f"the model's output (shape {tuple(logits.shape)}) is not the output of its head "
+            f"'{head.name}' (shape {tuple(head_output.shape)}): the head found is the last "
+            "registered nn.Linear or 1x1 nn.Conv2d, which need not be the last one applied; "
+            "pass the correct head=..."
+        )
+    # a cast after the head (e.g. autocast's bf16 to float32) keeps the values
+    if not torch.equal(head_output.reshape(logits.shape).to(logits.dtype), logits.detach()):
+        raise ValueError(
+            f"the model's output is not the output of its head '{head.name}' (a layer or an "
+            "in-place operation after the head changes the logits); pass the correct head=..., "
+            "or select parameters with params=... for exact per-sample gradients through it"
+            + _several_heads(model, logits.shape[1])
+        )
+
+
+def _several_heads(model: nn.Module, width: int) -> str:
+    """A note naming the head layers with ``width`` outputs, if there are several."""
+    names = [n for n, m in model.named_modules() if _is_head_layer(m) and _outputs(m) == width]
+    if len(names) < 2:
+        return ""
+    return (
+        f". Layers with {width} outputs: {', '.join(names)}; if the logits combine several of "
+        "them (e.g. two averaged heads, as in distilled DeiT), no single head gives them"
+    )
+
+
 def forward_with_features(model: nn.Module, head: Head, x: Tensor) -> tuple[Tensor, Tensor]:
     """One forward pass: the model's logits (B x C) and the head's pooled input (B x D).
 
-    :raises ValueError: if the head did not run, or if the model's output is not the head's
-        output (then the logits cannot be recomputed from the features)
+    :raises ValueError: if the head did not run, or if the model's output is not, by value, the
+        head's output (then the logits cannot be recomputed from the features)
     """
     with capture_head(head) as record:
-        logits = model(x)
+        logits = forward_logits(model, x)
     if "input" not in record:
         raise ValueError(f"the head '{head.name}' was not called in the model's forward pass")
     features = head.pooled_features(record["input"])
-    head_output = record["output"]
-    if not isinstance(logits, Tensor) or logits.shape[0] != x.shape[0]:
-        raise ValueError("the model must return a logits tensor with one row per input")
-    logits = logits.reshape(logits.shape[0], -1)
-    if head_output.data_ptr() != logits.data_ptr() and not torch.equal(
-        head_output.reshape(logits.shape), logits
-    ):
-        raise ValueError(
-            f"the model's output is not the output of its head '{head.name}' (a layer after "
-            "the head changes the logits); pass the correct head=..."
-        )
+    check_output_is_head_output(model, head, logits, record["output"])
     return logits, features
+
+
+def forward_logits(model: nn.Module, x: Tensor) -> Tensor:
+    """The model's output as logits, B x C (any head, or none; nothing is captured).
+
+    :raises ValueError: if the model does not return one tensor row per input
+    """
+    logits = model(x)
+    if not isinstance(logits, Tensor) or logits.ndim == 0 or logits.shape[0] != x.shape[0]:
+        raise ValueError("the model must return a logits tensor with one row per input")
+    return logits.reshape(logits.shape[0], -1)
 
 
 class PenultimateEncoder(nn.Module):

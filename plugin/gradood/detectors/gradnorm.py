@@ -26,14 +26,20 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from pytorch_ood.api import DetectorInfo, FeaturesDetector, ModelNotSetException, Paper, Task
 from torch import Tensor, nn
 
 from ..gradients import per_sample_gradient_powers, resolve_parameter_names
-from ..heads import Head, find_head, forward_with_features, penultimate_encoder
+from ..heads import (
+    Head,
+    PenultimateEncoder,
+    find_head,
+    forward_with_features,
+    penultimate_encoder,
+)
 from ..validation import check_finite, check_norm_order, check_positive_int, check_temperature
 
 __all__ = ["PAPER_NORMS", "PAPER_TEMPERATURES", "GradNorm", "gradnorm_score", "uniform_loss"]
@@ -66,11 +72,11 @@ def gradnorm_score(
     :param features: penultimate features :math:`h` entering the final layer, shape B x D
     :param p: order of the entrywise norm, > 0 or ``math.inf``
     :param temperature: :math:`T > 0`
-    :return: float64 scores of shape B
+    :return: float64 scores of shape B, without an autograd graph
     :raises ValueError: if a score overflows float64 (only for tiny ``p``)
     """
     p, temperature = check_norm_order(p), check_temperature(temperature)
-    z, h = logits.double(), features.double()
+    z, h = logits.detach().double(), features.detach().double()
     num_classes = z.shape[1]
     logit_grad = (num_classes * torch.softmax(z / temperature, dim=1) - 1) / temperature
     scores = torch.exp(_log_norm(logit_grad, p) + _log_norm(h, p))
@@ -88,11 +94,21 @@ class GradNorm(FeaturesDetector):
     ``Benchmark.evaluate`` and ``GridSearch`` over ``p`` and ``temperature`` reuse one forward
     pass (``encoder`` produces those features).
 
-    With ``params`` (e.g. ``["layer4"]``, the paper's ablation on other layers), the score is the
-    entrywise :math:`L_p` norm of the per-sample gradient of the same loss with respect to all
-    selected parameters together; it is computed exactly with one batched backward pass per
-    micro-batch of at most ``micro_batch_size`` samples, so memory does not grow with the
-    caller's batch size. That mode needs the raw inputs (``encoder`` is ``None``).
+    With ``params`` (e.g. ``["layer4"]``, the paper's ablation on other layers) or
+    ``param_filter`` (pytorch-ood's: a function of a parameter's qualified name, e.g.
+    ``lambda name: name.startswith("layer4.")``), the score is the entrywise :math:`L_p` norm
+    of the per-sample gradient of the same loss with respect to all selected parameters
+    together; it is computed exactly with one batched backward pass per micro-batch of at most
+    ``micro_batch_size`` samples, so memory does not grow with the caller's batch size. That
+    mode needs the raw inputs (``encoder`` is ``None``).
+
+    Selection: neither ``params`` nor ``param_filter``: the head's weight (the paper's score,
+    from one forward pass); ``params``: those parameters or modules; ``param_filter``: the
+    parameters whose names it accepts (among ``params``, if both are given). pytorch-ood's
+    ``GradNorm(model, param_filter=f)`` gives :math:`-\\lVert \\cdot \\rVert_1 / C` of the
+    same gradients (its loss averages over the :math:`C` classes, the official code's sums), so
+    ours at ``p=1`` is :math:`C` times its score; without a filter it uses all parameters, ours
+    the head weight. An empty selection is a ``ValueError``.
 
     The model is called as it is: put it in evaluation mode, as the official code does.
     """
@@ -114,24 +130,29 @@ class GradNorm(FeaturesDetector):
     def __init__(
         self,
         model: nn.Module,
+        param_filter: Callable[[str], bool] | None = None,
+        micro_batch_size: int = 32,
+        temperature: float = 1.0,
         *,
         p: float = 1.0,
-        temperature: float = 1.0,
         head: str | nn.Module | None = None,
         params: Sequence[str] | None = None,
-        micro_batch_size: int = 32,
     ):
-        """
-        :param model: the classifier; its output must be the output of ``head``
-        :param p: order of the entrywise norm, > 0 or ``float("inf")``
+        """The first four arguments are pytorch-ood's ``GradNorm``'s.
+
+        :param model: the classifier; in the head mode its output must be the output of ``head``
+        :param param_filter: selects parameters by qualified name (see the class docstring);
+            ``None`` with ``params=None`` for the paper's head-weight score
+        :param micro_batch_size: samples per backward pass when parameters are selected
         :param temperature: softmax temperature :math:`T > 0`
-        :param head: the final layer (module or qualified name); found automatically if
-            ``None`` (see :func:`gradood.heads.find_head`)
+        :param p: order of the entrywise norm, > 0 or ``float("inf")``
+        :param head: the final layer (module or qualified name) of the head mode; found
+            automatically if ``None`` (see :func:`gradood.heads.find_head`); ``None`` (the
+            attribute too) when parameters are selected
         :param params: names of modules or parameters whose gradients to use instead of the
-            head's weight; ``None`` for the paper's head-weight score
-        :param micro_batch_size: samples per backward pass in the ``params`` mode
-        :raises ValueError: on invalid ``p``, ``temperature``, ``micro_batch_size`` or
-            ``params``, or if no head is found
+            head's weight
+        :raises ValueError: on invalid ``p``, ``temperature`` or ``micro_batch_size``, a
+            selection of no parameter, an unknown name in ``params``, or if no head is found
         """
         super().__init__()
         if model is None:
@@ -140,9 +161,16 @@ class GradNorm(FeaturesDetector):
         self.p = p
         self.temperature = temperature
         self.micro_batch_size = check_positive_int(micro_batch_size, "micro_batch_size")
-        self.head: Head = find_head(model, head)
-        self.params = None if params is None else resolve_parameter_names(model, params)
-        self.encoder = penultimate_encoder(model, self.head.module) if params is None else None
+        self.head: Head | None = None
+        self.encoder: PenultimateEncoder | None = None
+        self.params: list[str] | None = None
+        if params is not None or param_filter is not None:
+            if head is not None:
+                raise ValueError("head= is for the head-weight score; params mode needs no head")
+            self.params = resolve_parameter_names(model, params, param_filter)
+        else:
+            self.head = find_head(model, head)
+            self.encoder = penultimate_encoder(model, self.head.module)
 
     @property
     def p(self) -> float:
@@ -189,13 +217,13 @@ class GradNorm(FeaturesDetector):
     def predict_features(self, features: Tensor) -> Tensor:
         """Outlier scores :math:`-S(x)` from penultimate features (B x D, or B x D x 1 x 1).
 
-        :raises ValueError: in the ``params`` mode, or if ``features`` has the wrong shape or
+        :raises ValueError: when parameters are selected, or if ``features`` has the wrong shape or
             non-finite values
         """
         if self.params is not None:
             raise ValueError(
-                "predict_features gives the head-weight score only; with params=... "
-                "use predict(x) on model inputs"
+                "predict_features gives the head-weight score only; with params=... or "
+                "param_filter=... use predict(x) on model inputs"
             )
         if not isinstance(features, Tensor):
             raise ValueError("features must be a tensor of shape B x D")

@@ -40,7 +40,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,7 @@ from pytorch_ood.api import (
 )
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from ..gradients import per_sample_squared_norms, resolve_parameter_names
 from ..metrics import paper_metrics
@@ -104,11 +105,17 @@ class GradientFeatures(nn.Module):
 
 
 def gradient_feature_encoder(
-    model: nn.Module, params: str | Sequence[str] | None = None, micro_batch_size: int = 32
+    model: nn.Module,
+    params: str | Sequence[str] | None = None,
+    micro_batch_size: int = 32,
+    param_filter: Callable[[str], bool] | None = None,
 ) -> GradientFeatures:
     """The shared :class:`GradientFeatures` encoder of ``model`` for these settings, so that
-    pytorch-ood's ``Benchmark.evaluate`` (cache keyed by encoder identity) computes them once."""
-    names = resolve_parameter_names(model, params)
+    pytorch-ood's ``Benchmark.evaluate`` (cache keyed by encoder identity) computes them once.
+
+    :raises ValueError: if ``params`` and ``param_filter`` select no parameter
+    """
+    names = resolve_parameter_names(model, params, param_filter)
     key = ("gradient features", tuple(names), micro_batch_size)
     return shared_for(model, key, lambda: GradientFeatures(model, names, micro_batch_size))
 
@@ -145,6 +152,7 @@ class LeeAlRegib(FeaturesDetector):
     def __init__(
         self,
         model: nn.Module,
+        param_filter: Callable[[str], bool] | None = None,
         *,
         mean: float | Sequence[float] = 0.0,
         std: float | Sequence[float] = 1.0,
@@ -159,9 +167,12 @@ class LeeAlRegib(FeaturesDetector):
         seed: int = 0,
         params: str | Sequence[str] | None = None,
         micro_batch_size: int = 32,
+        progress: bool = True,
     ):
         """
         :param model: the classifier, in evaluation mode; its output is the logits B x C
+        :param param_filter: keeps the parameters whose qualified names it accepts (pytorch-ood's
+            ``GradUncertainty`` argument; among ``params`` if both are given); ``None``: all
         :param mean: per-channel mean (or one value) of the model's input normalization, for
             the uniform-noise surrogate OOD (pixel values in [0, 1])
         :param std: per-channel std (or one value) of that normalization
@@ -178,8 +189,9 @@ class LeeAlRegib(FeaturesDetector):
             of the training samples
         :param params: parameters or modules whose gradients are features (``None``: all)
         :param micro_batch_size: samples per backward pass when computing features
+        :param progress: show progress bars while fitting (features, noise, epochs)
         :raises ModelNotSetException: if ``model`` is ``None``
-        :raises ValueError: on an invalid argument
+        :raises ValueError: on an invalid argument, or a selection of no parameter
         """
         super().__init__()
         if model is None:
@@ -198,8 +210,9 @@ class LeeAlRegib(FeaturesDetector):
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         self.seed = int(seed)
+        self.progress = bool(progress)
         micro_batch_size = check_positive_int(micro_batch_size, "micro_batch_size")
-        self.encoder = gradient_feature_encoder(model, params, micro_batch_size)
+        self.encoder = gradient_feature_encoder(model, params, micro_batch_size, param_filter)
         self.classifier: nn.Sequential | None = None
         self.feature_mean: Tensor | None = None
         self.feature_std: Tensor | None = None
@@ -274,10 +287,8 @@ class LeeAlRegib(FeaturesDetector):
         if self._noise_cache is not None and self._noise_cache[0] == key:
             return self._noise_cache[1]
         size = self.encoder.micro_batch_size
-        parts = [
-            self.gradient_features(self._noise(start, min(count, start + size)))
-            for start in range(0, count, size)
-        ]
+        starts = self._bar(range(0, count, size), "LeeAlRegib: noise features", "batch")
+        parts = [self.gradient_features(self._noise(s, min(count, s + size))) for s in starts]
         features = torch.cat(parts)
         self._noise_cache = (key, features)
         return features
@@ -293,18 +304,23 @@ class LeeAlRegib(FeaturesDetector):
         :raises ValueError: if there is no ID sample, or on inconsistent input shapes
         """
         features, labels = [], []
-        for batch in id_loader:
+        for batch in self._bar(id_loader, "LeeAlRegib: ID features", "batch"):
             x, y = batch[0], torch.as_tensor(batch[1])
             self._remember_shape(x)
             features.append(self.gradient_features(x))
             labels.append(torch.where(y.cpu() < 0, -1, 0))
-        for batch in ood_loader if ood_loader is not None else ():
+        ood_batches = ood_loader if ood_loader is not None else ()
+        for batch in self._bar(ood_batches, "LeeAlRegib: OOD features", "batch"):
             x = batch[0] if isinstance(batch, (list, tuple)) else batch
             features.append(self.gradient_features(x))
             labels.append(torch.full((x.shape[0],), -1))
         if not features or not any(bool((y >= 0).any()) for y in labels):
             raise ValueError("fit: the ID loader yields no ID sample (label >= 0)")
         return self.fit_features(torch.cat(features), torch.cat(labels))
+
+    def _bar(self, items: Iterable, desc: str, unit: str) -> Iterable:
+        """``items`` with a progress bar, unless ``progress`` is off."""
+        return tqdm(items, desc=desc, unit=unit, leave=False, disable=not self.progress)
 
     def _remember_shape(self, x: Tensor) -> None:
         shape = tuple(x.shape[1:])
@@ -400,7 +416,7 @@ class LeeAlRegib(FeaturesDetector):
         loss = nn.BCEWithLogitsLoss()
         best = (math.inf, -1, None)
         with torch.enable_grad():
-            for epoch in range(self.epochs):
+            for epoch in self._bar(range(self.epochs), "LeeAlRegib: classifier", "epoch"):
                 classifier.train()
                 order = train[torch.randperm(train.numel(), generator=generator).to(train.device)]
                 for batch in torch.split(order, self.batch_size):

@@ -57,6 +57,7 @@ from pytorch_ood.api import (
 from pytorch_ood.utils import is_known
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 from typing_extensions import Self
 
 from ..metrics import paper_metrics
@@ -363,6 +364,7 @@ class MahalanobisEnsemble(GradientDetector):
         adversarial_clamp: tuple[float, float] | None = None,
         samples: int = TUNING_SAMPLES,
         batch_size: int = 32,
+        progress: bool = True,
     ):
         """
         :param model: the classifier (in evaluation mode), returning logits
@@ -378,6 +380,7 @@ class MahalanobisEnsemble(GradientDetector):
         :param adversarial_clamp: ``(low, high)`` bounds of the FGSM examples (see :func:`fgsm`)
         :param samples: ID samples per tuning split
         :param batch_size: inputs per forward/backward pass inside :meth:`fit_regression`
+        :param progress: show progress bars while fitting (Gaussians, magnitude candidates)
         :raises ValueError: on an unknown layer or an invalid setting
         """
         super().__init__()
@@ -403,6 +406,7 @@ class MahalanobisEnsemble(GradientDetector):
         self.adversarial_clamp = None if adversarial_clamp is None else tuple(adversarial_clamp)
         self.samples = check_positive_int(samples, "samples")
         self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.progress = bool(progress)
         self.means: dict[str, Tensor] | None = None
         self.precisions: dict[str, Tensor] | None = None
         self._projected_means: dict[str, Tensor] = {}
@@ -437,7 +441,9 @@ class MahalanobisEnsemble(GradientDetector):
         self._warn_if_training()
         accumulators = {name: _TiedGaussianAccumulator() for name in self.layers}
         with torch.no_grad():
-            for x, y in data_loader:
+            for x, y in tqdm(
+                data_loader, desc="Mahalanobis: Gaussians", leave=False, disable=not self.progress
+            ):
                 known = is_known(y)
                 if not bool(known.any()):
                     continue
@@ -527,7 +533,10 @@ class MahalanobisEnsemble(GradientDetector):
         ood_labels = torch.as_tensor(-is_adversarial, dtype=torch.long)
         best: tuple[float, float, tuple[Tensor, Tensor]] | None = None
         self.tuning_fpr95 = {}
-        for magnitude in self.magnitudes:
+        candidates = tqdm(
+            self.magnitudes, desc="Mahalanobis: magnitudes", leave=False, disable=not self.progress
+        )
+        for magnitude in candidates:
             regression = _fit_logistic_regression(self._scores(train, magnitude), is_adversarial)
             log_odds = _log_odds(self._scores(held_out, magnitude), *regression)
             fpr = paper_metrics(torch.sigmoid(log_odds).cpu(), ood_labels)["FPR95"]

@@ -24,16 +24,40 @@ DEFAULT_WORKSPACE_ELEMENTS = 2**24
 _METHODS = ("auto", "ghost", "materialize")
 
 
-def resolve_parameter_names(model: nn.Module, names: str | Sequence[str] | None) -> list[str]:
-    """Qualified parameter names selected by ``names``, in ``model.named_parameters()`` order.
+def resolve_parameter_names(
+    model: nn.Module,
+    names: str | Sequence[str] | None,
+    param_filter: Callable[[str], bool] | None = None,
+) -> list[str]:
+    """Qualified parameter names selected by ``names`` and ``param_filter``, in
+    ``model.named_parameters()`` order.
 
     :param names: ``None`` for all parameters, or names of parameters or modules (a module
         selects all its parameters, e.g. ``"layer4"``)
-    :raises ValueError: if a name matches no parameter or module
+    :param param_filter: keeps a selected parameter if ``param_filter(qualified name)`` is true
+        (pytorch-ood's ``param_filter``); ``None`` keeps all
+    :raises ValueError: if a name matches no parameter or module, or nothing is selected
     """
     all_names = [name for name, _ in model.named_parameters()]
-    if names is None:
-        return all_names
+    selected = set(all_names) if names is None else _named_selection(model, all_names, names)
+    if param_filter is not None:
+        if not callable(param_filter):
+            raise TypeError(f"param_filter must be a function of a name, got {param_filter!r}")
+        selected = {name for name in selected if param_filter(name)}
+    if not selected:
+        asked = "" if names is None else f" of {names!r}"
+        by = " that param_filter accepts" if param_filter is not None else ""
+        raise ValueError(
+            f"the selection{asked} holds no parameter{by}: {type(model).__name__} has "
+            f"{len(all_names)} parameters; select at least one"
+        )
+    return [n for n in all_names if n in selected]
+
+
+def _named_selection(
+    model: nn.Module, all_names: list[str], names: str | Sequence[str]
+) -> set[str]:
+    """The parameters that ``names`` (parameter or module names) select."""
     if isinstance(names, str):
         names = [names]
     selected: set[str] = set()
@@ -46,7 +70,7 @@ def resolve_parameter_names(model: nn.Module, names: str | Sequence[str] | None)
                 f"top-level modules: {', '.join(top) or 'none'}"
             )
         selected.update(matches)
-    return [n for n in all_names if n in selected]
+    return selected
 
 
 def per_sample_gradient_powers(
@@ -73,9 +97,9 @@ def per_sample_gradient_powers(
     :param workspace_elements: bound on a chunk's temporary elements (>= one sample per chunk)
     :return: float64 tensor of shape B x P, column k for the k-th selected parameter in
         ``model.named_parameters()`` order
-    :raises ValueError: on bad arguments, samples that interact (BatchNorm in training mode),
-        parameters used outside their module's forward, modules that do not see the batch in
-        their first dimension, or a loss that is not one value per sample
+    :raises ValueError: on bad arguments, an empty selection, samples that interact (BatchNorm
+        in training mode), parameters used outside their module's forward, modules that do not
+        see the batch in their first dimension, or a loss that is not one value per sample
     """
     p = check_norm_order(p)
     _check_arguments(x, p, method, workspace_elements)
@@ -83,7 +107,7 @@ def per_sample_gradient_powers(
     check_samples_are_independent(model)
     batch = x.shape[0]
     result = torch.zeros(batch, len(names), dtype=torch.float64, device=x.device)
-    if batch == 0 or not names:
+    if batch == 0:
         return result
     parameters = dict(model.named_parameters())
     targets = _targets(model, {name: parameters[name] for name in names})

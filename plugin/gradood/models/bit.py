@@ -63,6 +63,9 @@ _TOP_LEVEL = {
     "head.conv.weight": "head.fc.weight",
     "head.conv.bias": "head.fc.bias",
 }
+# big_transfer's own ResNetV2 keeps the final GroupNorm in its head (``head.gn``, then ReLU,
+# pooling and ``head.conv``); the authors' GradNorm code moved it to ``before_head.gn``
+_OWN_HEAD_NORM = {"head.gn.weight": "norm.weight", "head.gn.bias": "norm.bias"}
 _BIG_TRANSFER_UNIT = re.compile(r"body\.block(\d+)\.unit(\d+)\.(\w+)\.(weight|bias)")
 _TIMM_BLOCK = re.compile(r"stages\.(\d+)\.blocks\.(\d+)\.([\w.]+)\.(weight|bias)")
 
@@ -71,6 +74,8 @@ def _timm_key(key: str) -> str:
     """big_transfer name -> timm name; names of neither layout come back unchanged."""
     if key in _TOP_LEVEL:
         return _TOP_LEVEL[key]
+    if key in _OWN_HEAD_NORM:
+        return _OWN_HEAD_NORM[key]
     match = _BIG_TRANSFER_UNIT.fullmatch(key)
     if match is None or match[3] not in _UNIT_MODULES:
         return key
@@ -98,7 +103,9 @@ def big_transfer_to_timm(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     ``stem.conv``; ``body.block{B}.unit{UU}.{gn1,conv1,gn2,conv2,gn3,conv3}`` ->
     ``stages.{B-1}.blocks.{UU-1}.{norm1,conv1,norm2,conv2,norm3,conv3}``;
     ``...unit{UU}.downsample`` (a convolution) -> ``...blocks.{UU-1}.downsample.conv``;
-    ``before_head.gn`` -> ``norm``; ``head.conv`` -> ``head.fc``. Tensors are not copied, and
+    the final GroupNorm ``before_head.gn`` (the GradNorm authors' layout) or ``head.gn``
+    (big_transfer's own, as its training code saves it) -> ``norm``; ``head.conv`` ->
+    ``head.fc``. Tensors are not copied, and
     other names pass unchanged (a timm-layout state dict maps to itself).
     """
     renamed = {}
@@ -169,11 +176,13 @@ def load_big_transfer_checkpoint(model: nn.Module, path: str | os.PathLike) -> n
     """Load a big_transfer checkpoint into a timm ``ResNetV2``, strictly; returns ``model``.
 
     The file is read with ``torch.load(weights_only=True)``: a dict whose ``"model"`` entry is a
-    state dict in big_transfer's layout (as the authors publish it), or such a state dict.
+    state dict in big_transfer's layout (as the authors publish it, or as big_transfer's own
+    training code saves it, with ``head.gn``), or such a state dict.
 
     :raises FileNotFoundError: if there is no file at ``path``
-    :raises ValueError: if the file is not such a checkpoint, or does not fit ``model``; the
-        message lists the missing and unexpected keys and the shape mismatches
+    :raises ValueError: if the file is not such a checkpoint, holds both layouts' final norm,
+        or does not fit ``model``; the message lists the missing and unexpected keys and the
+        shape mismatches
     """
     state_dict = big_transfer_to_timm(_read_checkpoint(path))
     _check_fits(model, state_dict, f"'{path}'")
@@ -186,7 +195,8 @@ def bit_s_r101x1(checkpoint: str | os.PathLike | None = None, num_classes: int =
 
     Never downloads: timm builds the architecture (``pretrained=False``); the weights come from
     ``checkpoint``, the authors' ``BiT-S-R101x1-flat-finetune.pth.tar`` (:data:`BIT_S_R101X1_URL`)
-    or another big_transfer-layout checkpoint of this architecture, loaded strictly. The
+    or a checkpoint of this architecture saved by big_transfer's own code (``head.gn``), loaded
+    strictly. The
     head is ``head.fc``, a 1x1 convolution (2048 -> ``num_classes``, with bias) on pooled
     features; logits are its output flattened, as the official ``x[..., 0, 0]``. Inputs: see
     :data:`gradood.models.BIT_S_R101X1`. Returned in eval mode (GroupNorm has no running

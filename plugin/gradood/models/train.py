@@ -46,6 +46,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "cifar_datasets",
+    "default_device",
     "eval_transform",
     "evaluate",
     "learning_rate",
@@ -336,7 +337,7 @@ def train(
     test_set: Dataset,
     out: str | os.PathLike | None = None,
     *,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     overwrite: bool = False,
     resume: bool = False,
     progress: bool = False,
@@ -349,6 +350,7 @@ def train(
     epochs completed, the per-epoch history and the final test accuracy; read it back with
     :func:`gradood.models.load_resnet20`.
 
+    :param device: where to train; ``None``: CUDA if available, else the CPU
     :param overwrite: replace an existing file at ``out`` (it stays until the first epoch ends)
     :param resume: continue the training recorded at ``out``, if there is a file, with the same
         recipe; a finished one is returned as it is
@@ -356,7 +358,7 @@ def train(
     """
     out = None if out is None else Path(out)
     _check_out(out, overwrite, resume)
-    device = torch.device(device)
+    device = torch.device(default_device() if device is None else device)
     seed_everything(config.seed)
     model = resnet20(config.num_classes).to(device)
     optimizer = torch.optim.SGD(
@@ -412,6 +414,11 @@ def train(
     )
 
 
+def default_device() -> str:
+    """Where training runs unless told: ``"cuda"`` if available, else ``"cpu"``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(
@@ -450,11 +457,7 @@ def _parser() -> argparse.ArgumentParser:
         default=defaults.num_workers,
         help="DataLoader workers, %(default)s; part of the recipe (they draw the augmentation)",
     )
-    add(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="%(default)s",
-    )
+    add("--device", default=None, help="default: cuda if available, else cpu")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     mode.add_argument(
