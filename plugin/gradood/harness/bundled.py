@@ -129,10 +129,13 @@ def _entries(name: str, model: nn.Module, benchmark: DigitsBenchmark) -> list[En
             layers=MAHALANOBIS_LAYERS,
             norm_mean=[benchmark.mean],
             norm_std=[benchmark.std],
+            progress=False,
         ).fit(train)
         return [(name, {}, single), (MAHALANOBIS_PAPER, {}, ensemble)]
     if name == "lee-alregib":
-        detector = LeeAlRegib(model, mean=benchmark.mean, std=benchmark.std, seed=SEED)
+        detector = LeeAlRegib(
+            model, mean=benchmark.mean, std=benchmark.std, seed=SEED, progress=False
+        )
         return [(name, {}, detector.fit(train))]
     detector = create_detector(name, model)
     if detector.requires_fit:
