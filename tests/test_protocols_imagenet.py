@@ -3,8 +3,10 @@ checks of every dataset, missing(), downloads only on request and never over fil
 
 from __future__ import annotations
 
+import gc
 import shutil
 import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -328,3 +330,11 @@ def test_layout_generator_is_deterministic_and_never_overwrites(tmp_path):
 def test_expected_rejects_impossible_counts(arguments):
     with pytest.raises(ValueError, match="Expected"):
         Expected(**arguments)
+
+
+def test_opening_leaves_no_unclosed_scandir_iterator(layout):
+    # an unclosed os.scandir iterator warns when it is garbage-collected
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        layout.open(transform=_image_size)
+        gc.collect()

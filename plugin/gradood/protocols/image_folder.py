@@ -44,6 +44,11 @@ class ImageFolderKeepingEmptyClasses(ImageFolder):
         return samples
 
 
+def _has_subfolder(folder: Path) -> bool:
+    with os.scandir(folder) as entries:  # closed also when any() stops early
+        return any(entry.is_dir() for entry in entries)
+
+
 class ImageFolderSource(DataSource):
     """An image folder at ``root / relpath``: one subfolder per class, images found the way
     ``ImageFolder`` finds them (recursively, by extension), labelled by sorted class index.
@@ -85,7 +90,7 @@ class ImageFolderSource(DataSource):
         folder = self.path(root)
         if not folder.is_dir():
             raise self.missing(root, expected.images, 0, "not found")
-        if not any(entry.is_dir() for entry in os.scandir(folder)):
+        if not _has_subfolder(folder):
             raise self.missing(
                 root,
                 expected.images,
