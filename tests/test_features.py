@@ -332,7 +332,7 @@ SAMPLE_OFFSET = {"value": 0.0}  # read by IndexSeeded, invisible to its fingerpr
 
 
 class IndexSeeded(Dataset):
-    """Exposes no data; deterministic per index: keyed by the content of three samples."""
+    """Exposes no data; deterministic per index: keyed by the content of every sample."""
 
     def __len__(self):
         return 6
@@ -562,3 +562,32 @@ def test_a_flipped_bit_in_a_cached_tensor_is_an_error(tmp_path):
     assert Counted.samples == len(dataset)
     assert_same(again, expected, rtol=0)
     assert_same(extract(model, dataset, tmp_path), expected, rtol=0)
+
+
+def _write_bmp(path: Path, value: int) -> None:
+    Image.fromarray(np.full((8, 8, 3), value, dtype=np.uint8)).save(path)  # uncompressed
+
+
+def test_hash_files_sees_a_rewrite_that_keeps_size_and_mtime(tmp_path):
+    (tmp_path / "images" / "a").mkdir(parents=True)
+    paths = [tmp_path / "images" / "a" / f"{i}.bmp" for i in range(3)]
+    for index, path in enumerate(paths):
+        _write_bmp(path, 10 * index)
+    model = make_model()
+
+    def dataset():
+        return ImageFolder(tmp_path / "images", transform=image_transform())
+
+    for hash_files in (False, True):
+        extract(model, dataset(), tmp_path / "cache", hash_files=hash_files)
+    # other pixels, the same size and modification time: only the bytes tell
+    stat = os.stat(paths[1])
+    _write_bmp(paths[1], 99)
+    os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat(paths[1]).st_size == stat.st_size
+    Counted.samples = 0
+    extract(model, dataset(), tmp_path / "cache")  # keyed by size and time: a hit
+    assert Counted.samples == 0
+    result = extract(model, dataset(), tmp_path / "cache", hash_files=True)
+    assert Counted.samples == 3
+    assert_same(result, direct(model, dataset()))
