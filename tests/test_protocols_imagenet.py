@@ -4,6 +4,7 @@ checks of every dataset, missing(), downloads only on request and never over fil
 from __future__ import annotations
 
 import gc
+import re
 import shutil
 import tarfile
 import warnings
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 from pytorch_ood.detector import MaxSoftmax
 
+import gradood
 from gradood.models import BIT_S_R101X1, Preprocessing
 from gradood.protocols import (
     DatasetNotFoundError,
@@ -338,3 +340,16 @@ def test_opening_leaves_no_unclosed_scandir_iterator(layout):
         warnings.simplefilter("error", ResourceWarning)
         layout.open(transform=_image_size)
         gc.collect()
+
+
+def test_a_truncated_image_is_named_with_its_dataset_and_index(layout, tmp_path):
+    benchmark = layout.open(transform=Preprocessing((24, 24), (0.5,) * 3, (0.5,) * 3).transform())
+    path = Path(benchmark.test_oods[2].samples[2][0])  # the third of Places
+    content = path.read_bytes()
+    path.write_bytes(content[: len(content) // 2])  # opening counts files: it passes
+    detector = MaxSoftmax(BigTransferStyleNet(num_classes=3).eval())
+    for cache_dir in (None, tmp_path / "cache"):
+        with pytest.raises(OSError, match=rf"image 2 of Places \('{re.escape(str(path))}'\)"):
+            gradood.evaluate(
+                benchmark, {"MSP": detector}, batch_size=4, cache_dir=cache_dir, progress=False
+            )
