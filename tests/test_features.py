@@ -517,13 +517,14 @@ def _race(barrier, trials, cache_root, results, rank):
     model, dataset = make_model(), tensor_dataset(48)
     for trial in range(trials):
         barrier.wait(timeout=30)  # both start each trial together
+        Counted.samples = 0
         features = extract(model, dataset, cache_root / str(trial), batch_size=2, chunk_size=2)
-        torch.save(features._tensors(), results / f"{trial}-{rank}.pt")
+        torch.save({**features._tensors(), "run": Counted.samples}, results / f"{trial}-{rank}.pt")
 
 
 def test_two_processes_racing_on_one_cache_dir(tmp_path):
     """Independent processes (not ranks of one run), 10 trials: both succeed with the same
-    result, and each trial leaves exactly the final file."""
+    result, one of them runs the model, and each trial leaves exactly the final file."""
     context = torch.multiprocessing.get_context("fork")  # children inherit the imports
     barrier, trials = context.Barrier(2), 10
     processes = [
@@ -538,10 +539,12 @@ def test_two_processes_racing_on_one_cache_dir(tmp_path):
     # the same batches as in the processes: the same arithmetic, the same bits
     expected = extract(make_model(), tensor_dataset(48), batch_size=2, chunk_size=2)._tensors()
     for trial in range(trials):
-        for rank in (0, 1):
-            found = torch.load(tmp_path / f"{trial}-{rank}.pt", weights_only=True)
+        found = [torch.load(tmp_path / f"{trial}-{r}.pt", weights_only=True) for r in (0, 1)]
+        for result in found:
             for name in ("logits", "features", "labels"):
-                assert torch.equal(found[name], expected[name])
+                assert torch.equal(result[name], expected[name])
+        # one process ran the model; the other waited and read its result
+        assert sorted(result["run"] for result in found) == [0, 48]
         left = sorted(p.name for p in (tmp_path / "cache" / str(trial)).rglob("*"))
         assert len(left) == 1 and left[0].startswith("features-") and left[0].endswith(".pt")
 

@@ -544,18 +544,19 @@ def _add_samples(dataset: Dataset, plan: _Plan, fingerprint: Fingerprint) -> lis
     through the DataLoader, without the model); returns the reasons not to cache, if any."""
     kwargs = {**plan.loader_kwargs, "collate_fn": _as_list, "pin_memory": False}
     loader = DataLoader(dataset, batch_size=plan.batch_size, **kwargs)
-    index, reasons = 0, []
+    index = 0
     with tqdm(
         total=len(dataset), desc=f"{plan.desc}: key", unit="sample", disable=not plan.progress
     ) as bar:
         for batch in loader:
             for sample in batch:
                 digest = _digest(sample, f"dataset[{index}]")
-                reasons += _reasons(digest)
+                if _reasons(digest):  # no cache: the rest need not be read
+                    return _reasons(digest)
                 fingerprint.add(digest.hexdigest())
                 index += 1
             bar.update(len(batch))
-    return reasons
+    return []
 
 
 def _check_same_key(ranks: Ranks, key: _Key) -> None:
