@@ -411,3 +411,17 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         train(tiny_config(lr=1e8), train_set, test_set, out, overwrite=True)
     assert out.read_bytes() == good
     assert list(tmp_path.iterdir()) == [out]
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused(tmp_path):
+    # as the recipe wrote them before it checked: marked complete, weights NaN
+    train_set, test_set = tiny_sets()
+    out = tmp_path / "resnet20.pt"
+    train(tiny_config(epochs=1), train_set, test_set, out)
+    content = torch.load(out, weights_only=True)
+    content["model"]["fc.weight"][0, 0] = math.nan
+    torch.save(content, out)
+    with pytest.raises(ValueError, match=rf"'{out}' holds non-finite weights: fc.weight"):
+        load_resnet20(out)
+    with pytest.raises(ValueError, match=r"non-finite weights: fc.weight"):
+        train(tiny_config(epochs=2), train_set, test_set, out, resume=True)

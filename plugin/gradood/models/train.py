@@ -41,7 +41,13 @@ from tqdm.auto import tqdm
 
 from ..files import atomic_torch_save
 from .preprocessing import CIFAR_RESNET20
-from .resnet20 import CHECKPOINT_FORMAT, ResNet20, read_checkpoint, resnet20
+from .resnet20 import (
+    CHECKPOINT_FORMAT,
+    ResNet20,
+    non_finite_tensors,
+    read_checkpoint,
+    resnet20,
+)
 
 __all__ = [
     "DatasetError",
@@ -306,18 +312,15 @@ def evaluate(
     return loss_sum / count, correct / count
 
 
-def _check_finite(epoch: int, values: dict[str, float], model: nn.Module | None = None) -> None:
-    """Raise :class:`DivergenceError` if a value or a floating tensor of ``model`` is not
-    finite."""
-    bad = [f"{name} {value}" for name, value in values.items() if not math.isfinite(value)]
-    if model is not None:
-        tensors = model.state_dict().items()
-        bad += [name for name, t in tensors if t.is_floating_point() and not t.isfinite().all()]
+def _check_finite(epoch: int, losses: dict[str, float], model: nn.Module | None = None) -> None:
+    """Raise :class:`DivergenceError` if a loss or a weight of ``model`` is not finite."""
+    bad = [f"{name} {value}" for name, value in losses.items() if not math.isfinite(value)]
+    if model is not None and (tensors := non_finite_tensors(model.state_dict())):
+        bad.append(tensors)
     if bad:
         raise DivergenceError(
-            f"the training diverged in epoch {epoch + 1}: not finite: {', '.join(bad[:10])}"
-            f"{f' (and {len(bad) - 10} more)' if len(bad) > 10 else ''}; lower lr. The last "
-            "checkpoint written, if any, is kept"
+            f"the training diverged in epoch {epoch + 1}: not finite: {', '.join(bad)}; lower "
+            "lr. The last checkpoint written, if any, is kept"
         )
 
 
