@@ -47,7 +47,8 @@ reads it; both get the same result and no file is left but the final one.
 written at once to ``features-<key>.chunks/``, and a later call skips the chunks that exist.
 When all are there, they are assembled into the final file and removed. Every file is written
 to a temporary file in the same directory and then renamed (``os.replace``), so no partial file
-is ever visible under a final name. Only files with these names are created or removed.
+is ever visible under a final name. Only files with these names (and the lock) are created or
+removed.
 
 **Sharding.** Under ``torchrun`` (``torch.distributed`` initialized, or ``RANK`` and
 ``WORLD_SIZE`` set), rank ``r`` of ``W`` extracts chunks ``r, r + W, ...`` into the shared
@@ -239,7 +240,7 @@ def extract_features(
     :param desc: label of the progress bar
     :raises ValueError: on bad arguments, an empty dataset, items that are not pairs, ranks that
         disagree on the key, or chunk files of other ranks that rank 0 cannot see
-    :raises CacheError: if a cache file does not match its name
+    :raises CacheError: if a cache file does not match its name or fails its checksum
     """
     layers = _check_layers(model, extra_layers)
     _check_reduction(reduction)
