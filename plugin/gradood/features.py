@@ -65,9 +65,10 @@ import hashlib
 import math
 import os
 import re
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -283,11 +284,18 @@ def extract_features(
         return _extract(model, found_head, dataset, ranges, plan, ranks)
     _check_same_key(ranks, key)
     store = _Store(Path(cache_dir).expanduser(), key)
-    lock = exclusive_lock(store.lock) if ranks.main else nullcontext()  # rank 0 speaks for all
-    with lock:
+    with _lock(store, plan) if ranks.main else nullcontext():  # rank 0 speaks for all
         if recompute and ranks.main:
             store.clear()
         return _extract_cached(model, found_head, dataset, ranges, plan, store, ranks)
+
+
+def _lock(store: _Store, plan: _Plan) -> AbstractContextManager:
+    def tell() -> None:
+        if plan.progress:
+            tqdm.write(f"{plan.desc}: waiting for another process (lock {store.lock})", sys.stderr)
+
+    return exclusive_lock(store.lock, on_wait=tell)
 
 
 def _check_layers(model: nn.Module, extra_layers: Mapping[str, str] | None) -> dict[str, str]:

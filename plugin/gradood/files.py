@@ -48,9 +48,12 @@ def atomic_torch_save(path: str | os.PathLike, payload: object) -> Path:
 
 
 @contextmanager
-def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
+def exclusive_lock(
+    path: str | os.PathLike, on_wait: Callable[[], object] | None = None
+) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path`` (created if needed) for the ``with`` block;
-    another process asking for it waits. The file is removed on release.
+    another process asking for it waits (calling ``on_wait`` first, if given). The file is
+    removed on release.
 
     The lock is the file's inode: a process that waited on a file that its holder removed
     finds another inode (or none) under ``path`` once it gets the lock, and tries again, so two
@@ -61,7 +64,7 @@ def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
     while True:
         handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            _flock(handle, on_wait)
             if _is_same_file(handle, path):
                 break
         except BaseException:
@@ -73,6 +76,15 @@ def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
     finally:
         path.unlink(missing_ok=True)  # before the release: no one else can hold it now
         os.close(handle)
+
+
+def _flock(handle: int, on_wait: Callable[[], object] | None) -> None:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        if on_wait is not None:
+            on_wait()
+        fcntl.flock(handle, fcntl.LOCK_EX)
 
 
 def _is_same_file(handle: int, path: Path) -> bool:
