@@ -21,8 +21,9 @@ directory. The key is a digest (:mod:`gradood.fingerprint`) of
   Any other dataset (a file list under another name, data made on the fly, a listed file that
   cannot be read) is keyed by the content of **every sample**, read once through the
   DataLoader (the transform runs, the model does not) before the cache is looked up. This
-  costs one extra read of the data on each call, and is sound: the key cannot be known from
-  less, and a hash taken during the extraction would come too late for the lookup;
+  costs one extra read of the data on each call (no forward pass), and is sound: nothing less
+  than every sample determines the result. (Hashing during the extraction instead would save
+  that read on a miss only: a hit must read every sample anyway, to check a recorded hash.)
 - the head, the extra layers and their reduction, bf16 autocast, the device type, the torch
   version and ``key_extra`` (free material, e.g. a code version).
 
