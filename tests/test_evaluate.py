@@ -224,6 +224,9 @@ def test_cached_detectors_share_one_forward_pass_per_dataset(tmp_path):
     again = run(benchmark, entries, cache_dir=tmp_path)
     assert CountingCNN.samples == 0
     pd.testing.assert_frame_equal(frame, again, check_exact=True)
+    run(benchmark, entries, cache_dir=tmp_path, recompute=True)  # e.g. after a CacheError
+    assert CountingCNN.samples == 16 + 11 + 7
+    CountingCNN.samples = 0
     # a raw-input detector runs on the raw data: ODIN's two forward passes per sample
     run(benchmark, entries + raw_detectors(model), cache_dir=tmp_path)
     assert CountingCNN.samples == 2 * (16 + 11 + 7)

@@ -332,7 +332,7 @@ SAMPLE_OFFSET = {"value": 0.0}  # read by IndexSeeded, invisible to its fingerpr
 
 
 class IndexSeeded(Dataset):
-    """Exposes no data; deterministic per index: keyed by the content of three samples."""
+    """Exposes no data; deterministic per index: keyed by the content of every sample."""
 
     def __len__(self):
         return 6
@@ -478,3 +478,157 @@ def test_two_processes_share_the_extraction(cached, tmp_path):
     assert [result["samples"] for result in results] == [4 + 4 + 4 + 3, 4 + 4 + 4]
     if cached:
         assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".pt"]
+
+
+# -- issue 13: a key that is sound for every dataset, randomness, races, corruption ----------
+
+
+class PathList(Dataset):
+    """Keeps its files under a name the fingerprint does not know (``paths``)."""
+
+    def __init__(self, paths):
+        self.paths = [str(path) for path in paths]
+        self.transform = image_transform()
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        with Image.open(self.paths[index]) as image:
+            return self.transform(image.convert("RGB")), index % 5
+
+
+def test_a_custom_dataset_with_a_changed_file_misses_the_cache(folder, tmp_path):
+    paths = sorted(folder.rglob("*.png"))
+    model = make_model()
+    extract(model, PathList(paths), tmp_path / "cache")
+    # not the first, middle or last sample: a key of three samples does not see it
+    Image.fromarray(np.full((8, 8, 3), 7, dtype=np.uint8)).save(paths[3])
+    Counted.samples = 0
+    result = extract(model, PathList(paths), tmp_path / "cache")
+    assert Counted.samples == len(paths)
+    assert_same(result, direct(model, PathList(paths)))
+
+
+class TransformedTensors(Dataset):
+    """Tensors (a known data source) through a transform."""
+
+    def __init__(self, transform):
+        self.inputs = tensor_dataset(8).tensors[0]
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.inputs)
+
+    def __getitem__(self, index):
+        return self.transform(self.inputs[index]), index % 5
+
+
+def add_noise(tensor):
+    return tensor + torch.rand_like(tensor)
+
+
+def random_image_transform():
+    return T.Compose([T.RandomResizedCrop(8), T.ToTensor(), T.Lambda(to_double)])
+
+
+@pytest.mark.parametrize(
+    ("make_dataset", "reason"),
+    [
+        (lambda folder: TransformedTensors(T.RandomHorizontalFlip()), "RandomHorizontalFlip"),
+        # a random op no class name reveals: two reads of the same sample differ
+        (lambda folder: TransformedTensors(T.Lambda(add_noise)), "differs between two reads"),
+        (lambda folder: ImageFolder(folder, transform=random_image_transform()), "RandomResized"),
+    ],
+    ids=["tensors-flip", "tensors-noise", "image-folder-crop"],
+)
+def test_a_random_transform_is_never_cached(make_dataset, reason, folder, tmp_path):
+    dataset = make_dataset(folder)
+    with pytest.warns(UserWarning, match=f"not using the cache.*{reason}"):
+        result = extract(make_model(), dataset, tmp_path / "cache")
+    assert len(result) == len(dataset)
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
+
+
+def _race(barrier, trials, cache_root, results, rank):
+    """One of two processes extracting the same thing into one cache directory per trial."""
+    model, dataset = make_model(), tensor_dataset(48)
+    for trial in range(trials):
+        barrier.wait(timeout=30)  # both start each trial together
+        Counted.samples = 0
+        features = extract(model, dataset, cache_root / str(trial), batch_size=2, chunk_size=2)
+        torch.save({**features._tensors(), "run": Counted.samples}, results / f"{trial}-{rank}.pt")
+
+
+def test_two_processes_racing_on_one_cache_dir(tmp_path):
+    """Independent processes (not ranks of one run), 10 trials: both succeed with the same
+    result, one of them runs the model, and each trial leaves exactly the final file."""
+    context = torch.multiprocessing.get_context("fork")  # children inherit the imports
+    barrier, trials = context.Barrier(2), 10
+    processes = [
+        context.Process(target=_race, args=(barrier, trials, tmp_path / "cache", tmp_path, rank))
+        for rank in (0, 1)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+    assert [process.exitcode for process in processes] == [0, 0]
+    # the same batches as in the processes: the same arithmetic, the same bits
+    expected = extract(make_model(), tensor_dataset(48), batch_size=2, chunk_size=2)._tensors()
+    for trial in range(trials):
+        found = [torch.load(tmp_path / f"{trial}-{r}.pt", weights_only=True) for r in (0, 1)]
+        for result in found:
+            for name in ("logits", "features", "labels"):
+                assert torch.equal(result[name], expected[name])
+        # one process ran the model; the other waited and read its result
+        assert sorted(result["run"] for result in found) == [0, 48]
+        left = sorted(p.name for p in (tmp_path / "cache" / str(trial)).rglob("*"))
+        assert len(left) == 1 and left[0].startswith("features-") and left[0].endswith(".pt")
+
+
+def test_a_flipped_bit_in_a_cached_tensor_is_an_error(tmp_path):
+    model, dataset = make_model(), tensor_dataset(6)
+    expected = extract(model, dataset, tmp_path)
+    (final,) = tmp_path.glob("features-*.pt")
+    raw = bytearray(final.read_bytes())
+    where = raw.find(expected.features[2, 1].numpy().tobytes())
+    assert where > 0
+    raw[where + 7] ^= 0x10  # an exponent bit of a float64 feature
+    final.write_bytes(bytes(raw))
+    with pytest.raises(CacheError, match=f"{final.name}.*checksum"):
+        extract(model, dataset, tmp_path)
+    Counted.samples = 0
+    again = extract(model, dataset, tmp_path, recompute=True)
+    assert Counted.samples == len(dataset)
+    assert_same(again, expected, rtol=0)
+    assert_same(extract(model, dataset, tmp_path), expected, rtol=0)
+
+
+def _write_bmp(path: Path, value: int) -> None:
+    Image.fromarray(np.full((8, 8, 3), value, dtype=np.uint8)).save(path)  # uncompressed
+
+
+def test_hash_files_sees_a_rewrite_that_keeps_size_and_mtime(tmp_path):
+    (tmp_path / "images" / "a").mkdir(parents=True)
+    paths = [tmp_path / "images" / "a" / f"{i}.bmp" for i in range(3)]
+    for index, path in enumerate(paths):
+        _write_bmp(path, 10 * index)
+    model = make_model()
+
+    def dataset():
+        return ImageFolder(tmp_path / "images", transform=image_transform())
+
+    for hash_files in (False, True):
+        extract(model, dataset(), tmp_path / "cache", hash_files=hash_files)
+    # other pixels, the same size and modification time: only the bytes tell
+    stat = os.stat(paths[1])
+    _write_bmp(paths[1], 99)
+    os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat(paths[1]).st_size == stat.st_size
+    Counted.samples = 0
+    extract(model, dataset(), tmp_path / "cache")  # keyed by size and time: a hit
+    assert Counted.samples == 0
+    result = extract(model, dataset(), tmp_path / "cache", hash_files=True)
+    assert Counted.samples == 3
+    assert_same(result, direct(model, dataset()))

@@ -17,7 +17,7 @@ from torch.utils.data import ConcatDataset, Subset, TensorDataset
 from torchvision.datasets import ImageFolder
 
 import gradood
-from gradood.fingerprint import Fingerprint, dataset_files
+from gradood.fingerprint import Fingerprint, dataset_files, keyed_by_attributes
 from gradood.testing import SmallCNN, write_image_folder
 
 
@@ -172,3 +172,28 @@ def test_digests_are_the_same_in_another_process(tmp_path):
         check=True,
     )
     assert child.stdout.split() == [digest(model(0)), digest(folder)]
+
+
+def test_random_transforms_are_recorded_where_they_are():
+    found = Fingerprint().add(T.Compose([T.Resize(8), T.RandomApply([T.ColorJitter(0.5)])]), "t")
+    assert found.random == [
+        "t.transforms[1] (torchvision.transforms.transforms.RandomApply)",
+        "t.transforms[1].transforms[0] (torchvision.transforms.transforms.ColorJitter)",
+    ]
+    assert Fingerprint().add(transform()).random == []
+
+
+def test_which_datasets_are_keyed_by_their_attributes(tmp_path):
+    write_image_folder(tmp_path, {"a": 2}, size=(4, 4))
+    tensors = TensorDataset(torch.zeros(2, 1), torch.zeros(2))
+    assert keyed_by_attributes(ImageFolder(tmp_path))
+    assert keyed_by_attributes(ConcatDataset([tensors, Subset(ImageFolder(tmp_path), [1])]))
+    assert not keyed_by_attributes(ConcatDataset([tensors, Subset(Opaque(), [0])]))
+
+
+class Opaque(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        return torch.zeros(1), 0

@@ -310,3 +310,14 @@ def test_not_a_checkpoint(tmp_path, r101):
     torch.save({"model": {"a": 1}}, path)
     with pytest.raises(ValueError, match=r"is not a BiT checkpoint.*keys \['model'\]"):
         load_big_transfer_checkpoint(r101, path)
+
+
+@pytest.mark.parametrize("keep", [0, 100, -30], ids=["empty", "truncated-head", "truncated-tail"])
+def test_an_empty_or_truncated_checkpoint_is_named(tmp_path, keep):
+    path = tmp_path / "bit.pth.tar"
+    _save_like_the_authors({"head.conv.bias": torch.zeros(1000)}, path)
+    content = path.read_bytes()
+    path.write_bytes(content[:keep])
+    model = nn.Linear(1, 1)  # never reached: the file fails first
+    with pytest.raises(ValueError, match=rf"'{re.escape(str(path))}' cannot be read"):
+        load_big_transfer_checkpoint(model, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 
 import numpy as np
 import pytest
@@ -380,3 +381,58 @@ def test_command_line(tmp_path, monkeypatch, capsys):
 
     assert recipe.main([*argv, *options, "--no-progress"]) == 2  # exists, no --overwrite
     assert "exists; pass --overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"lr": math.inf}, r"lr must be a finite number > 0"),
+        ({"weight_decay": math.inf}, r"weight_decay must be a finite number >= 0"),
+        ({"epochs": 1.5}, r"epochs must be an integer >= 1"),
+        ({"batch_size": 8.5}, r"batch_size must be an integer >= 1"),
+        ({"milestones": (1.5,)}, r"milestones must be increasing integer epochs >= 1"),
+    ],
+    ids=["lr-inf", "weight-decay-inf", "epochs-fraction", "batch-size-fraction", "milestone"],
+)
+def test_a_recipe_with_infinite_or_fractional_settings_is_rejected(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**changes)
+
+
+def _must_not_train(*args):
+    raise AssertionError("trained before the arguments were checked")
+
+
+def test_an_out_that_is_a_directory_fails_before_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(recipe, "_train_epoch", _must_not_train)
+    train_set, test_set = tiny_sets()
+    with pytest.raises(IsADirectoryError, match=rf"'{tmp_path}' is a directory"):
+        train(tiny_config(), train_set, test_set, tmp_path, overwrite=True)
+    argv = ["--data-root", str(tmp_path), "--out", str(tmp_path), "--overwrite"]
+    assert recipe.main([*argv, "--no-progress"]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    train_set, test_set = tiny_sets()
+    out = tmp_path / "resnet20.pt"
+    train(tiny_config(epochs=1), train_set, test_set, out)
+    good = out.read_bytes()
+    with pytest.raises(ValueError, match=r"diverged in epoch 1.*not finite.*lower lr"):
+        train(tiny_config(lr=1e8), train_set, test_set, out, overwrite=True)
+    assert out.read_bytes() == good
+    assert list(tmp_path.iterdir()) == [out]
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused(tmp_path):
+    # as the recipe wrote them before it checked: marked complete, weights NaN
+    train_set, test_set = tiny_sets()
+    out = tmp_path / "resnet20.pt"
+    train(tiny_config(epochs=1), train_set, test_set, out)
+    content = torch.load(out, weights_only=True)
+    content["model"]["fc.weight"][0, 0] = math.nan
+    torch.save(content, out)
+    with pytest.raises(ValueError, match=rf"'{out}' holds non-finite weights: fc.weight"):
+        load_resnet20(out)
+    with pytest.raises(ValueError, match=r"non-finite weights: fc.weight"):
+        train(tiny_config(epochs=2), train_set, test_set, out, resume=True)

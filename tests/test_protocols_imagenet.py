@@ -3,8 +3,11 @@ checks of every dataset, missing(), downloads only on request and never over fil
 
 from __future__ import annotations
 
+import gc
+import re
 import shutil
 import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ import torch
 from PIL import Image
 from pytorch_ood.detector import MaxSoftmax
 
+import gradood
 from gradood.models import BIT_S_R101X1, Preprocessing
 from gradood.protocols import (
     DatasetNotFoundError,
@@ -328,3 +332,24 @@ def test_layout_generator_is_deterministic_and_never_overwrites(tmp_path):
 def test_expected_rejects_impossible_counts(arguments):
     with pytest.raises(ValueError, match="Expected"):
         Expected(**arguments)
+
+
+def test_opening_leaves_no_unclosed_scandir_iterator(layout):
+    # an unclosed os.scandir iterator warns when it is garbage-collected
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        layout.open(transform=_image_size)
+        gc.collect()
+
+
+def test_a_truncated_image_is_named_with_its_dataset_and_index(layout, tmp_path):
+    benchmark = layout.open(transform=Preprocessing((24, 24), (0.5,) * 3, (0.5,) * 3).transform())
+    path = Path(benchmark.test_oods[2].samples[2][0])  # the third of Places
+    content = path.read_bytes()
+    path.write_bytes(content[: len(content) // 2])  # opening counts files: it passes
+    detector = MaxSoftmax(BigTransferStyleNet(num_classes=3).eval())
+    for cache_dir in (None, tmp_path / "cache"):
+        with pytest.raises(OSError, match=rf"image 2 of Places \('{re.escape(str(path))}'\)"):
+            gradood.evaluate(
+                benchmark, {"MSP": detector}, batch_size=4, cache_dir=cache_dir, progress=False
+            )

@@ -118,6 +118,8 @@ class _Options:
     bf16: bool
     chunk_size: int
     progress: bool
+    hash_files: bool
+    recompute: bool
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,8 @@ def evaluate(
     bf16: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: bool = True,
+    hash_files: bool = False,
+    recompute: bool = False,
 ) -> pd.DataFrame:
     """The paper's metrics of every detector on every OOD set of ``benchmark``.
 
@@ -174,6 +178,8 @@ def evaluate(
     :param bf16: extract under bfloat16 autocast
     :param chunk_size: samples per cache chunk (the unit of resumption and sharding)
     :param progress: show progress bars
+    :param hash_files: key cached datasets that list their files also by the files' bytes
+    :param recompute: extract again and replace the cache entries
     :return: one row per (method, settings, OOD set) in the order given, then an ``Average``
         row per (method, settings) with the mean of each metric over the OOD sets. Columns:
         ``method``, ``settings`` (text, e.g. ``"p=1, temperature=1"``), one column per setting
@@ -194,6 +200,8 @@ def evaluate(
         bf16=bf16,
         chunk_size=chunk_size,
         progress=progress,
+        hash_files=hash_files,
+        recompute=recompute,
     )
     if options.device is not None:
         for entry in entries:
@@ -392,6 +400,8 @@ def _score_dataset(
             bf16=options.bf16,
             extra_layers=source.layers,
             chunk_size=options.chunk_size,
+            hash_files=options.hash_files,
+            recompute=options.recompute,
             progress=options.progress,
             desc=f"{name}: forward {type(source.model).__name__}",
         )

@@ -14,31 +14,48 @@ directory. The key is a digest (:mod:`gradood.fingerprint`) of
   flags and forward hooks;
 - the dataset: its class, length and attributes, including the transform (described by its
   content, not its ``repr``: two ``Lambda`` transforms differ by their function's code and
-  closure), and the path, size and modification time of every file it lists (``samples`` /
-  ``imgs`` of torchvision's ``ImageFolder``, ``files`` of pytorch-ood's image datasets), or the
-  bytes of the tensors and arrays it holds (``TensorDataset``, CIFAR's ``data``). A dataset that
-  exposes none of these is keyed by its length and the content of three samples (first,
-  middle, last), read after the transform: then a change to another sample goes unnoticed;
+  closure), and its data. A dataset that lists its files (``samples`` / ``imgs`` of
+  torchvision's ``ImageFolder``, ``files`` of pytorch-ood's image datasets) is keyed by the
+  path, size and modification time of every file (with ``hash_files=True``, also by the bytes
+  of every file); one that holds its data (``TensorDataset``, CIFAR's ``data``) by those bytes.
+  Any other dataset (a file list under another name, data made on the fly, a listed file that
+  cannot be read) is keyed by the content of **every sample**, read once through the
+  DataLoader (the transform runs, the model does not) before the cache is looked up. This
+  costs one extra read of the data on each call (no forward pass), and is sound: nothing less
+  than every sample determines the result. (Hashing during the extraction instead would save
+  that read on a miss only: a hit must read every sample anyway, to check a recorded hash.)
 - the head, the extra layers and their reduction, bf16 autocast, the device type, the torch
   version and ``key_extra`` (free material, e.g. a code version).
 
 Any change of these gives a new key, so a stale result is never returned; the cache does not
-see edits of the source code of a model's or a transform's methods (pass ``key_extra``). If an
-input cannot be described stably (an object whose only description is a memory address, or a
-dataset that returns different values on two reads, e.g. a random augmentation), the cache is
-not used and a warning says why.
+see edits of the source code of a model's or a transform's methods (pass ``key_extra``), nor a
+dataset class that lists files or holds arrays but reads something else. The cache is not
+used, with a warning that says why, if an input cannot be described stably (an object whose
+only description is a memory address) or the dataset is random: its transform holds one of
+torchvision's random transforms (``Random*``, ``ColorJitter``, ``RandAugment``,
+``AutoAugment``, ...), or the first, middle or last sample differs between two reads.
+
+**Integrity.** Every cache file records a BLAKE2b checksum of its tensors, verified on every
+read: a file changed on disk (a flipped bit) raises :class:`CacheError` naming it;
+``recompute=True`` extracts again and replaces it.
+
+**Concurrency.** Processes sharing a ``cache_dir`` take turns per key: the extraction holds an
+exclusive ``flock`` on ``features-<key>.lock`` (see :func:`gradood.files.exclusive_lock`; on
+NFS, Linux maps it to a POSIX lock). A second process waits, then finds the final file and
+reads it; both get the same result and no file is left but the final one.
 
 **Resuming.** The dataset is cut into chunks of ``chunk_size`` samples; each finished chunk is
 written at once to ``features-<key>.chunks/``, and a later call skips the chunks that exist.
 When all are there, they are assembled into the final file and removed. Every file is written
 to a temporary file in the same directory and then renamed (``os.replace``), so no partial file
-is ever visible under a final name. Only files with these names are created or removed.
+is ever visible under a final name. Only files with these names (and the lock) are created or
+removed.
 
 **Sharding.** Under ``torchrun`` (``torch.distributed`` initialized, or ``RANK`` and
 ``WORLD_SIZE`` set), rank ``r`` of ``W`` extracts chunks ``r, r + W, ...`` into the shared
-``cache_dir`` (which must be visible to every process), rank 0 assembles them after a barrier,
-and every rank returns the result. The ranks check that they agree on the key. Without a
-cache, the ranks exchange their chunks in memory (``all_gather_object``).
+``cache_dir`` (which must be visible to every process), rank 0 assembles them after a barrier
+(rank 0 holds the lock), and every rank returns the result. The ranks check that they agree on
+the key. Without a cache, the ranks exchange their chunks in memory (``all_gather_object``).
 The dataset must be index-deterministic: sample ``i`` must not depend on the access order
 (pytorch-ood's ``GaussianNoise`` and ``UniformNoise`` draw from one shared generator and are not).
 """
@@ -49,9 +66,10 @@ import hashlib
 import math
 import os
 import re
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,8 +80,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .distributed import Ranks, current_ranks, resolve_device
-from .files import atomic_torch_save
-from .fingerprint import Fingerprint, qualified_name
+from .files import atomic_torch_save, exclusive_lock
+from .fingerprint import Fingerprint, keyed_by_attributes, qualified_name
 from .heads import Head, find_head, forward_logits, forward_with_features
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "REDUCTIONS", "CacheError", "Features", "extract_features"]
@@ -72,11 +90,12 @@ __all__ = ["DEFAULT_CHUNK_SIZE", "REDUCTIONS", "CacheError", "Features", "extrac
 DEFAULT_CHUNK_SIZE = 2048
 #: how a captured layer output (B x C x H x W) becomes one row per sample
 REDUCTIONS = ("mean", "flatten", "none")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a checksum of the tensors
 
 Reduction = str | Callable[[Tensor], Tensor]
 _CHUNK_NAME = re.compile(r"chunk-\d{10}-\d{10}\.pt")
 _LOADER_ARGUMENTS_WE_SET = ("batch_size", "shuffle", "sampler", "batch_sampler", "drop_last")
+_AGAIN = "delete it, or pass recompute=True, to extract again"
 
 
 class CacheError(ValueError):
@@ -188,6 +207,8 @@ def extract_features(
     reduction: Reduction = "mean",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     key_extra: Any = None,
+    hash_files: bool = False,
+    recompute: bool = False,
     progress: bool = True,
     desc: str | None = None,
 ) -> Features:
@@ -217,11 +238,15 @@ def extract_features(
         function of the output tensor
     :param chunk_size: samples per chunk file (resumption and sharding unit)
     :param key_extra: any further material for the cache key
+    :param hash_files: key a dataset that lists its files also by their bytes (one read of
+        every file), not only by their size and modification time
+    :param recompute: extract again and replace the cache entry (e.g. after a
+        :class:`CacheError`)
     :param progress: show a progress bar (on rank 0)
     :param desc: label of the progress bar
     :raises ValueError: on bad arguments, an empty dataset, items that are not pairs, ranks that
         disagree on the key, or chunk files of other ranks that rank 0 cannot see
-    :raises CacheError: if a cache file does not match its name
+    :raises CacheError: if a cache file does not match its name or fails its checksum
     """
     layers = _check_layers(model, extra_layers)
     _check_reduction(reduction)
@@ -254,18 +279,28 @@ def extract_features(
     if cache_dir is None:
         return _extract(model, found_head, dataset, ranges, plan, ranks)
 
-    key = _cache_key(model, found_head, dataset, plan, key_extra)
+    key = _cache_key(model, found_head, dataset, plan, key_extra, hash_files)
     if any(ranks.gather(bool(key.unstable))):  # all ranks take the same path
         warnings.warn(
-            "extract_features: not using the cache, since these inputs have no stable "
-            "description on every rank (the key would differ in every run): "
-            f"{'; '.join(key.unstable) or 'see rank 0'}",
+            "extract_features: not using the cache (the result is computed, not stored), "
+            f"since {'; '.join(key.unstable) or 'rank 0 says so'}",
             stacklevel=2,
         )
         return _extract(model, found_head, dataset, ranges, plan, ranks)
     _check_same_key(ranks, key)
     store = _Store(Path(cache_dir).expanduser(), key)
-    return _extract_cached(model, found_head, dataset, ranges, plan, store, ranks)
+    with _lock(store, plan) if ranks.main else nullcontext():  # rank 0 speaks for all
+        if recompute and ranks.main:
+            store.clear()
+        return _extract_cached(model, found_head, dataset, ranges, plan, store, ranks)
+
+
+def _lock(store: _Store, plan: _Plan) -> AbstractContextManager:
+    def tell() -> None:
+        if plan.progress:
+            tqdm.write(f"{plan.desc}: waiting for another process (lock {store.lock})", sys.stderr)
+
+    return exclusive_lock(store.lock, on_wait=tell)
 
 
 def _head_to_capture(
@@ -459,12 +494,15 @@ def _capture_layers(model: nn.Module, layers: Mapping[str, str]) -> Iterator[dic
 
 
 def _cache_key(
-    model: nn.Module, head: Head | None, dataset: Dataset, plan: _Plan, key_extra: Any
+    model: nn.Module,
+    head: Head | None,
+    dataset: Dataset,
+    plan: _Plan,
+    key_extra: Any,
+    hash_files: bool,
 ) -> _Key:
     model_print = Fingerprint().add(model, "model")
-    data_print = Fingerprint().add(len(dataset)).add(dataset, "dataset")
-    if data_print.data_sources == 0:
-        _probe(dataset, data_print)
+    data_print = Fingerprint(hash_files=hash_files).add(len(dataset)).add(dataset, "dataset")
     reduction = plan.reduction
     settings_print = Fingerprint().add(
         {
@@ -475,10 +513,17 @@ def _cache_key(
             "reduction": reduction,
             "bf16": plan.bf16,
             "device": plan.device.type,
+            "collate_fn": plan.loader_kwargs.get("collate_fn"),
             "key_extra": key_extra,
         },
         "settings",
     )
+    prints = (model_print, data_print, settings_print)
+    unstable = [reason for found in prints for reason in _reasons(found)]
+    unstable += _differing_reads(dataset)
+    by_samples = not (keyed_by_attributes(dataset) and not data_print.missing_files)
+    if by_samples and not unstable:
+        unstable += _add_samples(dataset, plan, data_print)
     parts = {
         "model": model_print.hexdigest(),
         "dataset": data_print.hexdigest(),
@@ -490,27 +535,62 @@ def _cache_key(
         "head": None if head is None else head.name,
         "dataset": qualified_name(type(dataset)),
         "samples": len(dataset),
+        "dataset_keyed_by": "every sample" if by_samples else "files or data it holds",
+        "hash_files": hash_files,
         "extra_layers": dict(plan.layers),
         "reduction": reduction if isinstance(reduction, str) else qualified_name(reduction),
         "bf16": plan.bf16,
         "device": plan.device.type,
         "torch": str(torch.__version__),
     }
-    unstable = model_print.unstable + data_print.unstable + settings_print.unstable
     return _Key(digest, parts, unstable, summary)
 
 
-def _probe(dataset: Dataset, fingerprint: Fingerprint) -> None:
-    """Key an opaque dataset by three samples; flag it if a sample differs on a second read."""
+def _reasons(fingerprint: Fingerprint) -> list[str]:
+    """Why a fingerprint cannot key a cache: objects without a stable description, randomness."""
+    return [
+        *(f"{where} has no stable description" for where in fingerprint.unstable),
+        *(f"{where} is a random transform" for where in fingerprint.random),
+    ]
+
+
+def _differing_reads(dataset: Dataset) -> list[str]:
+    """Read the first, middle and last sample twice: a random dataset gives other values."""
     size = len(dataset)
-    for index in sorted({0, size // 2, size - 1}):
-        fingerprint.add(dataset[index], f"dataset[{index}]")
-    first_read = Fingerprint().add(dataset[0]).hexdigest()
-    if first_read != Fingerprint().add(dataset[0]).hexdigest():
-        fingerprint.unstable.append(
-            f"dataset[0] of {type(dataset).__name__} differs between two reads (a random "
-            "transform?)"
-        )
+    return [
+        f"dataset[{index}] of {type(dataset).__name__} differs between two reads (a random "
+        "transform?)"
+        for index in sorted({0, size // 2, size - 1})
+        if _digest(dataset[index]).hexdigest() != _digest(dataset[index]).hexdigest()
+    ]
+
+
+def _digest(sample: Any, where: str = "sample") -> Fingerprint:
+    return Fingerprint().add(sample, where)
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
+def _add_samples(dataset: Dataset, plan: _Plan, fingerprint: Fingerprint) -> list[str]:
+    """Feed the digest of every sample, in order, to ``fingerprint`` (one read of the data
+    through the DataLoader, without the model); returns the reasons not to cache, if any."""
+    kwargs = {**plan.loader_kwargs, "collate_fn": _as_list, "pin_memory": False}
+    loader = DataLoader(dataset, batch_size=plan.batch_size, **kwargs)
+    index = 0
+    with tqdm(
+        total=len(dataset), desc=f"{plan.desc}: key", unit="sample", disable=not plan.progress
+    ) as bar:
+        for batch in loader:
+            for sample in batch:
+                digest = _digest(sample, f"dataset[{index}]")
+                if _reasons(digest):  # no cache: the rest need not be read
+                    return _reasons(digest)
+                fingerprint.add(digest.hexdigest())
+                index += 1
+            bar.update(len(batch))
+    return []
 
 
 def _check_same_key(ranks: Ranks, key: _Key) -> None:
@@ -527,6 +607,11 @@ def _check_same_key(ranks: Ranks, key: _Key) -> None:
 # -- the files -------------------------------------------------------------------------------
 
 
+def _checksum(features: Features) -> str:
+    """BLAKE2b of the tensors' dtypes, shapes and bytes."""
+    return Fingerprint().add(features._tensors()).hexdigest()
+
+
 class _Store:
     """The files of one key in the cache directory, and the only ones this module touches."""
 
@@ -534,6 +619,8 @@ class _Store:
         self.key = key
         self.final = directory / f"features-{key.digest}.pt"
         self.chunk_dir = directory / f"features-{key.digest}.chunks"
+        self.lock = directory / f"features-{key.digest}.lock"
+        directory.mkdir(parents=True, exist_ok=True)
 
     def chunk(self, start: int, stop: int) -> Path:
         return self.chunk_dir / f"chunk-{start:010d}-{stop:010d}.pt"
@@ -545,6 +632,7 @@ class _Store:
             "summary": self.key.summary,
             "start": start,
             "stop": stop,
+            "checksum": _checksum(features),
             **features._tensors(),
         }
         atomic_torch_save(path, payload)
@@ -563,17 +651,20 @@ class _Store:
                 payload["stop"],
                 len(features),
             )
-        except FileNotFoundError:
-            raise
+            recorded = payload["checksum"] if found == expected else None
         except Exception as error:
             raise CacheError(
-                f"the cache file {path} cannot be read ({type(error).__name__}: {error}); "
-                "delete it to extract again"
+                f"the cache file {path} cannot be read ({type(error).__name__}: {error}); {_AGAIN}"
             ) from error
         if found != expected:
             raise CacheError(
                 f"the cache file {path} holds (format, key, start, stop, rows) = {found}, not "
-                f"{expected}; delete it to extract again"
+                f"{expected}; {_AGAIN}"
+            )
+        if recorded != _checksum(features):
+            raise CacheError(
+                f"the cache file {path} fails its checksum: its tensors changed on disk (a "
+                f"flipped bit?); {_AGAIN}"
             )
         return features
 
@@ -584,8 +675,6 @@ class _Store:
         """Join the chunk files into the final file, then remove them."""
         missing = [str(self.chunk(*r)) for r in ranges if not self.chunk(*r).exists()]
         if missing:
-            if self.final.exists():  # another process assembled them meanwhile
-                return self.load_final(ranges[-1][1])
             raise ValueError(
                 f"{len(missing)} of {len(ranges)} chunk files are missing after extraction, e.g. "
                 f"{missing[0]}: in a multi-process run, cache_dir must be a directory that every "
@@ -595,6 +684,11 @@ class _Store:
         self.save(self.final, features, 0, ranges[-1][1])
         self.remove_chunks()
         return features
+
+    def clear(self) -> None:
+        """Remove the final file and the chunks of this key."""
+        self.final.unlink(missing_ok=True)
+        self.remove_chunks()
 
     def remove_chunks(self) -> None:
         if not self.chunk_dir.is_dir():

@@ -13,16 +13,22 @@ bytes. What is walked:
   ``Lambda()``, differ); bound methods: the function and its object;
 - ``nn.Module``: class, ``training`` flag, parameters, buffers, forward (pre-)hooks, submodules
   and every other attribute (kernel sizes, strides, ...);
-- datasets (``torch.utils.data.Dataset``): all attributes, plus the size and modification time
-  of every file they list in ``samples`` / ``imgs`` (torchvision's ``DatasetFolder`` and
-  ``ImageFolder``), ``files`` (pytorch-ood's image datasets) or ``_image_files`` (several
-  torchvision datasets), relative names resolved against ``basedir`` or ``root``;
+- datasets (``torch.utils.data.Dataset``): all attributes, plus the path, size and modification
+  time (with ``hash_files``, also the BLAKE2b of the bytes) of every file they list in
+  ``samples`` / ``imgs`` (torchvision's ``DatasetFolder`` and ``ImageFolder``), ``files``
+  (pytorch-ood's image datasets) or ``_image_files`` (several torchvision datasets), relative
+  names resolved against ``basedir`` or ``root``;
 - any other object: its class and its attributes (``__dict__`` and ``__slots__``).
 
 An object that has none of these and whose ``repr`` contains a memory address cannot be
 described stably; it is recorded in :attr:`Fingerprint.unstable`, and a cache must then not be
-used (its key would differ in every process). Not covered: the source code of methods called
-through a class (e.g. a transform's ``__call__``) and module-level globals that functions read.
+used (its key would differ in every process). torchvision's random transforms met on the way
+(``Random*``, ``ColorJitter``, ``RandAugment``, ...) are recorded in :attr:`Fingerprint.random`.
+Not covered: the source code of methods called through a class (e.g. a transform's
+``__call__``) and module-level globals that functions read.
+
+:func:`keyed_by_attributes` tells whether a dataset's attributes determine its samples (it lists
+its files or holds its data); only then does its fingerprint stand for its content.
 """
 
 from __future__ import annotations
@@ -40,15 +46,21 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
-__all__ = ["Fingerprint", "dataset_files", "qualified_name"]
+__all__ = ["Fingerprint", "dataset_files", "keyed_by_attributes", "qualified_name"]
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{4,}")
 _PRIMITIVES = (type(None), bool, int, float, complex, str, bytes)
 # nn.Module's own bookkeeping; the parts that change outputs are fed explicitly
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
 _FILE_LIST_ATTRIBUTES = ("samples", "imgs", "files", "_image_files")
+# torchvision transforms that draw random numbers on every call, besides the "Random*" classes
+_RANDOM_TRANSFORMS = frozenset(
+    {"ColorJitter", "AutoAugment", "RandAugment", "TrivialAugmentWide", "AugMix"}
+    | {"ElasticTransform", "ScaleJitter", "MixUp", "CutMix", "GaussianNoise"}
+)
+_HASH_BLOCK = 1 << 20
 
 
 def qualified_name(kind: type | types.FunctionType | types.BuiltinFunctionType) -> str:
@@ -103,29 +115,63 @@ def _resolve(dataset: Any, names: list[str]) -> list[str]:
     return names
 
 
-def _file_stats(paths: list[str]) -> bytes:
-    lines = []
-    for path in paths:
-        try:
-            stat = os.stat(path)
-            lines.append(f"{path}\t{stat.st_size}\t{stat.st_mtime_ns}")
-        except OSError:
-            lines.append(f"{path}\tmissing")
-    return "\n".join(lines).encode()
+def keyed_by_attributes(dataset: Any) -> bool:
+    """Whether a dataset's attributes determine its samples: it lists its files (see
+    :func:`dataset_files`), holds its data as tensors or arrays (``TensorDataset``; ``data`` of
+    torchvision's CIFAR, SVHN, MNIST), or concatenates or subsets such datasets."""
+    if isinstance(dataset, ConcatDataset):
+        return all(keyed_by_attributes(part) for part in dataset.datasets)
+    if isinstance(dataset, Subset):
+        return keyed_by_attributes(dataset.dataset)
+    if isinstance(dataset, TensorDataset) or dataset_files(dataset) is not None:
+        return True
+    return isinstance(getattr(dataset, "data", None), (Tensor, np.ndarray))
+
+
+def _file_digest(path: str) -> str:
+    digest = hashlib.blake2b(digest_size=32)
+    with open(path, "rb") as file:
+        while block := file.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_line(path: str, hash_files: bool) -> str | None:
+    """``path size mtime [content digest]``, or ``None`` if the file cannot be read."""
+    try:
+        stat = os.stat(path)
+        content = f"\t{_file_digest(path)}" if hash_files else ""
+    except OSError:
+        return None
+    return f"{path}\t{stat.st_size}\t{stat.st_mtime_ns}{content}"
+
+
+def _is_random_transform(obj: Any) -> bool:
+    for kind in type(obj).__mro__:
+        if kind.__module__.startswith("torchvision.transforms") and (
+            kind.__name__.startswith("Random") or kind.__name__ in _RANDOM_TRANSFORMS
+        ):
+            return True
+    return False
 
 
 class Fingerprint:
     """An incremental digest of objects; :meth:`add` them, then read :meth:`hexdigest`.
 
     ``unstable`` lists the places (attribute paths) of objects that could not be described
-    stably; ``data_sources`` counts the content sources met (tensors, arrays, file lists,
-    random generator states), so a caller can tell whether a dataset's data was covered.
+    stably, ``random`` those of torchvision's random transforms, ``missing_files`` the files
+    listed by datasets that cannot be read.
+
+    :param hash_files: feed the bytes of every file a dataset lists, not only its size and
+        modification time
     """
 
-    def __init__(self) -> None:
+    def __init__(self, hash_files: bool = False) -> None:
         self._hash = hashlib.blake2b(digest_size=32)
+        self.hash_files = hash_files
         self.unstable: list[str] = []
-        self.data_sources = 0
+        self.random: list[str] = []
+        self.missing_files: list[str] = []
         # composite objects already fed -> ordinal; shared objects and cycles feed a reference.
         # The objects are kept alive so that their ids are not reused during the walk.
         self._seen: dict[int, int] = {}
@@ -161,7 +207,6 @@ class Fingerprint:
         elif isinstance(obj, (np.random.Generator, np.random.RandomState, torch.Generator)):
             self._generator(obj, where)
         elif isinstance(obj, random.Random):
-            self.data_sources += 1
             self._add(obj.getstate(), where)
         elif self._seen_before(obj):
             return
@@ -178,13 +223,14 @@ class Fingerprint:
         return False
 
     def _composite(self, obj: Any, where: str) -> None:
+        if _is_random_transform(obj):
+            self.random.append(f"{where} ({qualified_name(type(obj))})")
         if isinstance(obj, Tensor):
             self._tensor(obj, where)
         elif isinstance(obj, np.ndarray):
             self._array(obj, where)
         elif _is_pil_image(obj):
             self._token("image", f"{obj.mode}:{obj.size}".encode() + obj.tobytes())
-            self.data_sources += 1
         elif isinstance(obj, (list, tuple)):
             self._sequence(obj, where)
         elif isinstance(obj, Mapping):
@@ -234,7 +280,6 @@ class Fingerprint:
             self._unstable(tensor, where)
             return
         self._hash.update(raw)
-        self.data_sources += 1
 
     def _array(self, array: np.ndarray, where: str) -> None:
         self._token("array", f"{array.dtype.str}:{array.shape}".encode())
@@ -242,10 +287,8 @@ class Fingerprint:
             self._add(array.tolist(), where)
             return
         self._hash.update(np.ascontiguousarray(array).view(np.uint8).reshape(-1))
-        self.data_sources += 1
 
     def _generator(self, generator: Any, where: str) -> None:
-        self.data_sources += 1
         if isinstance(generator, torch.Generator):
             self._token("torch.Generator")
             self._add(generator.get_state(), where)
@@ -300,8 +343,16 @@ class Fingerprint:
         if isinstance(obj, Dataset):
             paths = dataset_files(obj)
             if paths is not None:
-                self._token("files", _file_stats(paths))
-                self.data_sources += 1
+                self._files(paths)
+
+    def _files(self, paths: list[str]) -> None:
+        lines = []
+        for path in paths:
+            line = _file_line(path, self.hash_files)
+            if line is None:
+                self.missing_files.append(path)
+            lines.append(f"{path}\tmissing" if line is None else line)
+        self._token("files", "\n".join(lines).encode())
 
     def _unstable(self, obj: Any, where: str) -> None:
         self.unstable.append(f"{where} ({qualified_name(type(obj))})")

@@ -161,6 +161,11 @@ def _read_checkpoint(path: str | os.PathLike) -> Mapping[str, Tensor]:
             "tensors and plain containers); if you trust it, load it yourself and pass its "
             f"state dict to big_transfer_to_timm: {error}"
         ) from None
+    except Exception as error:  # torch.load fails on empty or truncated files in many ways
+        raise ValueError(
+            f"'{path}' cannot be read as a checkpoint (empty, truncated or not a torch file?): "
+            f"{type(error).__name__}: {error}"
+        ) from error
     state_dict = content.get("model", content) if isinstance(content, Mapping) else None
     if not isinstance(state_dict, Mapping) or not all(
         isinstance(v, Tensor) for v in state_dict.values()
@@ -180,9 +185,9 @@ def load_big_transfer_checkpoint(model: nn.Module, path: str | os.PathLike) -> n
     training code saves it, with ``head.gn``), or such a state dict.
 
     :raises FileNotFoundError: if there is no file at ``path``
-    :raises ValueError: if the file is not such a checkpoint, holds both layouts' final norm,
-        or does not fit ``model``; the message lists the missing and unexpected keys and the
-        shape mismatches
+    :raises ValueError: if the file cannot be read (empty, truncated), is not such a
+        checkpoint, holds both layouts' final norm, or does not fit ``model``; the message names
+        the file and lists the missing and unexpected keys and the shape mismatches
     """
     state_dict = big_transfer_to_timm(_read_checkpoint(path))
     _check_fits(model, state_dict, f"'{path}'")

@@ -22,7 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CHECKPOINT_FORMAT", "ResNet20", "load_resnet20", "read_checkpoint", "resnet20"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "ResNet20",
+    "load_resnet20",
+    "non_finite_tensors",
+    "read_checkpoint",
+    "resnet20",
+]
 
 #: the ``"format"`` entry of the checkpoints that ``python -m gradood.models.train`` writes
 CHECKPOINT_FORMAT = "gradood.resnet20/1"
@@ -103,7 +110,11 @@ def resnet20(num_classes: int = 10) -> ResNet20:
 
 
 def read_checkpoint(path: str | os.PathLike) -> Mapping:
-    """The content of a checkpoint written by ``gradood.models.train`` (``weights_only``)."""
+    """The content of a checkpoint written by ``gradood.models.train`` (``weights_only``).
+
+    :raises FileNotFoundError: if there is no file at ``path``
+    :raises ValueError: if it is not such a checkpoint, or its weights are not all finite
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"no ResNet-20 checkpoint at '{path}'; train one with "
@@ -118,7 +129,32 @@ def read_checkpoint(path: str | os.PathLike) -> Mapping:
         raise ValueError(
             f"'{path}' is not a checkpoint written by gradood.models.train ({problem})"
         )
+    _check_finite(content.get("model"), path)
     return content
+
+
+def _check_finite(state: object, path: str | os.PathLike) -> None:
+    """Refuse weights that are not finite (a diverged training)."""
+    if not isinstance(state, Mapping):
+        raise ValueError(f"'{path}' has no 'model' state dict")
+    bad = non_finite_tensors(state)
+    if bad:
+        raise ValueError(
+            f"'{path}' holds non-finite weights: {bad} (a diverged training); train again with "
+            "a lower lr"
+        )
+
+
+def non_finite_tensors(state: Mapping[str, object], shown: int = 10) -> str:
+    """The names of the floating tensors of ``state`` that hold a NaN or an infinity (the first
+    ``shown`` of them, and how many more), or ``""`` if there are none."""
+    bad = [
+        name
+        for name, value in state.items()
+        if isinstance(value, Tensor) and value.is_floating_point() and not value.isfinite().all()
+    ]
+    more = f" (and {len(bad) - shown} more)" if len(bad) > shown else ""
+    return ", ".join(bad[:shown]) + more
 
 
 def load_resnet20(path: str | os.PathLike, allow_incomplete: bool = False) -> ResNet20:

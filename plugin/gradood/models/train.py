@@ -21,6 +21,8 @@ Run ``python -m gradood.models.train --help``.
 from __future__ import annotations
 
 import argparse
+import math
+import numbers
 import os
 import random
 import sys
@@ -39,10 +41,17 @@ from tqdm.auto import tqdm
 
 from ..files import atomic_torch_save
 from .preprocessing import CIFAR_RESNET20
-from .resnet20 import CHECKPOINT_FORMAT, ResNet20, read_checkpoint, resnet20
+from .resnet20 import (
+    CHECKPOINT_FORMAT,
+    ResNet20,
+    non_finite_tensors,
+    read_checkpoint,
+    resnet20,
+)
 
 __all__ = [
     "DatasetError",
+    "DivergenceError",
     "TrainConfig",
     "TrainResult",
     "cifar_datasets",
@@ -64,6 +73,18 @@ class DatasetError(RuntimeError):
     """A dataset on disk that cannot be used as it is."""
 
 
+class DivergenceError(ValueError):
+    """The training diverged: a loss or a weight is not finite."""
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_finite(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The training recipe; everything that determines the trained weights (with the data)."""
@@ -81,22 +102,33 @@ class TrainConfig:
     num_workers: int = 4
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+        object.__setattr__(self, "milestones", tuple(self.milestones))
+        milestones = list(self.milestones)
         checks = [
             (self.dataset in _DATASETS, f"dataset must be one of {sorted(_DATASETS)}"),
-            (self.epochs >= 1, "epochs must be >= 1"),
-            (self.lr > 0, "lr must be > 0"),
-            (0 < self.lr_decay <= 1, "lr_decay must be in (0, 1]"),
+            (_is_integer(self.epochs) and self.epochs >= 1, "epochs must be an integer >= 1"),
+            (_is_finite(self.lr) and self.lr > 0, "lr must be a finite number > 0"),
+            (_is_finite(self.lr_decay) and 0 < self.lr_decay <= 1, "lr_decay must be in (0, 1]"),
             (
-                list(self.milestones) == sorted(set(self.milestones))
-                and all(m >= 1 for m in self.milestones),
-                "milestones must be increasing epochs >= 1",
+                all(_is_integer(m) and m >= 1 for m in milestones)
+                and milestones == sorted(set(milestones)),
+                "milestones must be increasing integer epochs >= 1",
             ),
-            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
-            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (_is_finite(self.momentum) and 0 <= self.momentum < 1, "momentum must be in [0, 1)"),
+            (
+                _is_finite(self.weight_decay) and self.weight_decay >= 0,
+                "weight_decay must be a finite number >= 0",
+            ),
             (not self.nesterov or self.momentum > 0, "nesterov needs momentum > 0"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.num_workers >= 0, "num_workers must be >= 0"),
+            (
+                _is_integer(self.batch_size) and self.batch_size >= 1,
+                "batch_size must be an integer >= 1",
+            ),
+            (
+                _is_integer(self.num_workers) and self.num_workers >= 0,
+                "num_workers must be an integer >= 0",
+            ),
+            (_is_integer(self.seed), "seed must be an integer"),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:
@@ -250,10 +282,12 @@ def _train_epoch(
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         logits = model(images)
         loss = nn.functional.cross_entropy(logits, labels)
+        value = loss.item()
+        _check_finite(epoch, {"training loss": value})
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.item() * len(labels)
+        loss_sum += value * len(labels)
         correct += int((logits.argmax(1) == labels).sum())
         count += len(labels)
     if count == 0:
@@ -277,6 +311,18 @@ def evaluate(
     if count == 0:
         raise ValueError("the test set is empty")
     return loss_sum / count, correct / count
+
+
+def _check_finite(epoch: int, losses: dict[str, float], model: nn.Module | None = None) -> None:
+    """Raise :class:`DivergenceError` if a loss or a weight of ``model`` is not finite."""
+    bad = [f"{name} {value}" for name, value in losses.items() if not math.isfinite(value)]
+    if model is not None and (tensors := non_finite_tensors(model.state_dict())):
+        bad.append(tensors)
+    if bad:
+        raise DivergenceError(
+            f"the training diverged in epoch {epoch + 1}: not finite: {', '.join(bad)}; lower "
+            "lr. The last checkpoint written, if any, is kept"
+        )
 
 
 def _checkpoint(model, optimizer, config, history, device) -> dict:
@@ -324,6 +370,11 @@ def _resume_state(path: Path, config: TrainConfig) -> dict:
 def _check_out(out: Path | None, overwrite: bool, resume: bool) -> None:
     if overwrite and resume:
         raise ValueError("overwrite and resume exclude each other")
+    if out is not None and out.is_dir():
+        raise IsADirectoryError(
+            f"'{out}' is a directory; --out (out) is the checkpoint file to write, e.g. "
+            f"'{out / 'resnet20.pt'}'"
+        )
     if out is not None and out.exists() and not (overwrite or resume):
         raise FileExistsError(
             f"'{out}' exists; pass --overwrite (overwrite=True) to replace it, --resume "
@@ -355,6 +406,9 @@ def train(
     :param resume: continue the training recorded at ``out``, if there is a file, with the same
         recipe; a finished one is returned as it is
     :raises FileExistsError: if ``out`` exists and neither ``overwrite`` nor ``resume`` is set
+    :raises IsADirectoryError: if ``out`` is a directory
+    :raises DivergenceError: if a loss or a weight becomes non-finite (the training stops; the
+        checkpoint of the last finite epoch stays at ``out``)
     """
     out = None if out is None else Path(out)
     _check_out(out, overwrite, resume)
@@ -390,6 +444,7 @@ def train(
             model, optimizer, train_set, config, epoch, device, progress
         )
         test_loss, test_accuracy = evaluate(model, test_set, device, config.num_workers)
+        _check_finite(epoch, {"training loss": train_loss, "test loss": test_loss}, model)
         history.append(
             {
                 "epoch": epoch + 1,

@@ -9,7 +9,7 @@ the README, section "Datasets", and the module docstrings of :mod:`.imagenet` an
 
 from .base import GradNormProtocol
 from .cifar import CIFAR10GradNorm, CIFAR100GradNorm, cifar_transform
-from .errors import DatasetNotFoundError, MissingDataset
+from .errors import DatasetNotFoundError, ImageReadError, MissingDataset
 from .expected import Expected, ExpectedData
 from .imagenet import ImageNetGradNorm
 from .places365 import PLACES365_SEED, sample_places365
@@ -24,6 +24,7 @@ __all__ = [
     "ExpectedData",
     "GradNormProtocol",
     "ImageNetGradNorm",
+    "ImageReadError",
     "MissingDataset",
     "available_protocols",
     "cifar_transform",

@@ -1,11 +1,15 @@
-"""What is wrong with a dataset on disk: :class:`MissingDataset`, and the error that carries it."""
+"""What is wrong with a dataset on disk: :class:`MissingDataset` and the error that carries it;
+:class:`ImageReadError`, an image that cannot be decoded."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["DatasetNotFoundError", "MissingDataset"]
+__all__ = ["DatasetNotFoundError", "ImageReadError", "MissingDataset", "read_image"]
 
 
 @dataclass(frozen=True)
@@ -59,3 +63,22 @@ class DatasetNotFoundError(FileNotFoundError):
 
     def __reduce__(self):
         return type(self), (self.missing,)
+
+
+class ImageReadError(OSError):
+    """An image of a dataset that cannot be read or decoded (e.g. a truncated JPEG); the
+    message names the dataset, the sample's index and the file."""
+
+
+def read_image(
+    loader: Callable[[str], Any], path: str | os.PathLike, dataset: str, index: int
+) -> Any:
+    """``loader(path)``; its errors become :class:`ImageReadError` naming ``dataset``, ``index``
+    and ``path``."""
+    try:
+        return loader(os.fspath(path))
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ... on bad bytes
+        raise ImageReadError(
+            f"cannot read image {index} of {dataset} ('{os.fspath(path)}'): "
+            f"{type(error).__name__}: {error}"
+        ) from error

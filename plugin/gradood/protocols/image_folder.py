@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torchvision.datasets.folder as tv_folder
 from torchvision.datasets import ImageFolder
 
 from .archives import Archive
+from .errors import read_image
 from .expected import Expected
 from .source import DataSource, count_problem
 
@@ -23,7 +25,22 @@ class ImageFolderKeepingEmptyClasses(ImageFolder):
     torchvision's ``allow_empty=True`` does the same from 0.18 on (pytorch/vision#8311); this
     works on every supported torchvision. Samples and their order are ``ImageFolder``'s: each
     class folder is scanned by torchvision's own ``make_dataset``, classes in sorted order.
+    An image that cannot be decoded raises :class:`ImageReadError` naming the dataset
+    (``name``), the index and the file.
     """
+
+    def __init__(self, root: str, name: str, **kwargs: Any):
+        self.name = name
+        super().__init__(root, **kwargs)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        path, target = self.samples[index]
+        sample = read_image(self.loader, path, self.name, index)
+        if self.transform is not None:
+            sample = self.transform(sample)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return sample, target
 
     @staticmethod
     def make_dataset(
@@ -42,6 +59,11 @@ class ImageFolderKeepingEmptyClasses(ImageFolder):
             except FileNotFoundError:  # torchvision's error for a class folder without images
                 continue
         return samples
+
+
+def _has_subfolder(folder: Path) -> bool:
+    with os.scandir(folder) as entries:  # closed also when any() stops early
+        return any(entry.is_dir() for entry in entries)
 
 
 class ImageFolderSource(DataSource):
@@ -85,7 +107,7 @@ class ImageFolderSource(DataSource):
         folder = self.path(root)
         if not folder.is_dir():
             raise self.missing(root, expected.images, 0, "not found")
-        if not any(entry.is_dir() for entry in os.scandir(folder)):
+        if not _has_subfolder(folder):
             raise self.missing(
                 root,
                 expected.images,
@@ -93,7 +115,7 @@ class ImageFolderSource(DataSource):
                 "no class subfolder (images are read from subfolders, as ImageFolder does)",
             )
         dataset = ImageFolderKeepingEmptyClasses(
-            str(folder), transform=transform, target_transform=target_transform
+            str(folder), self.name, transform=transform, target_transform=target_transform
         )
         if expected.classes is not None and len(dataset.classes) != expected.classes:
             found = len(dataset.classes)

@@ -26,6 +26,7 @@ from torch.utils.data import Subset
 from torchvision.datasets import VisionDataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
 
+from .errors import read_image
 from .expected import Expected
 from .source import DataSource, count_problem
 
@@ -91,7 +92,7 @@ class Places365TestImages(VisionDataset):
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         path, target = self.imgs[index]
-        image = pil_loader(path)
+        image = read_image(pil_loader, path, "the Places365 test set", index)
         if self.transform is not None:
             image = self.transform(image)
         if self.target_transform is not None:
