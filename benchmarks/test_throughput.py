@@ -241,7 +241,7 @@ REFERENCE_CONFIGS = [
 ]
 CPU_MEMORY_NOT_MEASURED = (
     "not measured on the CPU: in one process the allocator keeps what earlier cases freed, so "
-    "a call's resident-set peak is not its own (test_lee_alregib_speed.py measures fresh "
+    "a call's resident-set peak is not its own (test_speed_targets.py measures fresh "
     "processes)"
 )
 #: time budget per case (seconds of timed rounds) and the fewest rounds, by device type

@@ -284,6 +284,7 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config):
         report.tables or report.comparisons or report.speed or report.skipped
     ):
         return result
+    from .files import atomic_write_text
     from .harness.summary import summary_lines
 
     folder = report_folder(config)
@@ -292,7 +293,10 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config):
     except OSError as error:
         terminalreporter.write_line(f"gradood: the report could not be written: {error}")
         folder = None
+    lines = summary_lines(report, folder)
+    if folder is not None:
+        atomic_write_text(folder / "summary.txt", "\n".join(lines) + "\n")
     terminalreporter.section("gradood summary")
-    for line in summary_lines(report, folder):
+    for line in lines:
         terminalreporter.write_line(line)
     return result
