@@ -20,13 +20,9 @@ from sklearn.linear_model import LogisticRegressionCV
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from gradood.detectors import MahalanobisEnsemble, mahalanobis_ensemble
-from gradood.detectors.mahalanobis_ensemble import (
-    _layer_features,
-    default_layers,
-    fgsm,
-    official_sign,
-)
+from gradood.detectors import MahalanobisEnsemble
+from gradood.detectors.mahalanobis_ensemble import default_layers, detector, fgsm, official_sign
+from gradood.detectors.mahalanobis_ensemble.layers import layer_features
 from gradood.metrics import paper_metrics
 
 LAYERS = ["0", "1", "2"]
@@ -298,7 +294,7 @@ def test_fit_shows_progress_unless_asked_not_to(capsys, monkeypatch):
     def untrained_regression(scores, is_adversarial):  # the bars only: skip sklearn's 1 s fit
         return torch.zeros(scores.shape[1], dtype=scores.dtype), torch.zeros((), dtype=scores.dtype)
 
-    monkeypatch.setattr(mahalanobis_ensemble, "_fit_logistic_regression", untrained_regression)
+    monkeypatch.setattr(detector, "fit_logistic_regression", untrained_regression)
     model = blocks_model(2)
     x, y = random_batch(2, 40)
     loader = DataLoader(TensorDataset(x, y), batch_size=10)
@@ -472,7 +468,7 @@ def test_default_layers_of_bit_are_the_official_five():
     detector = MahalanobisEnsemble(model)
     assert detector.layers == layers
     with torch.no_grad():
-        features = _layer_features(model, layers, torch.randn(1, 3, 64, 64))
+        features = layer_features(model, layers, torch.randn(1, 3, 64, 64))
     # the official feature_list: root 64, block1..4 256, 512, 1024, 2048 channels
     assert [features[n].shape[1] for n in layers] == [64, 256, 512, 1024, 2048]
 

@@ -68,8 +68,8 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .capture import layer_outputs
 from .distributed import Ranks, current_ranks, resolve_device
 from .files import atomic_torch_save, exclusive_lock
 from .fingerprint import Fingerprint, keyed_by_attributes, qualified_name
@@ -397,7 +398,7 @@ def _run(
     batch_iterator = iter(loader)
     total = sum(stop - start for start, stop in ranges)
     with (
-        _capture_layers(model, plan.layers) as captured,
+        layer_outputs(model, plan.layers) as captured,
         tqdm(total=total, desc=plan.desc, unit="sample", disable=not plan.progress) as bar,
     ):
         for start, stop in ranges:
@@ -471,23 +472,6 @@ def _stored(tensor: Tensor) -> Tensor:
     if tensor.dtype in (torch.float16, torch.bfloat16):
         tensor = tensor.float()
     return tensor.detach().cpu()
-
-
-@contextmanager
-def _capture_layers(model: nn.Module, layers: Mapping[str, str]) -> Iterator[dict[str, list]]:
-    captured: dict[str, list[Tensor]] = {name: [] for name in layers}
-    handles = []
-    try:
-        for name, path in layers.items():
-
-            def hook(_module: nn.Module, _inputs: Any, output: Any, name: str = name) -> None:
-                captured[name].append(output)
-
-            handles.append(model.get_submodule(path).register_forward_hook(hook))
-        yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 # -- the cache key ---------------------------------------------------------------------------

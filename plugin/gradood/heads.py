@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .capture import layer_outputs
 from .shared import shared_for
 
 __all__ = [
@@ -147,24 +148,20 @@ def _checked(model: nn.Module, name: str, module: nn.Module) -> Head:
     return Head(name, module)
 
 
+def _copies(inputs: tuple[Tensor, ...], output: Tensor) -> dict[str, Tensor]:
+    return {"input": inputs[0].detach().clone(), "output": output.detach().clone()}
+
+
 @contextmanager
-def capture_head(head: Head) -> Iterator[dict[str, Tensor]]:
-    """Record copies of the head's input and output during forward passes inside the block.
+def capture_head(head: Head) -> Iterator[list[dict[str, Tensor]]]:
+    """Record copies of the head's input and output (``{"input": ..., "output": ...}``) on each
+    forward pass inside the block.
 
     Copies, so that an in-place change after the head (``out /= T``) shows in a comparison
     with the model's output instead of reaching the record too.
     """
-    record: dict[str, Tensor] = {}
-
-    def hook(_module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        record["input"] = inputs[0].detach().clone()
-        record["output"] = output.detach().clone()
-
-    handle = head.module.register_forward_hook(hook)
-    try:
-        yield record
-    finally:
-        handle.remove()
+    with layer_outputs(head.module, {"head": head.module}, _copies) as captured:
+        yield captured["head"]
 
 
 def check_output_is_head_output(
@@ -210,10 +207,11 @@ def forward_with_features(model: nn.Module, head: Head, x: Tensor) -> tuple[Tens
     :raises ValueError: if the head did not run, or if the model's output is not, by value, the
         head's output (then the logits cannot be recomputed from the features)
     """
-    with capture_head(head) as record:
+    with capture_head(head) as calls:
         logits = forward_logits(model, x)
-    if "input" not in record:
+    if not calls:
         raise ValueError(f"the head '{head.name}' was not called in the model's forward pass")
+    record = calls[-1]  # the call whose output the model returns, if any
     features = head.pooled_features(record["input"])
     check_output_is_head_output(model, head, logits, record["output"])
     return logits, features

@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import torch
-from pytorch_ood.api import DetectorInfo, FeaturesDetector, ModelNotSetException, Paper, Task
+from pytorch_ood.api import DetectorInfo, FeaturesDetector, ModelNotSetException, Task
 from torch import Tensor, nn
 
 from ..gradients import per_sample_gradient_powers, resolve_parameter_names
@@ -40,6 +40,7 @@ from ..heads import (
     forward_with_features,
     penultimate_encoder,
 )
+from ..paper import GRADNORM_PAPER
 from ..validation import check_finite, check_norm_order, check_positive_int, check_temperature
 
 __all__ = ["PAPER_NORMS", "PAPER_TEMPERATURES", "GradNorm", "gradnorm_score", "uniform_loss"]
@@ -114,13 +115,7 @@ class GradNorm(FeaturesDetector):
     """
 
     info = DetectorInfo(
-        paper=Paper(
-            title="On the Importance of Gradients for Detecting Distributional Shifts in the Wild",
-            venue="NeurIPS",
-            year=2021,
-            url="https://arxiv.org/abs/2110.00218",
-            code="https://github.com/deeplearning-wisc/gradnorm_ood",
-        ),
+        paper=GRADNORM_PAPER,
         tasks={Task.CLASSIFICATION},
         ai_coded=True,
     )

@@ -13,8 +13,8 @@ from pytorch_ood.benchmark import Benchmark
 from pytorch_ood.utils import ToUnknown
 from torch.utils.data import Dataset
 
-from ..detectors.gradnorm import GradNorm
 from ..models.preprocessing import Preprocessing
+from ..paper import GRADNORM_PAPER
 from .errors import DatasetNotFoundError, MissingDataset
 from .expected import ExpectedData
 from .source import DataSource
@@ -40,7 +40,7 @@ class GradNormProtocol(Benchmark):
         (:attr:`paper_expected`). Miniatures (:mod:`gradood.testing`) pass their own.
     """
 
-    info = BenchmarkInfo(paper=GradNorm.info.paper, tasks={Task.CLASSIFICATION}, ai_coded=True)
+    info = BenchmarkInfo(paper=GRADNORM_PAPER, tasks={Task.CLASSIFICATION}, ai_coded=True)
 
     #: the protocol's name in :func:`gradood.protocols.available_protocols`
     name: ClassVar[str]

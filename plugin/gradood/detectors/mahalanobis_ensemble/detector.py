@@ -1,51 +1,13 @@
-"""Lee et al.'s Mahalanobis detector as the GradNorm paper ran it: several layers, input
-preprocessing, and a logistic regression trained against FGSM examples.
-
-For each selected layer :math:`l`, :math:`f_l(x)` is the layer's output averaged over its
-spatial positions. On ID training data, class means :math:`\\mu_{l,c}` and one covariance
-:math:`\\Sigma_l` shared by all classes are estimated (maximum likelihood, as sklearn's
-``EmpiricalCovariance`` in the official code). With
-:math:`d_{l,c}(x) = (f_l(x) - \\mu_{l,c})^\\top \\Sigma_l^{-1} (f_l(x) - \\mu_{l,c})`, the layer's
-confidence is
-
-.. math::
-    M_l(x) = \\max_c -\\tfrac12 \\, d_{l,c}(x).
-
-*Input preprocessing* (per layer, magnitude :math:`\\varepsilon`): with :math:`c^*` the closest
-class at :math:`x`,
-
-.. math::
-    x'_l = x - \\varepsilon \\, s\\big(\\nabla_x \\tfrac12 d_{l,c^*}(x)\\big) / \\sigma,
-    \\qquad s(g) = +1 \\text{ if } g \\ge 0 \\text{ else } -1,
-
-the official sign convention (``torch.ge``), and :math:`\\sigma` the per-channel standard deviation
-of the input normalization (``norm_std``): :math:`\\varepsilon` is then in pixel units. Without
-``norm_std`` the step is taken in model-input units, as the official ImageNet code does.
-
-*Combination*: a logistic regression (sklearn's ``LogisticRegressionCV``, the official settings)
-on :math:`(M_1(x'_1), \\dots, M_L(x'_L))` separates ID samples (label 0) from FGSM copies of them
-(label 1),
-
-.. math::
-    x_{adv} = \\mathrm{clip}\\big(x + \\delta \\,
-        s(\\nabla_x \\mathrm{CE}(f(x), y)) / \\sigma\\big), \\qquad \\delta = 0.05.
-
-The outlier score is the regression's log-odds of "adversarial", :math:`w^\\top M + b`. The
-official score is the probability :math:`\\mathrm{sigmoid}(w^\\top M + b)` (negated as a
-confidence): the same ranking, except that the float64 sigmoid saturates to ties at 1.
-"""
+"""The detector: Gaussians per layer, per-layer input preprocessing, the regression against
+FGSM examples, and the magnitude tuned by the official criterion (see the package docstring)."""
 
 from __future__ import annotations
 
-import inspect
-import re
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pytorch_ood.api import (
     DetectorInfo,
     GradientDetector,
@@ -60,258 +22,27 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from typing_extensions import Self
 
-from ..metrics import paper_metrics
-from ..validation import check_channel_values, check_finite, check_number, check_positive_int
+from ...metrics import paper_metrics
+from ...validation import check_channel_values, check_finite, check_number, check_positive_int
+from .gaussians import TiedGaussianAccumulator, check_labels, tied_gaussians
+from .layers import default_layers, layer_features, spatial_mean
+from .perturbation import (
+    ADVERSARIAL_STEP,
+    check_channels,
+    fgsm,
+    gradients_enabled,
+    input_gradient,
+    signed_step,
+)
+from .regression import fit_logistic_regression, log_odds
 
-__all__ = [
-    "ADVERSARIAL_STEP",
-    "PAPER_MAGNITUDES",
-    "TUNING_SAMPLES",
-    "MahalanobisEnsemble",
-    "default_layers",
-    "fgsm",
-    "official_sign",
-    "tied_gaussians",
-]
+__all__ = ["PAPER_MAGNITUDES", "TUNING_SAMPLES", "MahalanobisEnsemble"]
 
 #: the official candidate noise magnitudes, in the order they are tried (on equal FPR95 the
 #: earlier one wins)
 PAPER_MAGNITUDES: tuple[float, ...] = (0.0, 0.01, 0.005, 0.002, 0.0014, 0.001, 0.0005)
 #: size of each of the two tuning splits (ID samples; as many FGSM copies are added)
 TUNING_SAMPLES = 500
-#: the FGSM perturbation size of the regression's "OOD" examples
-ADVERSARIAL_STEP = 0.05
-
-
-def official_sign(gradient: Tensor) -> Tensor:
-    """The official codes' sign: +1 where ``gradient >= 0`` (zero included), -1 elsewhere."""
-    one = torch.ones((), dtype=gradient.dtype, device=gradient.device)
-    return torch.where(gradient >= 0, one, -one)
-
-
-def _per_channel(values: Sequence[float], like: Tensor) -> Tensor:
-    shape = (1, -1) + (1,) * (like.ndim - 2)
-    return torch.as_tensor(values, dtype=like.dtype, device=like.device).view(shape)
-
-
-def _check_channels(values: Sequence[float] | None, x: Tensor, what: str) -> None:
-    if values is not None and (x.ndim < 2 or x.shape[1] != len(values)):
-        raise ValueError(
-            f"{what} has {len(values)} channels but the inputs have shape {tuple(x.shape)} "
-            "(channels on axis 1)"
-        )
-
-
-def _input_gradient(loss: Tensor, x: Tensor) -> Tensor:
-    (gradient,) = torch.autograd.grad(loss, x)
-    return gradient
-
-
-def _signed_step(gradient: Tensor, norm_std: Sequence[float] | None) -> Tensor:
-    step = official_sign(gradient)
-    return step if norm_std is None else step / _per_channel(norm_std, step)
-
-
-@contextmanager
-def _gradients_enabled() -> Iterator[None]:
-    if torch.is_inference_mode_enabled():
-        warnings.warn(
-            "MahalanobisEnsemble needs input gradients; inference mode is disabled for it",
-            stacklevel=4,
-        )
-    with torch.inference_mode(False), torch.enable_grad():
-        yield
-
-
-def fgsm(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    step: float = ADVERSARIAL_STEP,
-    *,
-    norm_std: Sequence[float] | None = None,
-    norm_mean: Sequence[float] | None = None,
-    clamp: tuple[float, float] | None = None,
-) -> Tensor:
-    """FGSM examples as the official tuning script makes them (true labels, official sign):
-
-    :math:`x_{adv} = \\mathrm{clip}(x + \\delta \\, s(\\nabla_x \\mathrm{CE}(f(x), y)) / \\sigma)`.
-
-    :param step: :math:`\\delta`; in pixel units with ``norm_std``, else in model-input units
-    :param norm_std: per-channel std :math:`\\sigma` of the input normalization, or ``None``
-    :param norm_mean: per-channel mean of the input normalization (needed to clamp with
-        ``norm_std``)
-    :param clamp: ``(low, high)`` bounds: pixel values with ``norm_std`` (mapped through the
-        normalization), else bounds on the model inputs themselves; ``None``: no clamping
-    """
-    _check_channels(norm_std, x, "norm_std")
-    with _gradients_enabled():
-        inputs = x.detach().clone().requires_grad_()
-        gradient = _input_gradient(F.cross_entropy(model(inputs), y), inputs)
-    adversarial = x.detach() + step * _signed_step(gradient, norm_std)
-    if clamp is None:
-        return adversarial
-    low, high = _bounds(clamp, norm_mean, norm_std, adversarial)
-    return torch.maximum(torch.minimum(adversarial, high), low)
-
-
-def _bounds(
-    clamp: tuple[float, float],
-    norm_mean: Sequence[float] | None,
-    norm_std: Sequence[float] | None,
-    like: Tensor,
-) -> tuple[Tensor, Tensor]:
-    low, high = (torch.tensor(v, dtype=like.dtype, device=like.device) for v in clamp)
-    if norm_std is None:
-        return low, high
-    if norm_mean is None:
-        raise ValueError("clamping pixel values through the normalization needs norm_mean")
-    _check_channels(norm_mean, like, "norm_mean")
-    mean, std = _per_channel(norm_mean, like), _per_channel(norm_std, like)
-    return (low - mean) / std, (high - mean) / std
-
-
-# -- layers -----------------------------------------------------------------------------------
-
-
-def default_layers(model: nn.Module) -> list[str]:
-    """The feature layers the official codes use, by architecture.
-
-    - timm ResNetV2 (BiT, e.g. ``resnetv2_101x1_bit``): ``stem``, ``stages.0`` ... (the official
-      BiT code's root and ``body.block1..4``)
-    - big_transfer's ResNetV2: ``root``, ``body.block1`` ...
-    - ResNets with ``layer1``, ``layer2``, ...: the first activation (a top-level ``relu``
-      module, else ``bn1``) and every ``layerK`` (Lee et al.'s ResNet feature list)
-
-    :raises ValueError: for any other architecture, listing its top-level modules
-    """
-    children = dict(model.named_children())
-    if "stem" in children and "stages" in children:
-        return ["stem"] + [f"stages.{name}" for name, _ in children["stages"].named_children()]
-    if "root" in children and "body" in children:
-        blocks = [n for n, _ in children["body"].named_children() if re.fullmatch(r"block\d+", n)]
-        if blocks:
-            return ["root"] + [f"body.{name}" for name in blocks]
-    stages = sorted((n for n in children if re.fullmatch(r"layer\d+", n)), key=lambda n: int(n[5:]))
-    if stages:
-        first = [n for n in ("relu", "bn1") if n in children][:1]
-        return first + stages
-    raise ValueError(
-        f"no default feature layers for {type(model).__name__}; pass layers=[module names] "
-        f"(top-level modules: {', '.join(children) or 'none'})"
-    )
-
-
-def _spatial_mean(output: object, name: str) -> Tensor:
-    if not isinstance(output, Tensor) or output.ndim < 2:
-        raise ValueError(
-            f"layer '{name}' must output a tensor of shape B x C (x ...), got "
-            f"{tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__}"
-        )
-    return output.reshape(output.shape[0], output.shape[1], -1).mean(dim=2)
-
-
-class _StopForward(Exception):
-    """Raised by a hook to end a forward pass once the needed layers have run."""
-
-
-def _layer_features(model: nn.Module, layers: Sequence[str], x: Tensor) -> dict[str, Tensor]:
-    """Spatially averaged outputs (B x C) of the first call of each layer; the forward pass
-    stops as soon as all of them have run."""
-    outputs: dict[str, Tensor] = {}
-
-    def hook(name: str):
-        def record(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
-            if name not in outputs:
-                outputs[name] = _spatial_mean(output, name)
-            if len(outputs) == len(layers):
-                raise _StopForward
-
-        return record
-
-    handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in layers]
-    try:
-        model(x)
-    except _StopForward:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
-    missing = [n for n in layers if n not in outputs]
-    if missing:
-        raise ValueError(f"layers {missing} did not run in the model's forward pass")
-    return outputs
-
-
-# -- class-conditional Gaussians --------------------------------------------------------------
-
-
-class _TiedGaussianAccumulator:
-    """Streaming float64 class sums and scatter matrix, shifted by the first batch's mean so
-    that the one-pass formula does not cancel."""
-
-    def __init__(self) -> None:
-        self.shift: Tensor | None = None
-        self.sums: Tensor | None = None
-        self.counts: Tensor | None = None
-        self.scatter: Tensor | None = None
-
-    def add(self, z: Tensor, y: Tensor) -> None:
-        z = z.detach().double()
-        if self.shift is None:
-            dim = z.shape[1]
-            self.shift = z.mean(dim=0)
-            self.sums = z.new_zeros(0, dim)
-            self.counts = z.new_zeros(0)
-            self.scatter = z.new_zeros(dim, dim)
-        z = z - self.shift
-        needed = int(y.max()) + 1
-        if needed > self.sums.shape[0]:
-            grow = needed - self.sums.shape[0]
-            self.sums = torch.cat([self.sums, self.sums.new_zeros(grow, z.shape[1])])
-            self.counts = torch.cat([self.counts, self.counts.new_zeros(grow)])
-        self.sums.index_add_(0, y, z)
-        self.counts.index_add_(0, y, torch.ones_like(y, dtype=z.dtype))
-        self.scatter += z.T @ z
-
-    def finish(self) -> tuple[Tensor, Tensor]:
-        """Class means (C x D) and the tied maximum-likelihood covariance (D x D)."""
-        missing = torch.nonzero(self.counts == 0).flatten().tolist()
-        if missing:
-            raise ValueError(
-                f"classes {missing[:10]}{' ...' if len(missing) > 10 else ''} have no training "
-                f"sample (labels must cover 0 ... {self.counts.numel() - 1})"
-            )
-        shifted_means = self.sums / self.counts[:, None]
-        within = self.scatter - (shifted_means.T * self.counts) @ shifted_means
-        covariance = within / self.counts.sum()
-        return shifted_means + self.shift, (covariance + covariance.T) / 2
-
-
-def tied_gaussians(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Class means and tied covariance (maximum likelihood, float64) of ``features`` (N x D).
-
-    Not pytorch-ood's ``Mahalanobis.fit_features``, which gives the same means but accumulates
-    and inverts in float32 (its buffers take the default dtype), keeps the unnormalized scatter
-    plus a 1e-6 ridge (N times this covariance), and holds all features in memory; the
-    official code normalizes by N (sklearn's ``EmpiricalCovariance``, float64).
-
-    :return: means (C x D) and covariance (D x D), with C = ``labels.max() + 1``
-    """
-    accumulator = _TiedGaussianAccumulator()
-    accumulator.add(features, labels)
-    return accumulator.finish()
-
-
-def _check_labels(labels: Tensor, n: int) -> Tensor:
-    if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.shape[0] != n:
-        raise ValueError(f"labels must be a 1-D tensor of {n} class indices")
-    if labels.is_floating_point() or bool((labels < 0).any()):
-        raise ValueError("labels must be integer class indices >= 0 (ID training data)")
-    return labels.long()
-
-
-# -- the detector -----------------------------------------------------------------------------
 
 
 class MahalanobisEnsemble(GradientDetector):
@@ -439,7 +170,7 @@ class MahalanobisEnsemble(GradientDetector):
         validation list, Lee et al.'s and ATOM's CIFAR scripts training images).
         """
         self._warn_if_training()
-        accumulators = {name: _TiedGaussianAccumulator() for name in self.layers}
+        accumulators = {name: TiedGaussianAccumulator() for name in self.layers}
         with torch.no_grad():
             for x, y in tqdm(
                 data_loader, desc="Mahalanobis: Gaussians", leave=False, disable=not self.progress
@@ -448,7 +179,7 @@ class MahalanobisEnsemble(GradientDetector):
                 if not bool(known.any()):
                     continue
                 x, y = self._to_device(x[known]), self._to_device(y[known]).long()
-                features = _layer_features(self.model, self.layers, x)
+                features = layer_features(self.model, self.layers, x)
                 for name in self.layers:
                     accumulators[name].add(features[name], y)
         if accumulators[self.layers[0]].shift is None:
@@ -466,7 +197,7 @@ class MahalanobisEnsemble(GradientDetector):
         :return: self; :meth:`fit_regression` still has to run
         """
         pooled = self._check_features(features)
-        labels = _check_labels(labels, next(iter(pooled.values())).shape[0])
+        labels = check_labels(labels, next(iter(pooled.values())).shape[0])
         self._set_gaussians({n: tied_gaussians(z, labels.to(z.device)) for n, z in pooled.items()})
         return self
 
@@ -525,7 +256,7 @@ class MahalanobisEnsemble(GradientDetector):
         train = torch.cat([x[:m], adversarial[:m]])
         is_adversarial = np.r_[np.zeros(m), np.ones(m)]
         if self.magnitude is not None:
-            self._set_regression(_fit_logistic_regression(self._scores(train), is_adversarial))
+            self._set_regression(fit_logistic_regression(self._scores(train), is_adversarial))
             return self
         return self._tune_magnitude(train, torch.cat([x[m:], adversarial[m:]]), is_adversarial)
 
@@ -537,9 +268,9 @@ class MahalanobisEnsemble(GradientDetector):
             self.magnitudes, desc="Mahalanobis: magnitudes", leave=False, disable=not self.progress
         )
         for magnitude in candidates:
-            regression = _fit_logistic_regression(self._scores(train, magnitude), is_adversarial)
-            log_odds = _log_odds(self._scores(held_out, magnitude), *regression)
-            fpr = paper_metrics(torch.sigmoid(log_odds).cpu(), ood_labels)["FPR95"]
+            regression = fit_logistic_regression(self._scores(train, magnitude), is_adversarial)
+            held_out_log_odds = log_odds(self._scores(held_out, magnitude), *regression)
+            fpr = paper_metrics(torch.sigmoid(held_out_log_odds).cpu(), ood_labels)["FPR95"]
             self.tuning_fpr95[magnitude] = fpr
             if best is None or fpr < best[0]:
                 best = (fpr, magnitude, regression)
@@ -565,11 +296,11 @@ class MahalanobisEnsemble(GradientDetector):
             raise ValueError("x must be a batch of model inputs (B x ...)")
         x = self._to_device(x)
         check_finite(x, "inputs")
-        _check_channels(self.norm_std, x, "norm_std")
+        check_channels(self.norm_std, x, "norm_std")
         self._warn_if_training()
         if magnitude == 0:
             with torch.no_grad():
-                features = _layer_features(self.model, self.layers, x)
+                features = layer_features(self.model, self.layers, x)
             return self._confidences(features)
         columns = [self._preprocessed_confidence(x, name, magnitude) for name in self.layers]
         return torch.stack(columns, dim=1)
@@ -582,7 +313,7 @@ class MahalanobisEnsemble(GradientDetector):
     def predict(self, x: Tensor) -> Tensor:
         """Outlier scores (float64, shape B): the regression's log-odds of "adversarial"."""
         self._require_regression()
-        return _log_odds(self.layer_scores(x), self.coef, self.intercept)
+        return log_odds(self.layer_scores(x), self.coef, self.intercept)
 
     def predict_features(self, features: Mapping[str, Tensor]) -> Tensor:
         """Outlier scores from cached per-layer features (only for ``magnitude == 0``).
@@ -595,7 +326,7 @@ class MahalanobisEnsemble(GradientDetector):
                 f"the input preprocessing (magnitude {self.magnitude}) needs the raw inputs: "
                 "use predict(x), or a detector with magnitude=0 for cached features"
             )
-        return _log_odds(self.layer_scores_features(features), self.coef, self.intercept)
+        return log_odds(self.layer_scores_features(features), self.coef, self.intercept)
 
     def _scores(self, x: Tensor, magnitude: float | None = None) -> Tensor:
         return torch.cat(
@@ -634,21 +365,21 @@ class MahalanobisEnsemble(GradientDetector):
         if magnitude is None:
             magnitude = self._require_magnitude()
         x = self._to_device(x)
-        _check_channels(self.norm_std, x, "norm_std")
-        with _gradients_enabled():
+        check_channels(self.norm_std, x, "norm_std")
+        with gradients_enabled():
             inputs = x.detach().clone().requires_grad_()
-            z = _layer_features(self.model, [layer], inputs)[layer].to(torch.float64)
+            z = layer_features(self.model, [layer], inputs)[layer].to(torch.float64)
             with torch.no_grad():
                 closest = self._squared_distances(z, layer).argmin(dim=1)
             centered = z - self.means[layer][closest]
             loss = 0.5 * ((centered @ self.precisions[layer]) * centered).sum()
-            gradient = _input_gradient(loss, inputs)
-        return x.detach() - magnitude * _signed_step(gradient, self.norm_std)
+            gradient = input_gradient(loss, inputs)
+        return x.detach() - magnitude * signed_step(gradient, self.norm_std)
 
     def _preprocessed_confidence(self, x: Tensor, name: str, magnitude: float) -> Tensor:
         perturbed = self.preprocess(x, name, magnitude)
         with torch.no_grad():
-            features = _layer_features(self.model, [name], perturbed)
+            features = layer_features(self.model, [name], perturbed)
             return -0.5 * self._squared_distances(features[name], name).amin(dim=1)
 
     # -- persistence -------------------------------------------------------------------------
@@ -697,7 +428,7 @@ class MahalanobisEnsemble(GradientDetector):
         missing = [n for n in self.layers if n not in features]
         if missing:
             raise ValueError(f"features lack layers {missing} (have {list(features)})")
-        pooled = {n: _spatial_mean(features[n], n).detach() for n in self.layers}
+        pooled = {n: spatial_mean(features[n], n).detach() for n in self.layers}
         sizes = {z.shape[0] for z in pooled.values()}
         if len(sizes) != 1:
             raise ValueError(f"the layers' features have different numbers of rows: {sizes}")
@@ -748,49 +479,3 @@ class MahalanobisEnsemble(GradientDetector):
                 "MahalanobisEnsemble: the model is in training mode; call model.eval()",
                 stacklevel=3,
             )
-
-
-# -- the regression ---------------------------------------------------------------------------
-
-
-def _logistic_regression_cv():
-    """sklearn's ``LogisticRegressionCV()`` with the defaults of the official code's sklearn:
-    L2, 10 values of C, 5-fold stratified CV, accuracy, lbfgs. Newer sklearn versions warn
-    that these defaults change; they are pinned here."""
-    from sklearn.linear_model import LogisticRegressionCV
-
-    params = inspect.signature(LogisticRegressionCV).parameters
-    settings: dict = {"Cs": 10, "cv": 5, "scoring": "accuracy"}
-    if params["penalty"].default == "deprecated":  # sklearn >= 1.8: L2 is l1_ratio 0
-        settings["l1_ratios"] = (0.0,)
-    if "use_legacy_attributes" in params:
-        settings["use_legacy_attributes"] = False
-    return LogisticRegressionCV(**settings)
-
-
-def _fit_logistic_regression(scores: Tensor, is_adversarial: np.ndarray) -> tuple[Tensor, Tensor]:
-    from sklearn.exceptions import ConvergenceWarning
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        regression = _logistic_regression_cv().fit(scores.cpu().numpy(), is_adversarial)
-    not_converged = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
-    for other in caught:
-        if other not in not_converged:
-            warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
-    if not_converged:
-        warnings.warn(
-            f"MahalanobisEnsemble: lbfgs did not converge in {len(not_converged)} of the "
-            "logistic regression's cross-validation fits (as in the official code, the "
-            "per-layer scores are not standardized)",
-            stacklevel=4,
-        )
-    coef = torch.as_tensor(regression.coef_[0], dtype=torch.float64)
-    return coef, torch.as_tensor(float(regression.intercept_[0]), dtype=torch.float64)
-
-
-def _log_odds(scores: Tensor, coef: Tensor, intercept: Tensor) -> Tensor:
-    return scores @ coef.to(scores.device) + intercept.to(scores.device)
-
-
-# -- argument checks --------------------------------------------------------------------------
