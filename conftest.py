@@ -1,3 +1,3 @@
-# The one place that registers gradood's pytest plugin (options, markers, fixtures) for both
-# `pytest tests` and `pytest benchmarks`; pytester lets the tests run pytest itself.
-pytest_plugins = ["gradood.pytest_plugin", "pytester"]
+# gradood's pytest plugin is registered by its pytest11 entry point (pyproject.toml); pytester
+# lets the tests run pytest itself.
+pytest_plugins = ["pytester"]

@@ -10,10 +10,8 @@ import pytest
 import torch
 from speed import steady_allocator
 
-from gradood.checks import Comparison, PaperCheck, compare, measure, measurement_plan
+from gradood.harness.plugin import enforce_speed_targets, run_report
 from gradood.harness.timing import MISSED, SpeedCheck
-from gradood.protocols import DatasetNotFoundError, protocol_class
-from gradood.pytest_plugin import details_hint, enforce_speed_targets, option_path, run_report
 
 
 @dataclass
@@ -73,7 +71,7 @@ def side_by_side(request: pytest.FixtureRequest) -> SideBySide:
 @pytest.fixture(scope="session")
 def speed_check(request: pytest.FixtureRequest) -> Callable[[SpeedCheck], None]:
     """Record a verdict in the run's summary; a missed target fails only where timings mean
-    something (``--gpu``) or where asked to (``--enforce-speed-targets``)."""
+    something (``--gradood-gpu``) or where asked to (``--gradood-enforce-speed``)."""
     config = request.config
 
     def record(check: SpeedCheck) -> None:
@@ -123,72 +121,3 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
         "matmul": torch.backends.cuda.matmul.allow_tf32,
         "cudnn": torch.backends.cudnn.allow_tf32,
     }
-
-
-class PaperMeasurements:
-    """Measures each (protocol, group) of the paper checks once per run, on first use.
-
-    The protocol's data and model come from the ``pytest_gradood_open_protocol`` and
-    ``pytest_gradood_load_model`` hooks, once per protocol; what is missing skips every check
-    that needs it, with the same reason.
-    """
-
-    def __init__(self, config: pytest.Config, device: str):
-        self.config = config
-        self.device = device
-        self._memo: dict[tuple, object] = {}
-
-    def compare(self, check: PaperCheck, checks: list[PaperCheck]) -> Comparison:
-        measured = self._once(
-            ("measured", check.protocol, check.group),
-            lambda: self._measure(check.protocol, check.group, checks),
-        )
-        return compare(check, measured)
-
-    def _once(self, key: tuple, compute):
-        """``compute()`` on the first call for ``key``; a skip is remembered and repeated."""
-        if key not in self._memo:
-            try:
-                self._memo[key] = compute()
-            except pytest.skip.Exception as skipped:
-                self._memo[key] = _Skip(str(skipped.msg))
-            except DatasetNotFoundError as error:
-                protocol, group = key[1], key[2]
-                run_report(self.config).missing[f"{protocol} ID training set"] = f"- {error}"
-                reason = (
-                    f"{protocol}: {group} needs the ID training set ({details_hint(self.config)})"
-                )
-                self._memo[key] = _Skip(reason)
-        value = self._memo[key]
-        if isinstance(value, _Skip):
-            pytest.skip(value.reason)
-        return value
-
-    def _inputs(self, protocol: str) -> tuple:
-        hook = self.config.hook
-        return (
-            hook.pytest_gradood_open_protocol(config=self.config, name=protocol),
-            hook.pytest_gradood_load_model(config=self.config, protocol=protocol).eval(),
-        )
-
-    def _measure(self, protocol: str, group: str, checks: list[PaperCheck]) -> dict:
-        benchmark, model = self._once(("inputs", protocol), lambda: self._inputs(protocol))
-        return measure(
-            benchmark,
-            model,
-            measurement_plan(checks, protocol, group),
-            group=group,
-            preset=protocol_class(protocol).detector_preset,
-            device=self.device,
-            cache_dir=option_path(self.config, "cache_dir"),
-        )
-
-
-@dataclass(frozen=True)
-class _Skip:
-    reason: str
-
-
-@pytest.fixture(scope="session")
-def paper_measurements(request: pytest.FixtureRequest, device: str) -> PaperMeasurements:
-    return PaperMeasurements(request.config, device)

@@ -23,8 +23,8 @@ from gradood.harness.bundled import (
     run_bundled,
     torch_threads,
 )
+from gradood.harness.plugin import say
 from gradood.protocols.digits import DigitsBenchmark
-from gradood.pytest_plugin import say
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ order alternating; :class:`gradood.harness.timing.PairedRounds`, timed by pytest
 rounds' ratios in ``extra_info``) and judges the median and interquartile range of the rounds'
 ratios against the target: met, missed, inconclusive (the spread straddles the target) or
 reported (no target on this device). Verdicts go into the run's summary; a missed target fails
-only with ``--gpu`` or ``--enforce-speed-targets`` (a shared CPU's timings say little).
+only with ``--gradood-gpu`` or ``--gradood-enforce-speed`` (a shared CPU's timings say little).
 
 Targets: GradNorm costs one forward pass (>= 0.95x MSP's throughput) and is faster than
 pytorch-ood's GradNorm (>= 1x); its speedup over the official per-sample loop is >= 100x on
@@ -117,8 +117,9 @@ def _lee_alregib(name: str) -> Workload:
 
 @dataclass(frozen=True)
 class Comparison:
-    """``t_a / t_b`` against ``target`` (``gpu_target`` with ``--gpu``); ``a_images``: how many
-    of the batch's images ``a`` processes (its time is scaled to the batch)."""
+    """``t_a / t_b`` against ``target`` (``gpu_target`` with ``--gradood-gpu``);
+    ``a_images``: how many of the batch's images ``a`` processes (its time is scaled to the
+    batch)."""
 
     what: str
     a: Workload
@@ -177,7 +178,7 @@ def _reported(comparison: Comparison) -> Comparison:
 
 
 def _case(setup: Setup, comparison: Comparison, gpu: bool = False):
-    marks = [pytest.mark.gpu] if gpu else []
+    marks = [pytest.mark.gradood_gpu] if gpu else []
     name = comparison.what.lower().replace(" ", "-").replace("/", "vs").replace(",", "")
     return pytest.param(setup, comparison, id=f"{setup}-{name}".replace(" ", "-"), marks=marks)
 

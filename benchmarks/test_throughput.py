@@ -15,10 +15,10 @@ depend on them) for
 - torchvision ResNet-50 at 224 px, BiT-S-R101x1 at 480 px, the CIFAR ResNet-20 at 32 px;
 - batch sizes 1, 64 and 256; fp32, and bfloat16 autocast (``bf16``).
 
-Without ``--gpu``, a CPU set runs (one torch thread, see ``benchmarks/conftest.py``): ResNet-20
-at batch 64 with every detector, fp32 and bf16 (skipped with the reason where the CPU cannot
-autocast to bfloat16). ``--gpu`` runs the whole matrix on the GPU (those cases are marked
-``gpu``).
+Without ``--gradood-gpu``, a CPU set runs (one torch thread, see ``benchmarks/conftest.py``):
+ResNet-20 at batch 64 with every detector, fp32 and bf16 (skipped with the reason where the CPU
+cannot autocast to bfloat16). ``--gradood-gpu`` runs the whole matrix on the GPU (those cases
+are marked ``gradood_gpu``).
 
 Fitted detectors are fitted on random data, as their cost does not depend on the fit: the
 Gaussians of both Mahalanobis detectors on random features of the right widths, with every
@@ -250,7 +250,9 @@ MIN_ROUNDS = {"cpu": 5, "cuda": 5}
 
 
 def _param(config: Config, name: str, gpu: bool) -> object:
-    return pytest.param(config, name, id=f"{config}-{name}", marks=[pytest.mark.gpu] if gpu else [])
+    return pytest.param(
+        config, name, id=f"{config}-{name}", marks=[pytest.mark.gradood_gpu] if gpu else []
+    )
 
 
 DETECTOR_CASES = [_param(c, name, False) for c, names in CPU_SETS for name in names] + [

@@ -440,7 +440,7 @@ def test_state_dict_round_trip():
 
 
 def test_runs_on_the_device(device):
-    """Fitted and scored on ``device`` (CUDA with --gpu), it agrees with the CPU run."""
+    """Fitted and scored on ``device`` (CUDA with --gradood-gpu), it agrees with the CPU run."""
     model = blocks_model(19)
     x, y = random_batch(19, 80)
     x_tune, y_tune = random_batch(20, 20)

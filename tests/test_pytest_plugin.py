@@ -1,4 +1,4 @@
-"""The --gpu option and the gpu marker, in a pytest run of their own."""
+"""The --gradood-gpu option and the gpu marker, in a pytest run of their own."""
 
 from __future__ import annotations
 
@@ -28,12 +28,11 @@ no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has
 
 @pytest.fixture
 def project(pytester):
-    pytester.makeconftest('pytest_plugins = ["gradood.pytest_plugin"]')
     pytester.makepyfile(
         test_sample="""
         import pytest
 
-        @pytest.mark.gpu
+        @pytest.mark.gradood_gpu
         def test_on_gpu(device):
             assert device == "cuda"
 
@@ -47,28 +46,28 @@ def project(pytester):
 def test_gpu_tests_are_skipped_without_the_option(project):
     result = project.runpytest("-rs")
     result.assert_outcomes(passed=1, skipped=1)
-    result.stdout.fnmatch_lines(["*needs a CUDA device: run with --gpu*"])
+    result.stdout.fnmatch_lines(["*needs a CUDA device: run with --gradood-gpu*"])
 
 
 @no_cuda
 def test_gpu_option_without_cuda_is_a_usage_error(project):
-    result = project.runpytest("--gpu")
+    result = project.runpytest("--gradood-gpu")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--gpu was given, but torch finds no CUDA device*"])
+    result.stderr.fnmatch_lines(["*--gradood-gpu was given, but torch finds no CUDA device*"])
 
 
 @no_cuda
 @pytest.mark.parametrize("path", ["tests", "benchmarks"])
 def test_repository_paths_accept_the_gpu_option(path):
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", path, "--gpu", "--collect-only", "-q"],
+        [sys.executable, "-m", "pytest", path, "--gradood-gpu", "--collect-only", "-q"],
         cwd=REPO,
         capture_output=True,
         text=True,
         check=False,
     )
     assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.stdout + run.stderr
-    assert "--gpu was given, but torch finds no CUDA device" in run.stderr
+    assert "--gradood-gpu was given, but torch finds no CUDA device" in run.stderr
 
 
 # -- the harness, end to end -------------------------------------------------------------------
@@ -192,9 +191,9 @@ def test_harness_end_to_end_on_a_miniature_imagenet(tmp_path):
             "miniature_hooks",
             "-k",
             "(table1 or table7 or table8) and not Mahalanobis",
-            "--report-dir",
+            "--gradood-report-dir",
             str(tmp_path / "reports"),
-            "--cache-dir",
+            "--gradood-cache-dir",
             str(tmp_path / "cache"),
         ],
         tmp_path,
@@ -231,10 +230,12 @@ def test_pytest_benchmarks_on_a_fresh_install(tmp_path):
     skipped with one short line each (the details go into the report), exit 0, and the run
     ends in the summary; a second run repeats the bundled table."""
     no_data = tmp_path / "no-data"
-    common = ["--benchmark-disable", "--data-root", str(no_data)]
-    common += ["--checkpoint-dir", str(tmp_path / "no-checkpoints")]
-    common += ["--cache-dir", str(tmp_path / "cache")]
-    first = _run_pytest(["benchmarks", *common, "--report-dir", str(tmp_path / "r1")], tmp_path)
+    common = ["--benchmark-disable", "--gradood-data-root", str(no_data)]
+    common += ["--gradood-checkpoint-dir", str(tmp_path / "no-checkpoints")]
+    common += ["--gradood-cache-dir", str(tmp_path / "cache")]
+    first = _run_pytest(
+        ["benchmarks", *common, "--gradood-report-dir", str(tmp_path / "r1")], tmp_path
+    )
     assert first.returncode == pytest.ExitCode.OK, _failed_tests(first.stdout + first.stderr)
     lines = first.stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if "gradood summary" in line)
@@ -247,11 +248,14 @@ def test_pytest_benchmarks_on_a_fresh_install(tmp_path):
     assert "imagenet  0 of 160 rows run: 5 datasets missing (details: missing-data.md" in text
     assert "found 0 images, expected 50,000" in details.read_text()
     skips = [line for line in lines if line.startswith("SKIPPED")]
-    # one short line each: pytest's prefix, the protocol, what is missing, the report's file
-    assert skips and all(len(line.replace(str(tmp_path), "T")) <= 120 for line in skips), skips
+    # one short line each: pytest's prefix and location, then at most 70 characters of reason
+    # (the protocol, what is missing, the report's file), no path
+    reasons = [line.split(": ", 1)[1] for line in skips]
+    assert skips and all(len(reason) <= 70 and "/" not in reason for reason in reasons), skips
     assert not any("expected 50,000" in line for line in skips)
     second = _run_pytest(
-        ["benchmarks/test_bundled.py", *common, "--report-dir", str(tmp_path / "r2")], tmp_path
+        ["benchmarks/test_bundled.py", *common, "--gradood-report-dir", str(tmp_path / "r2")],
+        tmp_path,
     )
     assert second.returncode == pytest.ExitCode.OK, _failed_tests(second.stdout + second.stderr)
     tables = [
@@ -261,9 +265,8 @@ def test_pytest_benchmarks_on_a_fresh_install(tmp_path):
     assert tables[0] == tables[1]
 
 
-@pytest.mark.parametrize("option", ["--report-dir", "--cache-dir"])
+@pytest.mark.parametrize("option", ["--gradood-report-dir", "--gradood-cache-dir"])
 def test_an_unwritable_directory_is_a_usage_error_before_any_test(pytester, option):
-    pytester.makeconftest('pytest_plugins = ["gradood.pytest_plugin"]')
     pytester.makepyfile(test_sample="def test_never_runs():\n    raise AssertionError")
     blocker = pytester.path / "a-file"
     blocker.write_text("not a directory")
@@ -273,3 +276,35 @@ def test_an_unwritable_directory_is_a_usage_error_before_any_test(pytester, opti
         [f"*{option}*{blocker}/reports: cannot write there: {blocker} is not a directory*"]
     )
     assert "test_never_runs" not in result.stdout.str()
+
+
+def _readme_file(name: str) -> str:
+    """The code block that follows the line `name`: in the README."""
+    text = (REPO / "README.md").read_text()
+    after = text[text.index(f"`{name}`:\n") :]
+    start = after.index("```python\n") + len("```python\n")
+    return after[start : after.index("```", start)]
+
+
+def test_the_harness_in_another_project_as_the_readme_says(tmp_path):
+    """The installed package's entry point, the README's two files, an empty folder outside
+    the repository: the paper's checks run on the hooks' data and model."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("conftest.py", "test_paper.py"):
+        (project / name).write_text(_readme_file(name))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert run.returncode == pytest.ExitCode.TESTS_FAILED, _failed_tests(run.stdout + run.stderr)
+    assert "125 failed" in run.stdout  # a random network: every row is off the paper
+    assert "imagenet  125 of 125 rows run, 0 within tolerance" in run.stdout
+    (folder,) = (project / "reports").iterdir()
+    assert len(pd.read_csv(folder / "paper.csv")) == 125
+    assert {"figure4_norms.png", "figure5_temperatures.png"} <= {p.name for p in folder.iterdir()}

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from gradood.checks import Comparison, paper_checks
+from gradood.harness.report import MISSING_DATA, Report
 from gradood.harness.timing import SpeedCheck, Target
-from gradood.report import MISSING_DATA, Report
 
 
 def _report() -> Report:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..evaluate import AVERAGE, METRICS
-from ..report import MISSING_DATA, Report
+from .report import MISSING_DATA, Report
 
 __all__ = ["MAX_LINES", "MAX_WIDTH", "shown_path", "summary_lines"]
 

@@ -1,33 +1,33 @@
-"""gradood's pytest plugin: options, markers, hooks and the side-by-side report.
+"""gradood's pytest plugin: options, markers, fixtures, the default hook implementations and
+the run's report.
 
-Loaded once, by the repository's root ``conftest.py`` (``pytest_plugins``), so that
-``pytest tests`` and ``pytest benchmarks`` share it.
+Registered by the ``pytest11`` entry point ``gradood`` (``pip install gradood`` makes the harness
+available in any project); the hook specifications are in :mod:`gradood.harness.hooks`.
 
-Options (each with an environment variable):
+Options (each with an environment variable; prefixed, so they cannot collide with other
+plugins'):
 
-- ``--gpu``: run on the CUDA device; a usage error if none is available.
-- ``--data-root`` (``GRADOOD_DATA_ROOT``, default ``<rootdir>/data``): the datasets, laid out
-  as the README's "Datasets" section says.
-- ``--checkpoint-dir`` (``GRADOOD_CHECKPOINTS``, default ``<rootdir>/checkpoints``): the
+- ``--gradood-gpu``: run on the CUDA device (tests marked ``gradood_gpu`` need it); a usage
+  error if none is available; missed speed targets fail.
+- ``--gradood-data-root`` (``GRADOOD_DATA_ROOT``, default ``<rootdir>/data``): the datasets,
+  laid out as the README's "Datasets" section says.
+- ``--gradood-checkpoint-dir`` (``GRADOOD_CHECKPOINTS``, default ``<rootdir>/checkpoints``): the
   authors' ``BiT-S-R101x1-flat-finetune.pth.tar`` and the trained ``resnet20-cifar10.pt`` /
   ``resnet20-cifar100.pt``.
-- ``--cache-dir`` (``GRADOOD_CACHE_DIR``, default ``<rootdir>/.gradood-cache``): the feature
-  cache of :mod:`gradood.features`.
-- ``--report-dir`` (``GRADOOD_REPORT_DIR``, default ``<rootdir>/reports``): each run writes its
-  report into a new time-stamped folder there.
-- ``--enforce-speed-targets`` (``GRADOOD_ENFORCE_SPEED_TARGETS=1``): a missed speed target
-  fails its test on the CPU too (with ``--gpu`` it always does); otherwise CPU verdicts are
-  reported only, as a shared CPU's timings say little.
+- ``--gradood-cache-dir`` (``GRADOOD_CACHE_DIR``, default ``<rootdir>/.gradood-cache``): the
+  feature cache of :mod:`gradood.features`.
+- ``--gradood-report-dir`` (``GRADOOD_REPORT_DIR``, default ``<rootdir>/reports``): each run
+  writes its report into a new time-stamped folder there.
+- ``--gradood-enforce-speed`` (``GRADOOD_ENFORCE_SPEED=1``): a missed speed target fails its
+  test on the CPU too; otherwise CPU verdicts are reported only, as a shared CPU's timings say
+  little.
 
-An unwritable ``--report-dir`` or ``--cache-dir`` is a usage error before any test runs. The
-run ends with the summary of :mod:`gradood.harness.summary` (after pytest's own short summary).
+An unwritable report or cache directory is a usage error before any test runs. The run ends
+with the summary of :mod:`gradood.harness.summary` (after pytest's own short summary).
 
-Markers: ``gpu`` (needs CUDA; skipped without ``--gpu``). Fixtures: ``device`` (``"cuda"``
-with ``--gpu``, else ``"cpu"``), ``gradood_report`` (the run's :class:`gradood.report.Report`).
-
-Hooks (implement them in a ``conftest.py`` or a ``-p`` plugin to evaluate other data or
-models): ``pytest_gradood_open_protocol(config, name)`` and
-``pytest_gradood_load_model(config, protocol)``.
+Marker: ``gradood_gpu`` (needs CUDA; skipped without ``--gradood-gpu``). Fixtures: ``device``
+(``"cuda"`` with ``--gradood-gpu``, else ``"cpu"``), ``gradood_report`` (the run's
+:class:`gradood.harness.report.Report`).
 """
 
 from __future__ import annotations
@@ -40,96 +40,96 @@ import pytest
 
 __all__ = [
     "CHECKPOINT_FILES",
-    "HookSpecs",
+    "GPU_MARKER",
     "details_hint",
     "enforce_speed_targets",
+    "flag",
     "option_path",
     "report_folder",
     "run_report",
     "say",
+    "uses_gpu",
 ]
 
-#: the checkpoint file of each protocol's model under ``--checkpoint-dir``
+#: the checkpoint file of each protocol's model under ``--gradood-checkpoint-dir``
 CHECKPOINT_FILES = {
     "imagenet": "BiT-S-R101x1-flat-finetune.pth.tar",
     "cifar10": "resnet20-cifar10.pt",
     "cifar100": "resnet20-cifar100.pt",
 }
 
+#: path option -> (environment variable, default under the rootdir, what it holds)
 _PATH_OPTIONS = {
-    "data_root": ("--data-root", "GRADOOD_DATA_ROOT", "data", "the datasets"),
-    "checkpoint_dir": (
-        "--checkpoint-dir",
-        "GRADOOD_CHECKPOINTS",
-        "checkpoints",
-        "the models' checkpoints",
-    ),
-    "cache_dir": ("--cache-dir", "GRADOOD_CACHE_DIR", ".gradood-cache", "the feature cache"),
-    "report_dir": ("--report-dir", "GRADOOD_REPORT_DIR", "reports", "the run reports"),
+    "data_root": ("GRADOOD_DATA_ROOT", "data", "the datasets"),
+    "checkpoint_dir": ("GRADOOD_CHECKPOINTS", "checkpoints", "the models' checkpoints"),
+    "cache_dir": ("GRADOOD_CACHE_DIR", ".gradood-cache", "the feature cache"),
+    "report_dir": ("GRADOOD_REPORT_DIR", "reports", "the run reports"),
 }
 _REPORT = pytest.StashKey["object"]()
 _FOLDER = pytest.StashKey[Path]()
-_ENFORCE_VARIABLE = "GRADOOD_ENFORCE_SPEED_TARGETS"
-
-
-class HookSpecs:
-    """gradood's hooks; the first implementation that returns a value wins."""
-
-    @pytest.hookspec(firstresult=True)
-    def pytest_gradood_open_protocol(self, config: pytest.Config, name: str):
-        """Return the pytorch-ood benchmark of protocol ``name`` (``"imagenet"``, ``"cifar10"``,
-        ``"cifar100"``), or call ``pytest.skip`` with what is missing. Default: the protocol
-        on ``--data-root``."""
-
-    @pytest.hookspec(firstresult=True)
-    def pytest_gradood_load_model(self, config: pytest.Config, protocol: str):
-        """Return the model (eval mode, on the CPU) of protocol ``protocol``, or call
-        ``pytest.skip`` with what is missing. Default: the checkpoint in ``--checkpoint-dir``."""
+_ENFORCE_VARIABLE = "GRADOOD_ENFORCE_SPEED"
+#: the marker of tests that need the CUDA device
+GPU_MARKER = "gradood_gpu"
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
-    pluginmanager.add_hookspecs(HookSpecs)
+    from . import hooks
+
+    pluginmanager.add_hookspecs(hooks)
+
+
+def flag(name: str) -> str:
+    """The command-line flag of option ``name`` (e.g. ``"data_root"``: ``--gradood-data-root``)."""
+    return "--gradood-" + name.replace("_", "-")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("gradood")
     group.addoption(
-        "--gpu",
+        flag("gpu"),
+        dest="gradood_gpu",
         action="store_true",
         default=False,
-        help="run on the CUDA device (tests marked 'gpu' need it); a usage error without one",
+        help="run on the CUDA device (tests marked 'gradood_gpu' need it); a usage error "
+        "without one; missed speed targets fail",
     )
-    for dest, (flag, variable, default, what) in _PATH_OPTIONS.items():
+    for name, (variable, default, what) in _PATH_OPTIONS.items():
         group.addoption(
-            flag,
-            dest=dest,
+            flag(name),
+            dest=f"gradood_{name}",
             default=None,
             metavar="DIR",
             help=f"{what} (environment: {variable}; default: <rootdir>/{default})",
         )
     group.addoption(
-        "--enforce-speed-targets",
+        flag("enforce_speed"),
+        dest="gradood_enforce_speed",
         action="store_true",
         default=False,
-        help=f"fail missed speed targets on the CPU too (environment: {_ENFORCE_VARIABLE}=1); "
-        "with --gpu they always fail",
+        help=f"fail missed speed targets on the CPU too (environment: {_ENFORCE_VARIABLE}=1)",
     )
+
+
+def uses_gpu(config: pytest.Config) -> bool:
+    """Whether this run is on the CUDA device (``--gradood-gpu``)."""
+    return bool(config.getoption("gradood_gpu"))
 
 
 def option_path(config: pytest.Config, name: str) -> Path:
     """The directory of path option ``name`` (``"data_root"``, ``"checkpoint_dir"``,
     ``"cache_dir"``, ``"report_dir"``): the option, else its environment variable, else the
     default under pytest's rootdir."""
-    _flag, variable, default, _what = _PATH_OPTIONS[name]
-    value = config.getoption(name) or os.environ.get(variable)
+    variable, default, _what = _PATH_OPTIONS[name]
+    value = config.getoption(f"gradood_{name}") or os.environ.get(variable)
     return Path(value).expanduser() if value else Path(config.rootpath) / default
 
 
 def enforce_speed_targets(config: pytest.Config) -> bool:
-    """Whether a missed speed target fails: with ``--gpu`` or ``--enforce-speed-targets``."""
+    """Whether a missed speed target fails: with ``--gradood-gpu`` or
+    ``--gradood-enforce-speed``."""
     return bool(
-        config.getoption("gpu")
-        or config.getoption("enforce_speed_targets")
+        uses_gpu(config)
+        or config.getoption("gradood_enforce_speed")
         or os.environ.get(_ENFORCE_VARIABLE) == "1"
     )
 
@@ -157,22 +157,25 @@ def _choose_report_folder(base: Path) -> Path:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "gpu: needs a CUDA device; runs only with --gpu")
-    if config.getoption("gpu"):
+    config.addinivalue_line(
+        "markers", f"{GPU_MARKER}: needs a CUDA device; runs only with {flag('gpu')}"
+    )
+    if uses_gpu(config):
         import torch
 
         if not torch.cuda.is_available():
             raise pytest.UsageError(
-                "--gpu was given, but torch finds no CUDA device "
+                f"{flag('gpu')} was given, but torch finds no CUDA device "
                 f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); "
-                "run without --gpu"
+                f"run without {flag('gpu')}"
             )
     for name in ("report_dir", "cache_dir"):
         problem = _unwritable(option_path(config, name))
         if problem is not None:
-            flag, variable = _PATH_OPTIONS[name][:2]
+            variable = _PATH_OPTIONS[name][0]
             raise pytest.UsageError(
-                f"{flag} (or {variable}) {option_path(config, name)}: cannot write there: {problem}"
+                f"{flag(name)} (or {variable}) {option_path(config, name)}: cannot write "
+                f"there: {problem}"
             )
     config.stash[_FOLDER] = _choose_report_folder(option_path(config, "report_dir"))
 
@@ -183,7 +186,7 @@ def report_folder(config: pytest.Config) -> Path:
 
 
 def run_report(config: pytest.Config):
-    """This run's :class:`gradood.report.Report`."""
+    """This run's :class:`gradood.harness.report.Report`."""
     from .report import Report
 
     if _REPORT not in config.stash:
@@ -206,18 +209,26 @@ def say(config: pytest.Config, message: str) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("gpu"):
+    if uses_gpu(config):
         return
-    skip = pytest.mark.skip(reason="needs a CUDA device: run with --gpu")
+    skip = pytest.mark.skip(reason=f"needs a CUDA device: run with {flag('gpu')}")
     for item in items:
-        if "gpu" in item.keywords:
+        if item.get_closest_marker(GPU_MARKER) is not None:
             item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
 def device(request: pytest.FixtureRequest) -> str:
-    """``"cuda"`` with ``--gpu``, else ``"cpu"``."""
-    return "cuda" if request.config.getoption("gpu") else "cpu"
+    """``"cuda"`` with ``--gradood-gpu``, else ``"cpu"``."""
+    return "cuda" if uses_gpu(request.config) else "cpu"
+
+
+@pytest.fixture(scope="session")
+def paper_measurements(request: pytest.FixtureRequest, device: str):
+    """Measures the paper checks (:class:`gradood.harness.measurements.PaperMeasurements`)."""
+    from .measurements import PaperMeasurements
+
+    return PaperMeasurements(request.config, device)
 
 
 @pytest.fixture(scope="session")
@@ -231,29 +242,30 @@ def gradood_report(request: pytest.FixtureRequest):
 
 @pytest.hookimpl(trylast=True)
 def pytest_gradood_open_protocol(config: pytest.Config, name: str):
-    from .protocols import make_protocol, missing
+    from ..protocols import make_protocol, missing
 
     root = option_path(config, "data_root")
     problems = missing(name, root)
     if problems:
         reason = f"{len(problems)} dataset{'s' if len(problems) > 1 else ''} missing"
-        details = "\n".join([f"Under {root} (--data-root):", *(f"- {p}" for p in problems)])
+        where = f"Under {root} ({flag('data_root')}):"
+        details = "\n".join([where, *(f"- {p}" for p in problems)])
         run_report(config).add_missing(name, "data", reason, details)
         pytest.skip(f"{name}: {reason} ({details_hint(config)})")
     return make_protocol(name, root)
 
 
 def details_hint(config: pytest.Config) -> str:
-    """Where this run's report says what is missing, for a one-line skip reason."""
-    from .harness.summary import shown_path
+    """Where this run's report says what is missing, for a one-line skip reason (the summary
+    names the report's folder)."""
     from .report import MISSING_DATA
 
-    return f"details: {shown_path(report_folder(config) / MISSING_DATA)}"
+    return f"see the report's {MISSING_DATA}"
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_gradood_load_model(config: pytest.Config, protocol: str):
-    from .models import BIT_S_R101X1_URL, bit_s_r101x1, load_resnet20
+    from ..models import BIT_S_R101X1_URL, bit_s_r101x1, load_resnet20
 
     path = option_path(config, "checkpoint_dir") / CHECKPOINT_FILES[protocol]
     if not path.is_file():
@@ -284,8 +296,8 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config):
         report.tables or report.comparisons or report.speed or report.skipped
     ):
         return result
-    from .files import atomic_write_text
-    from .harness.summary import summary_lines
+    from ..files import atomic_write_text
+    from .summary import summary_lines
 
     folder = report_folder(config)
     try:

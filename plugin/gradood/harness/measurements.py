@@ -1,0 +1,76 @@
+"""The measurements behind the paper checks: each (protocol, measurement group) once per run,
+with the data and model the ``pytest_gradood_*`` hooks give."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from ..checks import Comparison, PaperCheck, compare, measure, measurement_plan
+from ..protocols import DatasetNotFoundError, protocol_class
+from .plugin import details_hint, option_path, run_report
+
+__all__ = ["PaperMeasurements"]
+
+
+class PaperMeasurements:
+    """Measures each (protocol, group) of the paper checks once per run, on first use.
+
+    The protocol's data and model come from the ``pytest_gradood_open_protocol`` and
+    ``pytest_gradood_load_model`` hooks, once per protocol; what is missing skips every check
+    that needs it, with the same reason.
+    """
+
+    def __init__(self, config: pytest.Config, device: str):
+        self.config = config
+        self.device = device
+        self._memo: dict[tuple, object] = {}
+
+    def compare(self, check: PaperCheck, checks: list[PaperCheck]) -> Comparison:
+        measured = self._once(
+            ("measured", check.protocol, check.group),
+            lambda: self._measure(check.protocol, check.group, checks),
+        )
+        return compare(check, measured)
+
+    def _once(self, key: tuple, compute):
+        """``compute()`` on the first call for ``key``; a skip is remembered and repeated."""
+        if key not in self._memo:
+            try:
+                self._memo[key] = compute()
+            except pytest.skip.Exception as skipped:
+                self._memo[key] = _Skip(str(skipped.msg))
+            except DatasetNotFoundError as error:
+                protocol, group = key[1], key[2]
+                reason = f"{group} needs the ID training set"
+                run_report(self.config).add_missing(protocol, "training set", reason, f"- {error}")
+                self._memo[key] = _Skip(f"{protocol}: {reason} ({details_hint(self.config)})")
+        value = self._memo[key]
+        if isinstance(value, _Skip):
+            pytest.skip(value.reason)
+        return value
+
+    def _inputs(self, protocol: str) -> tuple:
+        hook = self.config.hook
+        return (
+            hook.pytest_gradood_open_protocol(config=self.config, name=protocol),
+            hook.pytest_gradood_load_model(config=self.config, protocol=protocol).eval(),
+        )
+
+    def _measure(self, protocol: str, group: str, checks: list[PaperCheck]) -> dict:
+        benchmark, model = self._once(("inputs", protocol), lambda: self._inputs(protocol))
+        return measure(
+            benchmark,
+            model,
+            measurement_plan(checks, protocol, group),
+            group=group,
+            preset=protocol_class(protocol).detector_preset,
+            device=self.device,
+            cache_dir=option_path(self.config, "cache_dir"),
+        )
+
+
+@dataclass(frozen=True)
+class _Skip:
+    reason: str
