@@ -556,8 +556,8 @@ def test_imagenet_protocol_time(protocol: ProtocolSetup, side_by_side, speed_che
     gradood_s = pipeline_s * images
     official_one_setting_s = official_s * images
     note = (
-        f"ImageNet protocol, from {sample.images} JPEGs: gradood {_duration(gradood_s)} for "
-        f"{len(protocol.plan)} settings, official {_duration(official_one_setting_s)} per setting"
+        f"ImageNet protocol ({sample.images} JPEGs): gradood {_duration(gradood_s)} for "
+        f"{len(protocol.plan)} settings, the official code {_duration(official_one_setting_s)} each"
     )
     speed_check(
         SpeedCheck(
