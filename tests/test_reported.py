@@ -492,3 +492,18 @@ def test_data_files_are_package_data():
     tomllib = pytest.importorskip("tomllib")
     config = tomllib.loads((REPOSITORY / "pyproject.toml").read_text(encoding="utf-8"))
     assert "*.csv" in config["tool"]["setuptools"]["package-data"]["gradood.reported"]
+
+
+def test_every_method_of_every_table_says_how_it_is_measured():
+    from gradood.checks import TOLERANCES
+
+    for name in reported.tables():
+        for method in reported.table(name)["method"].unique():
+            how = reported.measured_as(name, method)
+            assert how["tolerance"] in TOLERANCES and how["detector"], (name, method)
+            assert how["varies"] in (None, "p", "temperature")
+            if how["varies"] is not None:  # the swept setting names every row of the table
+                settings = reported.table(name)[how["varies"]]
+                assert settings.nunique() == len(settings) // settings.value_counts().iloc[0]
+    with pytest.raises(ValueError, match="no single entry for KNN of table1"):
+        reported.measured_as("table1", "KNN")

@@ -38,6 +38,7 @@ from .registry import create_detector
 __all__ = [
     "GROUPS",
     "PROTOCOLS",
+    "TOLERANCES",
     "Comparison",
     "PaperCheck",
     "Tolerance",
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 #: the protocol (see :func:`gradood.protocols.make_protocol`) of each ID dataset of the tables
-PROTOCOLS = {"ImageNet-1k": "imagenet", "CIFAR-10": "cifar10", "CIFAR-100": "cifar100"}
+PROTOCOLS = reported.PROTOCOLS
 #: the measurement groups, in the order a run measures them
 GROUPS = ("forward", "mahalanobis", "lee-alregib")
 #: ID training images that Lee & AlRegib's classifier is fitted on (with as many noise images)
@@ -98,10 +99,13 @@ RETRAINED = Tolerance(
 )
 
 
-def _tolerance(table: str, method: str) -> Tolerance:
-    if table == "table6":
-        return RETRAINED
-    return {"Mahalanobis": FITTED, "Lee-AlRegib": TRAINED}.get(method, DETERMINISTIC)
+#: the tolerance classes that ``reported/measurement.csv`` names
+TOLERANCES = {
+    "deterministic": DETERMINISTIC,
+    "fitted": FITTED,
+    "trained": TRAINED,
+    "retrained": RETRAINED,
+}
 
 
 def _group(method: str) -> str:
@@ -121,6 +125,13 @@ class PaperCheck:
     fpr95: float
     auroc: float
     tolerance: Tolerance
+    #: the registry name of the detector that measures the row
+    detector: str = ""
+    #: the setting the table varies (``"p"``, ``"temperature"``), which names the row; ``None``:
+    #: the method names it
+    varies: str | None = None
+    #: whether the table holds several ID datasets (then the ID dataset names the row too)
+    several_id_data: bool = False
 
     @property
     def protocol(self) -> str:
@@ -139,21 +150,25 @@ class PaperCheck:
     @property
     def id(self) -> str:
         """A readable test id, e.g. ``table7[iNaturalist-L0.3]``, ``table8[SUN-T0.0625]``."""
-        if self.table == "table7":
+        if self.varies == "p":
             label = "Linf" if math.isinf(self.p) else f"L{self.p:g}"
-        elif self.table == "table8":
+        elif self.varies == "temperature":
             label = f"T{self.temperature:g}"
         else:
             label = self.method
-        prefix = f"{self.id_data}-" if self.table == "table6" else ""
+        prefix = f"{self.id_data}-" if self.several_id_data else ""
         return f"{self.table}[{prefix}{self.ood_data}-{label}]"
 
 
 def paper_checks(tables: Iterable[str] | None = None) -> list[PaperCheck]:
-    """Every row of ``tables`` (default: all of :func:`gradood.reported.tables`)."""
+    """Every row of ``tables`` (default: all of :func:`gradood.reported.tables`), with how it
+    is measured (:func:`gradood.reported.measured_as`)."""
     checks = []
     for name in reported.tables() if tables is None else tables:
-        for row in reported.table(name).itertuples(index=False):
+        frame = reported.table(name)
+        several_id_data = frame["id_data"].nunique() > 1
+        for row in frame.itertuples(index=False):
+            how = reported.measured_as(name, row.method)
             checks.append(
                 PaperCheck(
                     table=row.table,
@@ -164,7 +179,10 @@ def paper_checks(tables: Iterable[str] | None = None) -> list[PaperCheck]:
                     temperature=row.temperature,
                     fpr95=row.FPR95,
                     auroc=row.AUROC,
-                    tolerance=_tolerance(row.table, row.method),
+                    tolerance=TOLERANCES[how["tolerance"]],
+                    detector=how["detector"],
+                    varies=how["varies"],
+                    several_id_data=several_id_data,
                 )
             )
     return checks

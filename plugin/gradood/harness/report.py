@@ -133,7 +133,7 @@ def _figures(
 
     matplotlib.use("Agg")
     written = []
-    for name, column, figure, title in PAPER_FIGURES:
+    for name, (column, figure, title) in reported.SWEEPS.items():
         measured = comparisons[comparisons["table"] == name] if len(comparisons) else comparisons
         if len(measured):  # the paper's lines alone would say nothing about this run
             path = directory / f"{figure}.png"
@@ -147,14 +147,6 @@ def _figures(
                 title = f"{name}: GradNorm"
                 written.append(_measured_figure(sweep, references, column, path, title))
     return written
-
-
-#: the paper's sweeps, drawn with this run's measurements beside them: (table, the swept
-#: setting, file stem, title)
-PAPER_FIGURES = (
-    ("table7", "p", "figure4_norms", "GradNorm against the norm p (Table 7, T = 1)"),
-    ("table8", "temperature", "figure5_temperatures", "GradNorm against T (Table 8, L1)"),
-)
 
 
 def _other_averages(table: pd.DataFrame) -> pd.DataFrame:

@@ -15,7 +15,10 @@ The paper's labels map to canonical names (:data:`PAPER_LABELS`): "MSP [13]" -> 
 "LSUN (crop)" -> ``LSUN-crop``; the other dataset names are kept as printed.
 
 The numbers live in one CSV file per table beside this module, transcribed by hand from the
-paper's text; the tests check every cell against that text.
+paper's text; the tests check every cell against that text. How each table's methods are
+measured (the detector's registry name, the tolerance class, the setting the table varies) is
+data too: :func:`measured_as` (``measurement.csv``), and the protocol of each ID dataset is
+:data:`PROTOCOLS`.
 """
 
 from __future__ import annotations
@@ -34,7 +37,10 @@ __all__ = [
     "METHODS",
     "OOD_DATASETS",
     "PAPER_LABELS",
+    "PROTOCOLS",
+    "SWEEPS",
     "describe",
+    "measured_as",
     "table",
     "tables",
 ]
@@ -51,6 +57,18 @@ COLUMNS: tuple[str, ...] = (
     "AUROC",
 )
 ID_DATASETS: tuple[str, ...] = ("ImageNet-1k", "CIFAR-10", "CIFAR-100")
+#: the tables that sweep one setting of GradNorm, drawn like the paper's Figures 4 and 5:
+#: table -> (the swept setting, a file stem for the figure, its title)
+SWEEPS: dict[str, tuple[str, str, str]] = {
+    "table7": ("p", "figure4_norms", "GradNorm against the norm p (Table 7, T = 1)"),
+    "table8": ("temperature", "figure5_temperatures", "GradNorm against T (Table 8, L1)"),
+}
+#: the protocol (:func:`gradood.protocols.make_protocol`) of each ID dataset of the tables
+PROTOCOLS: dict[str, str] = {
+    "ImageNet-1k": "imagenet",
+    "CIFAR-10": "cifar10",
+    "CIFAR-100": "cifar100",
+}
 #: the OOD datasets of the ImageNet and CIFAR protocols, and the paper's per-row mean over them
 OOD_DATASETS: tuple[str, ...] = (
     "iNaturalist",
@@ -127,6 +145,24 @@ def table(name: str) -> pd.DataFrame:
     frame = _load(_check_name(name)).copy()
     frame.attrs["description"] = _DESCRIPTIONS[name]
     return frame
+
+
+@functools.cache
+def _measurement() -> pd.DataFrame:
+    source = resources.files(__name__).joinpath("measurement.csv")
+    with source.open("r", encoding="utf-8") as handle:
+        return pd.read_csv(handle, dtype=str, keep_default_na=False, comment="#")
+
+
+def measured_as(name: str, method: str) -> dict[str, str | None]:
+    """How ``method``'s rows of table ``name`` are measured: ``detector`` (its registry name),
+    ``tolerance`` (the class's name in :data:`gradood.checks.TOLERANCES`) and ``varies``
+    (``"p"``, ``"temperature"`` or ``None``: the setting that names the rows)."""
+    rows = _measurement()
+    row = rows[(rows["table"] == _check_name(name)) & (rows["method"] == method)]
+    if len(row) != 1:
+        raise ValueError(f"measurement.csv: no single entry for {method} of {name}")
+    return {key: row.iloc[0][key] or None for key in ("detector", "tolerance", "varies")}
 
 
 def _check_name(name: str) -> str:
