@@ -39,7 +39,6 @@ from pathlib import Path
 import pytest
 
 __all__ = [
-    "CHECKPOINT_FILES",
     "GPU_MARKER",
     "details_hint",
     "enforce_speed_targets",
@@ -51,12 +50,6 @@ __all__ = [
     "uses_gpu",
 ]
 
-#: the checkpoint file of each protocol's model under ``--gradood-checkpoint-dir``
-CHECKPOINT_FILES = {
-    "imagenet": "BiT-S-R101x1-flat-finetune.pth.tar",
-    "cifar10": "resnet20-cifar10.pt",
-    "cifar100": "resnet20-cifar100.pt",
-}
 
 #: path option -> (environment variable, default under the rootdir, what it holds)
 _PATH_OPTIONS = {
@@ -265,23 +258,16 @@ def details_hint(config: pytest.Config) -> str:
 
 @pytest.hookimpl(trylast=True)
 def pytest_gradood_load_model(config: pytest.Config, protocol: str):
-    from ..models import BIT_S_R101X1_URL, bit_s_r101x1, load_resnet20
+    from ..protocols import protocol_class
 
-    path = option_path(config, "checkpoint_dir") / CHECKPOINT_FILES[protocol]
+    cls = protocol_class(protocol)
+    path = option_path(config, "checkpoint_dir") / cls.checkpoint_file
     if not path.is_file():
-        if protocol == "imagenet":
-            how = f"download the authors' fine-tuned checkpoint {BIT_S_R101X1_URL} there"
-        else:
-            how = (
-                f"train it: python -m gradood.models.train --dataset {protocol} "
-                f"--data-root <data root> --out {path}"
-            )
         reason = f"model {path.name} missing"
-        run_report(config).add_missing(protocol, "model", reason, f"- {path} is missing: {how}")
+        details = f"- {path} is missing: {cls.how_to_get_model(path)}"
+        run_report(config).add_missing(protocol, "model", reason, details)
         pytest.skip(f"{protocol}: {reason} ({details_hint(config)})")
-    if protocol == "imagenet":
-        return bit_s_r101x1(path)
-    return load_resnet20(path)
+    return cls.load_model(path)
 
 
 # -- the report ------------------------------------------------------------------------------

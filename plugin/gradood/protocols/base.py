@@ -11,6 +11,7 @@ from typing import ClassVar
 from pytorch_ood.api import BenchmarkInfo, Task
 from pytorch_ood.benchmark import Benchmark
 from pytorch_ood.utils import ToUnknown
+from torch import nn
 from torch.utils.data import Dataset
 
 from ..models.preprocessing import Preprocessing
@@ -57,6 +58,18 @@ class GradNormProtocol(Benchmark):
     paper_expected: ClassVar[ExpectedData]
     #: names of the OOD sets, in the order of the paper's table and of :meth:`test_sets`
     ood_names: ClassVar[list[str]]
+    #: the file name of the protocol's model checkpoint (in the harness's checkpoint folder)
+    checkpoint_file: ClassVar[str]
+
+    @classmethod
+    def load_model(cls, path: str | PathLike) -> nn.Module:
+        """The protocol's model from its checkpoint at ``path`` (evaluation mode)."""
+        raise NotImplementedError
+
+    @classmethod
+    def how_to_get_model(cls, path: str | PathLike) -> str:
+        """What to do to have the protocol's checkpoint at ``path``."""
+        raise NotImplementedError
 
     def __init__(
         self,

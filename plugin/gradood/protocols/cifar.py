@@ -26,6 +26,7 @@ from pytorch_ood.dataset.img import LSUNCrop, Textures
 from torchvision.datasets import CIFAR10, CIFAR100
 
 from ..models.preprocessing import CIFAR_RESNET20
+from ..models.resnet20 import load_resnet20
 from .archives import Archive
 from .base import GradNormProtocol
 from .expected import Expected, ExpectedData
@@ -78,6 +79,18 @@ class _CifarProtocol(GradNormProtocol):
     ood_sources = _OOD_SOURCES
 
     @classmethod
+    def load_model(cls, path):
+        """A ResNet-20 trained by the paper's recipe (:func:`gradood.models.load_resnet20`)."""
+        return load_resnet20(path).eval()
+
+    @classmethod
+    def how_to_get_model(cls, path) -> str:
+        return (
+            f"train it: python -m gradood.models.train --dataset {cls.name} "
+            f"--data-root <data root> --out {path}"
+        )
+
+    @classmethod
     def default_transform(cls) -> T.Compose:
         """:func:`cifar_transform`."""
         return cifar_transform()
@@ -89,6 +102,7 @@ class CIFAR10GradNorm(_CifarProtocol):
 
     name = "cifar10"
     detector_preset = "cifar10"
+    checkpoint_file = "resnet20-cifar10.pt"
     paper_tables = ("Table 6",)
     id_test_source = CifarSource("CIFAR-10 test", CIFAR10, train=False)
     id_train_source = CifarSource("CIFAR-10 train", CIFAR10, train=True)
@@ -107,6 +121,7 @@ class CIFAR100GradNorm(_CifarProtocol):
 
     name = "cifar100"
     detector_preset = "cifar100"
+    checkpoint_file = "resnet20-cifar100.pt"
     paper_tables = ("Table 6",)
     id_test_source = CifarSource("CIFAR-100 test", CIFAR100, train=False)
     id_train_source = CifarSource("CIFAR-100 train", CIFAR100, train=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pytorch_ood.dataset.img import Textures
 
+from ..models.bit import BIT_S_R101X1_URL, bit_s_r101x1
 from ..models.preprocessing import BIT_S_R101X1
 from .archives import Archive
 from .base import GradNormProtocol
@@ -61,6 +62,16 @@ class ImageNetGradNorm(GradNormProtocol):
     paper_tables = ("Table 1", "Table 7", "Table 8", "Table 9")
     detector_preset = "imagenet"
     preprocessing = BIT_S_R101X1
+    checkpoint_file = "BiT-S-R101x1-flat-finetune.pth.tar"
+
+    @classmethod
+    def load_model(cls, path):
+        """The authors' BiT-S-R101x1 (:func:`gradood.models.bit_s_r101x1`)."""
+        return bit_s_r101x1(path).eval()
+
+    @classmethod
+    def how_to_get_model(cls, path) -> str:
+        return f"download the authors' fine-tuned checkpoint {BIT_S_R101X1_URL} to {path}"
 
     id_test_source = ImageFolderSource(
         "ImageNet-1k val", "id_data/ILSVRC-2012/val", _IMAGENET.format(split="val")
