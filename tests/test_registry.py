@@ -153,6 +153,48 @@ def test_register_detector(fresh_registry):
         registry.register_detector("msp", MaxSoftmax)
 
 
+class _Recorder(EnergyBased):
+    """Records what ``fit`` was given."""
+
+    def __init__(self, model, requires_fit=False):
+        super().__init__(model)
+        self.requires_fit = requires_fit
+        self.fitted_on = None
+
+    def fit(self, loader, **kwargs):
+        self.fitted_on = (loader, kwargs)
+        return self
+
+
+@pytest.mark.parametrize(
+    ("fit", "requires_fit", "expected"),
+    [
+        ("none", True, None),
+        ("train", False, ("train", {})),
+        ("surrogate", False, ("train", {})),
+        ("tuning", False, ("tuning", {})),
+        ("train+tuning", False, ("train", {"tuning_loader": "tuning"})),
+        ("auto", True, ("train", {})),
+        ("auto", False, None),
+    ],
+)
+def test_build_and_fit_follows_the_fit_kind(fresh_registry, fit, requires_fit, expected):
+    registry.register_detector("recorder", _Recorder, fit=fit)
+    detector = gradood.build_and_fit(
+        "recorder",
+        SmallCNN(),
+        train_loader="train",
+        tuning_loader="tuning",
+        requires_fit=requires_fit,
+    )
+    assert detector.fitted_on == expected
+
+
+def test_an_unknown_fit_kind_is_refused(fresh_registry):
+    with pytest.raises(ValueError, match="fit must be one of none, train"):
+        registry.register_detector("recorder", _Recorder, fit="always")
+
+
 def _write_plugin(tmp_path, entry_points):
     (tmp_path / "toy_plugin.py").write_text(
         textwrap.dedent(

@@ -196,7 +196,7 @@ class CountingModel(nn.Module):
 
 
 def test_logits_and_features_detectors_are_scored_from_the_cached_pass(data):
-    model = CountingModel(make_model())
+    model = CountingModel(make_model()).eval()
     cached = [
         name
         for name in gradood.available_detectors()
