@@ -3,8 +3,15 @@
 ID = the digits test split; OOD = letters (near), photo crops and uniform noise (far)
 (:class:`gradood.protocols.DigitsBenchmark`); the classifier is the shipped
 :func:`gradood.models.digits.load_digits_cnn`. Every detector of the registry (third-party
-plugins included) is built, fitted on the ID training split where it needs it, and scored by
-:func:`gradood.evaluate`; GradNorm at every norm of Table 7 and every temperature of Table 8.
+plugins included) is built and fitted by its recipe (:func:`gradood.registry.build_and_fit`;
+the ID training split is also the tuning data, as the digits have no held-out split) and scored
+by :func:`gradood.evaluate`; GradNorm at every norm of Table 7 and every temperature of Table 8
+(:data:`GRIDS`).
+
+Some of pytorch-ood's detectors compute in float32 whatever their input (DICE, fDBD, NCI,
+NNGuide, pNML and ViM cast features to float32): their scores carry float32 rounding, about
+1e-7 relative, so their near-ties are wider than float64's; the table is still the same with
+one and two torch threads (``tests/test_bundled_benchmark.py``).
 
 Everything runs in float64: the machine's float rounding (about 1e-16 relative, and it differs
 between CPUs and thread counts) then moves no fit's discrete choices (a selected epoch, a tuned
