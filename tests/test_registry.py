@@ -100,7 +100,7 @@ def test_mahalanobis_paper_presets(preset, magnitude, norm_std, norm_mean):
     assert detector.samples == 500
 
 
-@pytest.mark.parametrize("settings", [{"paper": True}, {"magnitude": 0.01}])
+@pytest.mark.parametrize("settings", [{"paper": True}, {"magnitude": 0.01}, {"preset": "cifar10"}])
 def test_the_paper_variant_is_its_own_name(settings):
     with pytest.raises(ValueError, match="registered name 'mahalanobis-paper'"):
         gradood.create_detector("mahalanobis", SmallCNN(), **settings)

@@ -416,6 +416,12 @@ _PYTORCH_OOD = [
 
 _BUILTINS = [*_GRADOOD, *_PYTORCH_OOD]
 
+#: where the presets of a name went when its paper variant got a name of its own
+_MOVED_PRESETS = {
+    "mahalanobis": "; the paper's multi-layer Mahalanobis and its presets are the registered "
+    "name 'mahalanobis-paper'"
+}
+
 _REGISTRY: dict[str, DetectorSpec] = {spec.name: spec for spec in _BUILTINS}
 _entry_points_loaded = False
 
@@ -547,7 +553,10 @@ def create_detector(
     if preset is not None:
         if preset not in spec.presets:
             known = ", ".join(sorted(spec.presets)) or "none"
-            raise ValueError(f"detector '{name}' has no preset '{preset}'; its presets: {known}")
+            moved = _MOVED_PRESETS.get(name, "")
+            raise ValueError(
+                f"detector '{name}' has no preset '{preset}'; its presets: {known}{moved}"
+            )
         settings.update(spec.presets[preset])
     settings.update(kwargs)
     return spec.factory(model, **settings)
