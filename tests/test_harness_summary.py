@@ -67,6 +67,23 @@ def test_short_narrow_and_complete():
     assert lines[-1] == "report: reports/run"
 
 
+def test_a_long_table_lists_the_best_and_gradnorm_and_counts_the_rest():
+    report = _report()
+    table = report.tables["toy"]
+    extra = pd.DataFrame(
+        {"method": f"d{i}", "settings": "", "p": None, "ood_data": ood, "FPR95": 0.1}
+        | {"AUROC": 0.95 + i / 1000}
+        for i in range(30)
+        for ood in ("near", "far", "Average")
+    )
+    report.tables["toy"] = pd.concat([table, extra], ignore_index=True)
+    lines = summary_lines(report, Path("reports/run"))
+    assert len(lines) <= MAX_LINES
+    text = "\n".join(lines)
+    assert "d29" in text and "gradnorm p=1" in text and "knn" not in text
+    assert "... 22 more detectors in the report's table" in text  # 34 = 11 best + gradnorm + 22
+
+
 def test_paper_lines_count_rows_and_name_the_worst():
     text = "\n".join(summary_lines(_report(), Path("reports/run")))
     assert "imagenet  11 of 11 rows run, 10 within tolerance\n" in text

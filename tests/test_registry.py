@@ -25,14 +25,19 @@ def fresh_registry(monkeypatch):
 
 
 def test_builtin_names():
-    assert gradood.available_detectors() == [
-        "energy",
-        "gradnorm",
-        "lee-alregib",
-        "mahalanobis",
-        "msp",
-        "odin",
-    ]
+    names = gradood.available_detectors()
+    assert len(names) >= 25
+    assert {"gradnorm", "lee-alregib", "mahalanobis", "mahalanobis-paper", "msp", "odin"} <= set(
+        names
+    )
+
+
+def test_every_builtin_recipe_is_complete():
+    for name in gradood.available_detectors():
+        spec = registry.detector_spec(name)
+        assert spec.fit in registry.FIT_KINDS and spec.fit != "auto", name
+        assert spec.scores_from in registry.REPRESENTATIONS, name
+        assert spec.summary, name
 
 
 @pytest.mark.parametrize(
@@ -82,9 +87,11 @@ def test_odin_cifar_preset_steps_in_pixel_units():
         ("cifar100", 0.005, CIFAR_RESNET20.std, CIFAR_RESNET20.mean),
     ],
 )
-def test_mahalanobis_presets_give_the_paper_variant(preset, magnitude, norm_std, norm_mean):
+def test_mahalanobis_paper_presets(preset, magnitude, norm_std, norm_mean):
     layers = ["features.2", "features.5"]  # SmallCNN has no default feature layers
-    detector = gradood.create_detector("mahalanobis", SmallCNN(), preset=preset, layers=layers)
+    detector = gradood.create_detector(
+        "mahalanobis-paper", SmallCNN(), preset=preset, layers=layers
+    )
     assert type(detector) is MahalanobisEnsemble
     assert (detector.magnitude, detector.layers) == (magnitude, layers)
     assert detector.norm_std == (None if norm_std is None else tuple(norm_std))
@@ -93,13 +100,10 @@ def test_mahalanobis_presets_give_the_paper_variant(preset, magnitude, norm_std,
     assert detector.samples == 500
 
 
-def test_mahalanobis_paper_settings_need_the_paper_variant():
-    with pytest.raises(ValueError, match="magnitude: settings of the paper's multi-layer"):
-        gradood.create_detector("mahalanobis", SmallCNN(), magnitude=0.01)
-    detector = gradood.create_detector(
-        "mahalanobis", SmallCNN(), paper=True, layers=["features.5"], magnitude=0.0
-    )
-    assert type(detector) is MahalanobisEnsemble and detector.magnitude == 0.0
+@pytest.mark.parametrize("settings", [{"paper": True}, {"magnitude": 0.01}, {"preset": "cifar10"}])
+def test_the_paper_variant_is_its_own_name(settings):
+    with pytest.raises(ValueError, match="registered name 'mahalanobis-paper'"):
+        gradood.create_detector("mahalanobis", SmallCNN(), **settings)
 
 
 def test_lee_alregib_preset_is_bits_input_normalization():
@@ -120,7 +124,7 @@ def test_mahalanobis_uses_the_penultimate_features():
 
 def test_unknown_name_lists_known_ones():
     with pytest.raises(
-        ValueError, match="unknown detector 'gradnorn'; known detectors: energy, gradnorm"
+        ValueError, match="unknown detector 'gradnorn'; known detectors: ash, dice, energy"
     ):
         gradood.create_detector("gradnorn", SmallCNN())
 
@@ -147,6 +151,48 @@ def test_register_detector(fresh_registry):
     assert "max-logit" in gradood.available_detectors()
     with pytest.raises(ValueError, match="already registered"):
         registry.register_detector("msp", MaxSoftmax)
+
+
+class _Recorder(EnergyBased):
+    """Records what ``fit`` was given."""
+
+    def __init__(self, model, requires_fit=False):
+        super().__init__(model)
+        self.requires_fit = requires_fit
+        self.fitted_on = None
+
+    def fit(self, loader, **kwargs):
+        self.fitted_on = (loader, kwargs)
+        return self
+
+
+@pytest.mark.parametrize(
+    ("fit", "requires_fit", "expected"),
+    [
+        ("none", True, None),
+        ("train", False, ("train", {})),
+        ("surrogate", False, ("train", {})),
+        ("tuning", False, ("tuning", {})),
+        ("train+tuning", False, ("train", {"tuning_loader": "tuning"})),
+        ("auto", True, ("train", {})),
+        ("auto", False, None),
+    ],
+)
+def test_build_and_fit_follows_the_fit_kind(fresh_registry, fit, requires_fit, expected):
+    registry.register_detector("recorder", _Recorder, fit=fit)
+    detector = gradood.build_and_fit(
+        "recorder",
+        SmallCNN(),
+        train_loader="train",
+        tuning_loader="tuning",
+        requires_fit=requires_fit,
+    )
+    assert detector.fitted_on == expected
+
+
+def test_an_unknown_fit_kind_is_refused(fresh_registry):
+    with pytest.raises(ValueError, match="fit must be one of none, train"):
+        registry.register_detector("recorder", _Recorder, fit="always")
 
 
 def _write_plugin(tmp_path, entry_points):

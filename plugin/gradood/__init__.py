@@ -3,13 +3,14 @@
 from .detectors import GradNorm, LeeAlRegib, MahalanobisEnsemble
 from .evaluate import evaluate
 from .metrics import paper_metrics
-from .registry import available_detectors, create_detector
+from .registry import available_detectors, build_and_fit, create_detector
 
 __all__ = [
     "GradNorm",
     "LeeAlRegib",
     "MahalanobisEnsemble",
     "available_detectors",
+    "build_and_fit",
     "create_detector",
     "evaluate",
     "paper_metrics",

@@ -31,9 +31,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import reported
-from .detectors.gradnorm import GradNorm
 from .evaluate import evaluate
-from .registry import create_detector
+from .registry import build_and_fit, create_detector
 
 __all__ = [
     "GROUPS",
@@ -199,13 +198,15 @@ def _key(method: str, p: float, temperature: float) -> tuple[str, float, float]:
 
 Factory = Callable[[nn.Module, str], Detector]
 
-
-def _detector_factory(method: str, p: float, temperature: float) -> Factory:
-    """``(model, preset) -> detector`` for one setting of the tables."""
-    if method == "GradNorm":
-        return lambda model, _preset: GradNorm(model, p=p, temperature=temperature)
-    name = {"Lee-AlRegib": "lee-alregib"}.get(method, method.lower())
-    return lambda model, preset: create_detector(name, model, preset=preset)
+#: the registry's name of each method of the tables
+_REGISTRY_NAMES = {
+    "MSP": "msp",
+    "ODIN": "odin",
+    "Energy": "energy",
+    "GradNorm": "gradnorm",
+    "Mahalanobis": "mahalanobis-paper",
+    "Lee-AlRegib": "lee-alregib",
+}
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,23 @@ class Measurement:
     method: str
     p: float
     temperature: float
-    factory: Factory
+
+    @property
+    def detector(self) -> str:
+        """The registry's name of the method."""
+        return _REGISTRY_NAMES[self.method]
+
+    @property
+    def settings(self) -> dict[str, float]:
+        """The settings beyond the protocol's preset: GradNorm's p and T."""
+        return {"p": self.p, "temperature": self.temperature} if self.method == "GradNorm" else {}
+
+    @property
+    def factory(self) -> Factory:
+        """``(model, preset) -> detector``, unfitted."""
+        return lambda model, preset: create_detector(
+            self.detector, model, preset=preset, **self.settings
+        )
 
     @property
     def key(self) -> tuple[str, float | None, float | None]:
@@ -237,12 +254,7 @@ def measurement_plan(checks: Sequence[PaperCheck], protocol: str, group: str) ->
     plan: dict[tuple, Measurement] = {}
     for check in checks:
         if check.protocol == protocol and check.group == group:
-            measurement = Measurement(
-                check.method,
-                check.p,
-                check.temperature,
-                _detector_factory(check.method, check.p, check.temperature),
-            )
+            measurement = Measurement(check.method, check.p, check.temperature)
             plan.setdefault(measurement.key, measurement)
     return list(plan.values())
 
@@ -370,16 +382,14 @@ def measure(
     def loader(dataset: Dataset) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
 
+    if device is not None:
+        model.to(device)
+    loaders = _fit_loaders(group, benchmark, loader)
     entries = []
     for measurement in plan:
-        detector = measurement.factory(model, preset)
-        if device is not None:
-            detector.to(device)
-        if group == "mahalanobis":
-            id_test = benchmark.test_sets(known=True, unknown=False)[0]
-            detector.fit(loader(benchmark.train_set()), tuning_loader=loader(id_test))
-        elif group == "lee-alregib":
-            detector.fit(loader(_sample(benchmark.train_set(), LEE_ALREGIB_FIT_SAMPLES)))
+        detector = build_and_fit(
+            measurement.detector, model, preset=preset, **loaders, **measurement.settings
+        )
         entries.append((measurement.label, {}, detector))
     table = evaluate(
         benchmark,
@@ -391,6 +401,19 @@ def measure(
         progress=progress,
     )
     return measured_rows(table, plan)
+
+
+def _fit_loaders(
+    group: str, benchmark: Any, loader: Callable[[Dataset], DataLoader]
+) -> dict[str, DataLoader]:
+    """The fit data of a measurement group (module docstring); none for ``forward``."""
+    if group == "mahalanobis":
+        id_test = benchmark.test_sets(known=True, unknown=False)[0]
+        return {"train_loader": loader(benchmark.train_set()), "tuning_loader": loader(id_test)}
+    if group == "lee-alregib":
+        sample = _sample(benchmark.train_set(), LEE_ALREGIB_FIT_SAMPLES)
+        return {"train_loader": loader(sample)}
+    return {}
 
 
 def _sample(dataset: Dataset, count: int, seed: int = 0) -> Dataset:

@@ -25,6 +25,8 @@ __all__ = ["MAX_LINES", "MAX_WIDTH", "shown_path", "summary_lines"]
 MAX_LINES = 40
 MAX_WIDTH = 100
 _NAME_WIDTH = 34
+#: detectors listed per table (by AUROC; those with a default setting always), the rest counted
+_TABLE_ROWS = 12
 
 
 def summary_lines(report: Report, folder: Path | None) -> list[str]:
@@ -60,13 +62,17 @@ def _table_lines(
     ood_sets = [o for o in dict.fromkeys(table["ood_data"]) if o != AVERAGE]
     rows = []
     for method, group in averages.groupby("method", sort=False):
-        rows.append(_method_row(str(method), group, (defaults or {}).get(method)))
+        pinned = method in (defaults or {})
+        rows.append((*_method_row(str(method), group, (defaults or {}).get(method)), pinned))
     rows.sort(key=lambda row: -row[2])
+    shown = [row for rank, row in enumerate(rows) if rank < _TABLE_ROWS - 1 or row[4]]
     head = f"{name}" + (f": {caption}" if caption else "")
     lines = [head, f"  Average over {len(ood_sets)} OOD sets ({', '.join(ood_sets)})"]
     lines.append(f"  {'detector':<{_NAME_WIDTH}} {'FPR95 %':>8} {'AUROC %':>8}")
-    for label, fpr95, auroc, extra in rows:
+    for label, fpr95, auroc, extra, _pinned in shown:
         lines.append(f"  {label:<{_NAME_WIDTH}} {fpr95:8.2f} {auroc:8.2f}{extra}")
+    if len(shown) < len(rows):
+        lines.append(f"  ... {len(rows) - len(shown)} more detectors in the report's table")
     return [*lines, ""]
 
 
