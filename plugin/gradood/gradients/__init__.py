@@ -50,8 +50,10 @@ one convolution backward per sample (``torch.func.vmap``), without unfolding; ``
 (:math:`p = 2`), the Gram form :math:`\\lVert g_i \\rVert^2 = \\sum_{l, l'} (a_l \\cdot
 a_{l'}) (\\gamma_l \\cdot \\gamma_{l'})`, costs :math:`L^2 (d_{in} + d_{out})` (:math:`L^2
 (d_{in} + 2 d_{out})` with weight standardization) and :math:`2 L^2` memory. On first use of a
-(layer, input shape, dtype, device, order) each applicable form runs twice, alternating, and
-the fastest run's form is cached in memory (``choice``); the choice may differ between
+(layer, input shape, dtype, device, order) each applicable form whose workspace per sample is
+within 4x of the smallest (the convolution backward only where positions outnumber output
+channels) runs twice, alternating, and the fastest run's form is cached in memory
+(``choice``); the choice may differ between
 machines, the result does not (up to rounding). Everything runs over chunks of samples whose
 workspace stays under ``workspace_elements`` (at least one sample per chunk). The Gram form
 squares the conditioning of :math:`\\lVert g_i \\rVert` (relative rounding error :math:`\\sim u

@@ -20,6 +20,8 @@ from .choice import fastest
 
 #: the exact forms of a weight's statistic (also the ``method`` that asks for one)
 GHOST, UNFOLD, CONV_BACKWARD = "ghost", "materialize", "conv-backward"
+#: ``auto`` times the forms whose workspace per sample is at most this times the smallest
+MEMORY_SPREAD = 4
 
 
 def _pad_same(x: Tensor, kernel: tuple, stride: tuple, dilation: tuple) -> Tensor:
@@ -91,24 +93,35 @@ class OuterProductRule(Rule):
         d_in = weight[0].numel()
         return self.positions(module, call), groups, d_in, d_out
 
-    def forms(self, call: Call, settings: Settings) -> list[str]:
+    def forms(self, module: nn.Module, call: Call, settings: Settings) -> list[str]:
         """The exact forms of the weight's statistic that apply and ``settings.method`` allows
-        (a form that does not apply falls back to ``materialize``)."""
-        available = [UNFOLD, CONV_BACKWARD] if self.unfolds() else [UNFOLD]
+        (a form that does not apply falls back to ``materialize``). ``auto`` tries the
+        convolution backward only where the patches outnumber the gradient's entries (more
+        positions than output channels): elsewhere unfolding is cheap, and torch's batched
+        convolution backward takes far more memory than the gradients; and only the forms
+        whose workspace per sample is within :data:`MEMORY_SPREAD` of the smallest."""
+        available = [UNFOLD]
+        if self.unfolds():
+            positions, _, _, d_out = self._sizes(module, call)
+            if settings.method == CONV_BACKWARD or positions > d_out:
+                available.append(CONV_BACKWARD)
         # the Gram form of the standardized weight reads the layer's output
         if settings.p == 2 and (not self.standardized or call.output_unchanged()):
             available.insert(0, GHOST)
-        if settings.method == "auto":
-            return available
-        return [settings.method] if settings.method in available else [UNFOLD]
+        if settings.method != "auto":
+            return [settings.method] if settings.method in available else [UNFOLD]
+        memory = {form: self._per_sample_elements(module, call, form) for form in available}
+        smallest = min(memory.values())
+        return [form for form in available if memory[form] <= MEMORY_SPREAD * smallest]
 
     def chunk_size(self, target: Target, call: Call, settings: Settings) -> int:
-        return settings.chunk(self._per_sample_elements(target.module, call, ghost=False))
+        return settings.chunk(self._per_sample_elements(target.module, call, UNFOLD))
 
-    def _per_sample_elements(self, module: nn.Module, call: Call, ghost: bool) -> int:
+    def _per_sample_elements(self, module: nn.Module, call: Call, form: str) -> int:
+        """The workspace of one sample in ``form`` (elements)."""
         positions, groups, d_in, d_out = self._sizes(module, call)
-        patches = groups * positions * d_in if self.unfolds() else 0
-        if ghost:
+        patches = groups * positions * d_in if self.unfolds() and form != CONV_BACKWARD else 0
+        if form == GHOST:
             return patches + groups * positions * (2 * positions + d_out)
         return patches + 3 * groups * d_in * d_out
 
@@ -153,7 +166,7 @@ class OuterProductRule(Rule):
         module = target.module
         if "weight" not in attrs:
             return super().powers(target, call, attrs, settings)
-        forms = self.forms(call, settings)
+        forms = self.forms(module, call, settings)
         candidates = {f: partial(self._weight_powers, f, module, call, settings) for f in forms}
         key = self._choice_key(module, call, settings, forms)
         result = {"weight": fastest(key, candidates, call.grad.device)}
@@ -171,7 +184,7 @@ class OuterProductRule(Rule):
         """The weight's per-sample statistic in ``form``, over chunks of the batch."""
         if form == GHOST:
             return self._ghost_squared_norms(module, call, settings)
-        size = settings.chunk(self._per_sample_elements(module, call, ghost=False))
+        size = settings.chunk(self._per_sample_elements(module, call, form))
         parts = []
         for start, stop in settings.spans(size):
             x, grad = call.input[start:stop], call.grad[start:stop]
@@ -179,7 +192,7 @@ class OuterProductRule(Rule):
         return torch.cat(parts)
 
     def _ghost_squared_norms(self, module: nn.Module, call: Call, settings: Settings) -> Tensor:
-        size = settings.chunk(self._per_sample_elements(module, call, ghost=True))
+        size = settings.chunk(self._per_sample_elements(module, call, GHOST))
         parts = []
         for start, stop in settings.spans(size):
             patches, grads = self.layout(module, call.input[start:stop], call.grad[start:stop])
