@@ -77,27 +77,27 @@ class NormRule(Rule):
                 active = self._affine(module, x_hat) > 0
             grad = grad * active
         dims = self._shared_dims(module, grad)
-        result = {}
-        if "weight" in attrs and self.kind == "batch" and not self.relu and dims:
+        summed = grad.sum(dim=dims) if dims else grad  # the bias's gradient
+        result = {"bias": summed} if "bias" in attrs else {}
+        if "weight" in attrs:
             x = call.input[start:stop].to(dtype)
-            result["weight"] = self._batch_norm_weight_gradient(module, x, grad)
-        elif "weight" in attrs:
-            if x_hat is None:
-                x_hat = self._normalized(module, call.input[start:stop].to(dtype))
-            product = grad * x_hat
-            result["weight"] = product.sum(dim=dims) if dims else product
-        if "bias" in attrs:
-            result["bias"] = grad.sum(dim=dims) if dims else grad
+            if self.kind == "batch" and not self.relu and dims:
+                result["weight"] = self._batch_norm_weight_gradient(module, x, grad, summed)
+            else:
+                product = grad * (self._normalized(module, x) if x_hat is None else x_hat)
+                result["weight"] = product.sum(dim=dims) if dims else product
         return result
 
     @staticmethod
-    def _batch_norm_weight_gradient(module: nn.Module, x: Tensor, grad: Tensor) -> Tensor:
+    def _batch_norm_weight_gradient(
+        module: nn.Module, x: Tensor, grad: Tensor, summed: Tensor
+    ) -> Tensor:
         """n x C: :math:`(\\sum \\gamma \\odot x - \\mu \\sum \\gamma) / \\sqrt{\\sigma^2 +
-        \\epsilon}` over the positions of each channel (running statistics)."""
-        grads, values = grad.flatten(2), x.flatten(2)
+        \\epsilon}` over the positions of each channel (running statistics), with ``summed``
+        the sums of :math:`\\gamma`."""
         mean = module.running_mean.to(grad.dtype)
         scale = torch.rsqrt(module.running_var.to(grad.dtype) + module.eps)
-        return (torch.linalg.vecdot(grads, values) - mean * grads.sum(dim=-1)) * scale
+        return (torch.linalg.vecdot(grad.flatten(2), x.flatten(2)) - mean * summed) * scale
 
     def probe_input(self, module, generator):
         if self.kind == "layer":
