@@ -13,10 +13,12 @@ the GPU for the CIFAR ResNet-20 (a per-sample loop there is bound by kernel laun
 reported elsewhere (bounded by how much faster a batched forward pass is than batch-1 forward
 and backward passes: on 2 CPU cores, tens). The official loop is timed on its first
 :data:`OFFICIAL_IMAGES` images and scaled to the batch, as its time is linear in the images.
-Lee & AlRegib's features take <= 3x one batched forward + backward pass and <= 2x its peak
-memory, and are >= 20x faster than pytorch-ood's ``GradUncertainty`` on ResNet-18 (which
-materializes batch x 11.7 M gradient entries; judged at batch 64 on the GPU; on the CPU reported
-at batch 16, to keep the run short).
+Lee & AlRegib's features take <= 1.5x one batched forward + backward pass on the ResNet-18
+and the CIFAR ResNet-20 (<= 3x on ResNet-50 and BiT) and <= 1.5x its peak memory, and are
+>= 20x faster than pytorch-ood's ``GradUncertainty`` on ResNet-18 at batch 64 (which
+materializes batch x 11.7 M gradient entries; judged on the GPU; on the CPU reported at batch 16,
+to keep the run short) and >= 1.5x on the ResNet-20 (0.27 M parameters: per-sample gradients
+are cheap there); ResNet-20 at batch 256 on the GPU only, to keep the CPU run short.
 Models have random weights and inputs: the cost does not depend on them.
 """
 
@@ -27,7 +29,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
@@ -159,6 +161,14 @@ FEATURES_VS_GRAD_UNCERTAINTY = Comparison(
     Target(20.0),
     Target(20.0),
 )
+#: the paper's CIFAR model and the ResNet-18: the features cost little more than the pass itself
+FEATURES_AT_THE_FLOOR = replace(
+    FEATURES_VS_BACKWARD, target=Target(1.5, at_least=False), gpu_target=Target(1.5, at_least=False)
+)
+#: ResNet-20's per-sample gradients are cheap to materialize: a smaller margin than ResNet-18's
+FEATURES_VS_GRAD_UNCERTAINTY_SMALL = replace(
+    FEATURES_VS_GRAD_UNCERTAINTY, target=Target(1.5), gpu_target=Target(1.5)
+)
 #: the official loop's >= 100x holds where per-sample passes are launch-bound (GPU, ResNet-20)
 OFFICIAL_ON_GPU = Comparison(
     GRADNORM_VS_OFFICIAL.what,
@@ -171,45 +181,45 @@ OFFICIAL_ON_GPU = Comparison(
 )
 
 
-def _reported(comparison: Comparison) -> Comparison:
-    return Comparison(
-        comparison.what, comparison.a, comparison.b, Target(), Target(), comparison.a_images
-    )
-
-
 def _case(setup: Setup, comparison: Comparison, gpu: bool = False):
     marks = [pytest.mark.gradood_gpu] if gpu else []
     name = comparison.what.lower().replace(" ", "-").replace("/", "vs").replace(",", "")
     return pytest.param(setup, comparison, id=f"{setup}-{name}".replace(" ", "-"), marks=marks)
 
 
-CASES = [
-    _case(RESNET18_B64, GRADNORM_VS_MSP),
-    _case(RESNET18_B64, GRADNORM_VS_POOD),
-    _case(RESNET18_B64, GRADNORM_VS_OFFICIAL),
-    _case(RESNET18_B64, FEATURES_VS_BACKWARD),
-    # the >= 20x target is for batch 64 (GPU); on the CPU batch 16 keeps the run short
-    _case(RESNET18_B16, _reported(FEATURES_VS_GRAD_UNCERTAINTY)),
-    _case(RESNET20_B64, GRADNORM_VS_MSP),
-    _case(RESNET20_B64, GRADNORM_VS_POOD),
-    _case(RESNET20_B64, GRADNORM_VS_OFFICIAL),
-    _case(RESNET20_B64, FEATURES_VS_BACKWARD),
-    # ResNet-20 has 0.27 M parameters: GradUncertainty's per-sample gradients are cheap there
-    _case(RESNET20_B64, _reported(FEATURES_VS_GRAD_UNCERTAINTY)),
-    _case(RESNET18_B64, FEATURES_VS_GRAD_UNCERTAINTY, gpu=True),
-] + [
-    _case(setup, comparison, gpu=True)
-    for setup in (RESNET20_B256, RESNET50_B64, BIT_B64)
-    for comparison in (
-        GRADNORM_VS_MSP,
-        GRADNORM_VS_POOD,
-        OFFICIAL_ON_GPU if setup is RESNET20_B256 else GRADNORM_VS_OFFICIAL,
-        FEATURES_VS_BACKWARD,
-        FEATURES_VS_GRAD_UNCERTAINTY
-        if setup is not RESNET20_B256
-        else _reported(FEATURES_VS_GRAD_UNCERTAINTY),
-    )
-]
+CASES = (
+    [
+        _case(RESNET18_B64, GRADNORM_VS_MSP),
+        _case(RESNET18_B64, GRADNORM_VS_POOD),
+        _case(RESNET18_B64, GRADNORM_VS_OFFICIAL),
+        _case(RESNET18_B64, FEATURES_AT_THE_FLOOR),
+        # the >= 20x target is for batch 64 (GPU); batch 16 keeps the CPU run short
+        _case(RESNET18_B16, replace(FEATURES_VS_GRAD_UNCERTAINTY, target=Target())),
+        _case(RESNET20_B64, GRADNORM_VS_MSP),
+        _case(RESNET20_B64, GRADNORM_VS_POOD),
+        _case(RESNET20_B64, GRADNORM_VS_OFFICIAL),
+        _case(RESNET20_B64, FEATURES_AT_THE_FLOOR),
+        _case(RESNET20_B64, FEATURES_VS_GRAD_UNCERTAINTY_SMALL),
+        # batch 256 takes 14 s per comparison on 2 CPU cores: GPU only
+        _case(RESNET20_B256, FEATURES_AT_THE_FLOOR, gpu=True),
+        _case(RESNET20_B256, FEATURES_VS_GRAD_UNCERTAINTY_SMALL, gpu=True),
+        _case(RESNET18_B64, FEATURES_VS_GRAD_UNCERTAINTY, gpu=True),
+    ]
+    + [
+        _case(setup, comparison, gpu=True)
+        for setup in (RESNET20_B256, RESNET50_B64, BIT_B64)
+        for comparison in (
+            GRADNORM_VS_MSP,
+            GRADNORM_VS_POOD,
+            OFFICIAL_ON_GPU if setup is RESNET20_B256 else GRADNORM_VS_OFFICIAL,
+        )
+    ]
+    + [
+        _case(setup, comparison, gpu=True)
+        for setup in (RESNET50_B64, BIT_B64)
+        for comparison in (FEATURES_VS_BACKWARD, FEATURES_VS_GRAD_UNCERTAINTY)
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -291,7 +301,7 @@ def _peak_increments(names: list[str], device: str) -> dict[str, int]:
 
 
 def test_peak_memory(request, speed_check, device):
-    """Lee & AlRegib's features: <= 2x the peak memory of one batched forward + backward, each
+    """Lee & AlRegib's features: <= 1.5x the peak memory of one batched forward + backward, each
     measured once in a fresh process (CPU: ``VmHWM`` reset after setup; CUDA:
     ``max_memory_allocated``). Memory does not drift with the machine's load: no spread."""
     if request.config.getoption("benchmark_disable"):
@@ -302,7 +312,7 @@ def test_peak_memory(request, speed_check, device):
         str(MEMORY_SETUP),
         "Lee-AlRegib memory / fwd+bwd",
         peaks[FEATURES] / peaks[FORWARD_BACKWARD],
-        Target(2.0, at_least=False),
+        Target(1.5, at_least=False),
         f"peak memory above setup: features {mib[FEATURES]}, fwd+bwd {mib[FORWARD_BACKWARD]}",
     )
     speed_check(check)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import Counter
 from functools import partial
 
 import pytest
@@ -18,6 +19,8 @@ from gradood.gradients import (
     per_sample_squared_norms,
     resolve_parameter_names,
 )
+from gradood.gradients.choice import TRIALS, chosen_forms, clear_choices
+from gradood.gradients.outer_product import OuterProductRule
 from gradood.testing import SmallCNN
 
 # All models are float64. Ours and the reference sum the same products in different orders
@@ -255,6 +258,55 @@ def test_ghost_and_materialized_norms_agree(name):
     auto = per_sample_squared_norms(model, lee_loss, x)
     torch.testing.assert_close(ghost, materialized, rtol=RTOL, atol=0)
     torch.testing.assert_close(auto, materialized, rtol=RTOL, atol=0)
+
+
+#: every form that ``method`` can ask for, with the orders it computes
+FORMS = {"ghost": [2.0], "materialize": [2.0, 1.0], "conv-backward": [2.0, 1.0, math.inf]}
+
+
+@pytest.mark.parametrize("method", sorted(FORMS))
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_form_matches_per_sample_autograd(name, method):
+    """Each candidate of the timed choice is exact on its own, whichever the choice picks."""
+    model, x = _setup(name, seed=6)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Using padding='same' with even kernel")
+        for p in FORMS[method]:
+            expected = per_sample_reference(model, lee_loss, x, p)
+            ours = per_sample_gradient_powers(model, lee_loss, x, p=p, method=method)
+            torch.testing.assert_close(ours, expected, rtol=RTOL, atol=0)
+
+
+def test_the_timed_choice_is_cached(monkeypatch):
+    """On first use each form that ``auto`` tries runs ``TRIALS`` times (a lone form once);
+    afterwards only the cached form runs, once per layer (which form wins depends on the
+    machine: not asserted), with the same values."""
+    model, x = _setup("conv-variants", seed=7)
+    runs = []
+    original = OuterProductRule._weight_powers
+
+    def counted(self, form, module, call, settings):
+        runs.append((id(module), form))
+        return original(self, form, module, call, settings)
+
+    monkeypatch.setattr(OuterProductRule, "_weight_powers", counted)
+    clear_choices()
+    first = per_sample_squared_norms(model, lee_loss, x)
+    tried = Counter(runs)
+    forms = {layer: {f for m, f in tried if m == layer} for layer, _ in tried}
+    assert len(forms) == 6  # five convolutions and the head
+    for (layer, _form), count in tried.items():
+        assert count == (TRIALS if len(forms[layer]) > 1 else 1)
+    chosen = chosen_forms()
+    timed = [layer for layer, options in forms.items() if len(options) > 1]
+    assert len(chosen) == len(timed) > 0
+    runs.clear()
+    again = per_sample_squared_norms(model, lee_loss, x)
+    assert sorted(layer for layer, _ in runs) == sorted(forms)  # one run per layer
+    assert sorted(f for layer, f in runs if layer in timed) == sorted(chosen.values())
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    per_sample_squared_norms(model, lee_loss, x[:2])  # another input shape: timed anew
+    assert len(chosen_forms()) == 2 * len(timed)
 
 
 @pytest.mark.parametrize("p", [2.0, 1.0])

@@ -41,17 +41,24 @@ subclass computes exactly the rule's function; otherwise the generic rule applie
 called several times (shared weights) and a parameter registered by several modules (tied
 weights) get the sum of their contributions, computed after the backward pass.
 
-**Cost model** (``method="auto"``, :math:`p = 2`, Linear/Conv2d, per sample and group, with
-:math:`L` positions, fan-in :math:`d_{in}`, :math:`d_{out}` output channels): materializing
-:math:`g_i` costs :math:`L d_{in} d_{out}` multiply-adds and :math:`d_{in} d_{out}` memory; the
-Gram ("ghost norm") form :math:`\\lVert g_i \\rVert^2 = \\sum_{l, l'} (a_l \\cdot a_{l'})
-(\\gamma_l \\cdot \\gamma_{l'})` costs :math:`L^2 (d_{in} + d_{out})` (:math:`L^2 (d_{in} + 2
-d_{out})` with weight standardization) and :math:`2 L^2` memory. The cheaper one is used; other
-:math:`p` always materialize. Everything runs over chunks of samples whose workspace stays under
-``workspace_elements`` (at least one sample per chunk). The Gram form squares the conditioning
-of :math:`\\lVert g_i \\rVert` (relative rounding error :math:`\\sim u (\\sum_l \\lVert
-\\gamma_l \\rVert \\lVert a_l \\rVert / \\lVert g_i \\rVert)^2` instead of its square root); in
-float32 that can matter for gradients that nearly cancel over positions.
+**Forms, chosen by time** (``method="auto"``, Linear/Conv2d weights): every form is exact;
+which is fastest depends on the shapes and the device more than on multiply-adds. Per sample
+and group, with :math:`L` positions, fan-in :math:`d_{in}`, :math:`d_{out}` output channels:
+``materialize`` unfolds the patches (:math:`L d_{in}` memory) and forms :math:`g_i` in
+:math:`L d_{in} d_{out}` multiply-adds; ``conv-backward`` (convolutions) forms :math:`g_i` with
+one convolution backward per sample (``torch.func.vmap``), without unfolding; ``ghost``
+(:math:`p = 2`), the Gram form :math:`\\lVert g_i \\rVert^2 = \\sum_{l, l'} (a_l \\cdot
+a_{l'}) (\\gamma_l \\cdot \\gamma_{l'})`, costs :math:`L^2 (d_{in} + d_{out})` (:math:`L^2
+(d_{in} + 2 d_{out})` with weight standardization) and :math:`2 L^2` memory. On first use of a
+(layer, input shape, dtype, device, order) each applicable form whose workspace per sample is
+within 4x of the smallest (the convolution backward only where positions outnumber output
+channels) runs twice, alternating, and the fastest run's form is cached in memory
+(``choice``); the choice may differ between
+machines, the result does not (up to rounding). Everything runs over chunks of samples whose
+workspace stays under ``workspace_elements`` (at least one sample per chunk). The Gram form
+squares the conditioning of :math:`\\lVert g_i \\rVert` (relative rounding error :math:`\\sim u
+(\\sum_l \\lVert \\gamma_l \\rVert \\lVert a_l \\rVert / \\lVert g_i \\rVert)^2` instead of its
+square root); in float32 that can matter for gradients that nearly cancel over positions.
 
 **Requirements.** Samples must not interact: a BatchNorm in training mode (or without running
 statistics) raises ``ValueError``. Dropout in training mode gives the exact per-sample gradients
@@ -65,7 +72,8 @@ is float64.
 **Layout.** ``api``: the entry points, parameter selection, argument checks; ``session``: the
 recording hooks and the pass, contributions computed during the backward pass or summed after
 it; ``base``: settings, recorded calls, targets, the rule interface and the reductions;
-``outer_product``, ``norm``, ``functional``: the rules; ``dispatch``: which rule a module gets
+``outer_product``, ``norm``, ``functional``: the rules; ``choice``: the timed choice of a
+rule's form; ``dispatch``: which rule a module gets
 (the subclass probe); ``checks``: what makes per-sample gradients undefined. Imports point from
 ``api`` down to ``base``.
 """

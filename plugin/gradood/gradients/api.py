@@ -21,7 +21,7 @@ from .session import Session
 #: default bound on the elements of one chunk's temporary tensors (64 MiB in float32)
 DEFAULT_WORKSPACE_ELEMENTS = 2**24
 
-_METHODS = ("auto", "ghost", "materialize")
+_METHODS = ("auto", "ghost", "materialize", "conv-backward")
 
 
 def resolve_parameter_names(
@@ -92,8 +92,10 @@ def per_sample_gradient_powers(
     :param param_names: names of parameters or modules (see :func:`resolve_parameter_names`);
         ``None`` for all
     :param p: order, a real number > 0 or ``float("inf")``
-    :param method: for ``p = 2`` on Linear/Conv2d weights: ``"auto"`` (the cheaper per layer,
-        see :mod:`gradood.gradients`), ``"ghost"`` (Gram form) or ``"materialize"``
+    :param method: the form of Linear/Conv2d weights' statistic (all exact): ``"auto"`` (the
+        fastest per layer, timed on first use and cached, see :mod:`gradood.gradients`),
+        ``"ghost"`` (Gram form, ``p = 2``), ``"materialize"`` (from unfolded patches) or
+        ``"conv-backward"`` (one convolution backward per sample; Linear: ``"materialize"``)
     :param workspace_elements: bound on a chunk's temporary elements (>= one sample per chunk)
     :return: float64 tensor of shape B x P, column k for the k-th selected parameter in
         ``model.named_parameters()`` order

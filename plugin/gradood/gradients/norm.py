@@ -20,7 +20,10 @@ class NormRule(Rule):
     recorded input; BatchNorm with its running statistics) and :math:`\\gamma` the output
     gradient (masked by :math:`y > 0` after a ReLU), the per-sample gradients are
     :math:`\\sum \\gamma \\odot \\hat x` for the weight and :math:`\\sum \\gamma` for the
-    bias, summed over the dims that share a weight entry.
+    bias, summed over the dims that share a weight entry. BatchNorm's weight without the
+    ReLU: :math:`(\\sum \\gamma \\odot x - \\mu \\sum \\gamma) / \\sqrt{\\sigma^2 +
+    \\epsilon}` per channel, the same sum without forming :math:`\\hat x` (one pass over
+    :math:`\\gamma` and :math:`x`).
     """
 
     kind: str = "group"  # "group" | "layer" | "batch"
@@ -65,21 +68,36 @@ class NormRule(Rule):
         grad = call.grad[start:stop]
         dtype = compute_dtype(grad)
         grad = grad.to(dtype)
-        x_hat = self._normalized(module, call.input[start:stop].to(dtype))
+        x_hat = None
         if self.relu:
+            x_hat = self._normalized(module, call.input[start:stop].to(dtype))
             if call.output_unchanged():
                 active = call.output[start:stop] > 0
             else:  # the output was changed in place later: recompute the pre-activation
                 active = self._affine(module, x_hat) > 0
             grad = grad * active
         dims = self._shared_dims(module, grad)
-        result = {}
+        summed = grad.sum(dim=dims) if dims else grad  # the bias's gradient
+        result = {"bias": summed} if "bias" in attrs else {}
         if "weight" in attrs:
-            product = grad * x_hat
-            result["weight"] = product.sum(dim=dims) if dims else product
-        if "bias" in attrs:
-            result["bias"] = grad.sum(dim=dims) if dims else grad
+            x = call.input[start:stop].to(dtype)
+            if self.kind == "batch" and not self.relu and dims:
+                result["weight"] = self._batch_norm_weight_gradient(module, x, grad, summed)
+            else:
+                product = grad * (self._normalized(module, x) if x_hat is None else x_hat)
+                result["weight"] = product.sum(dim=dims) if dims else product
         return result
+
+    @staticmethod
+    def _batch_norm_weight_gradient(
+        module: nn.Module, x: Tensor, grad: Tensor, summed: Tensor
+    ) -> Tensor:
+        """n x C: :math:`(\\sum \\gamma \\odot x - \\mu \\sum \\gamma) / \\sqrt{\\sigma^2 +
+        \\epsilon}` over the positions of each channel (running statistics), with ``summed``
+        the sums of :math:`\\gamma`."""
+        mean = module.running_mean.to(grad.dtype)
+        scale = torch.rsqrt(module.running_var.to(grad.dtype) + module.eps)
+        return (torch.linalg.vecdot(grad.flatten(2), x.flatten(2)) - mean * summed) * scale
 
     def probe_input(self, module, generator):
         if self.kind == "layer":

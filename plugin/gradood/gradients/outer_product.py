@@ -1,17 +1,27 @@
-"""The rules of ``nn.Linear`` and ``nn.Conv2d``, plain and weight-standardized: per-sample
-outer products of patches and output gradients, or their Gram (ghost norm) form."""
+"""The rules of ``nn.Linear`` and ``nn.Conv2d``, plain and weight-standardized, each in up to
+three exact forms: per-sample outer products of unfolded patches and output gradients, their
+Gram (ghost norm) form, or one convolution backward per sample; the fastest is timed and cached
+(:mod:`.choice`)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
 
 from .base import Call, Rule, Settings, Target, compute_dtype, row_powers
+from .choice import fastest
+
+#: the exact forms of a weight's statistic (also the ``method`` that asks for one)
+GHOST, UNFOLD, CONV_BACKWARD = "ghost", "materialize", "conv-backward"
+#: ``auto`` times the forms whose workspace per sample is at most this times the smallest
+MEMORY_SPREAD = 4
 
 
 def _pad_same(x: Tensor, kernel: tuple, stride: tuple, dilation: tuple) -> Tensor:
@@ -38,10 +48,12 @@ class OuterProductRule(Rule):
 
     With patches :math:`a_{il}` and output gradients :math:`\\gamma_{il}` at positions
     :math:`l` (per group), the weight's per-sample gradient is :math:`g_i = \\sum_l
-    \\gamma_{il} a_{il}^\\top` and the bias's :math:`\\sum_l \\gamma_{il}`. For ``p = 2``
-    the Gram form :math:`\\lVert g_i \\rVert^2 = \\sum_{l, l'} (a_{il} \\cdot a_{il'})
-    (\\gamma_{il} \\cdot \\gamma_{il'})` is used where it is cheaper (the package's cost
-    model), else :math:`g_i` is materialized.
+    \\gamma_{il} a_{il}^\\top` and the bias's :math:`\\sum_l \\gamma_{il}`. Forms of the
+    weight's statistic: ``materialize`` (:math:`g_i` from unfolded patches), ``conv-backward``
+    (convolutions: :math:`g_i` from one convolution backward per sample, no unfolding) and,
+    for ``p = 2``, ``ghost``, the Gram form :math:`\\lVert g_i \\rVert^2 = \\sum_{l, l'}
+    (a_{il} \\cdot a_{il'}) (\\gamma_{il} \\cdot \\gamma_{il'})`. ``method="auto"`` runs the
+    fastest, timed on first use (:func:`.choice.fastest`).
 
     ``standardized``: the layer uses the weight standardized per output channel with ``eps``
     (``None``: the module's ``eps`` attribute); the raw weight's gradient is the Jacobian map
@@ -81,24 +93,35 @@ class OuterProductRule(Rule):
         d_in = weight[0].numel()
         return self.positions(module, call), groups, d_in, d_out
 
-    def _uses_ghost(self, module: nn.Module, call: Call, settings: Settings) -> bool:
-        if settings.p != 2 or settings.method == "materialize":
-            return False
-        if self.standardized and not call.output_unchanged():
-            return False  # the Gram form of the standardized weight needs the layer's output
-        if settings.method == "ghost":
-            return True
-        positions, _, d_in, d_out = self._sizes(module, call)
-        ghost = positions * positions * (d_in + (2 if self.standardized else 1) * d_out)
-        return ghost < positions * d_in * d_out
+    def forms(self, module: nn.Module, call: Call, settings: Settings) -> list[str]:
+        """The exact forms of the weight's statistic that apply and ``settings.method`` allows
+        (a form that does not apply falls back to ``materialize``). ``auto`` tries the
+        convolution backward only where the patches outnumber the gradient's entries (more
+        positions than output channels): elsewhere unfolding is cheap, and torch's batched
+        convolution backward takes far more memory than the gradients; and only the forms
+        whose workspace per sample is within :data:`MEMORY_SPREAD` of the smallest."""
+        available = [UNFOLD]
+        if self.unfolds():
+            positions, _, _, d_out = self._sizes(module, call)
+            if settings.method == CONV_BACKWARD or positions > d_out:
+                available.append(CONV_BACKWARD)
+        # the Gram form of the standardized weight reads the layer's output
+        if settings.p == 2 and (not self.standardized or call.output_unchanged()):
+            available.insert(0, GHOST)
+        if settings.method != "auto":
+            return [settings.method] if settings.method in available else [UNFOLD]
+        memory = {form: self._per_sample_elements(module, call, form) for form in available}
+        smallest = min(memory.values())
+        return [form for form in available if memory[form] <= MEMORY_SPREAD * smallest]
 
     def chunk_size(self, target: Target, call: Call, settings: Settings) -> int:
-        return settings.chunk(self._per_sample_elements(target.module, call, ghost=False))
+        return settings.chunk(self._per_sample_elements(target.module, call, UNFOLD))
 
-    def _per_sample_elements(self, module: nn.Module, call: Call, ghost: bool) -> int:
+    def _per_sample_elements(self, module: nn.Module, call: Call, form: str) -> int:
+        """The workspace of one sample in ``form`` (elements)."""
         positions, groups, d_in, d_out = self._sizes(module, call)
-        patches = groups * positions * d_in if self.unfolds() else 0
-        if ghost:
+        patches = groups * positions * d_in if self.unfolds() and form != CONV_BACKWARD else 0
+        if form == GHOST:
             return patches + groups * positions * (2 * positions + d_out)
         return patches + 3 * groups * d_in * d_out
 
@@ -107,15 +130,27 @@ class OuterProductRule(Rule):
         x, grad = call.input[start:stop], call.grad[start:stop]
         result = {}
         if "weight" in attrs:
-            patches, out_grads = self.layout(module, x, grad)
-            blocks = out_grads.transpose(-1, -2) @ patches  # n x g x d_out x d_in
-            weight_grad = blocks.reshape(blocks.shape[0], module.weight.shape[0], -1)
-            if self.standardized:
-                weight_grad = self._through_standardization(module, weight_grad)
+            weight_grad = self._weight_gradient(UNFOLD, module, x, grad)
             result["weight"] = weight_grad.reshape(-1, *module.weight.shape)
         if "bias" in attrs:
             result["bias"] = self.bias_gradient(module, grad)
         return result
+
+    def _weight_gradient(self, form: str, module: nn.Module, x: Tensor, grad: Tensor) -> Tensor:
+        """Per-sample gradients of the raw weight, n x C_out x fan-in, in ``form``."""
+        if form == CONV_BACKWARD:
+            blocks = self.conv_backward(module, x, grad)
+        else:
+            patches, out_grads = self.layout(module, x, grad)
+            blocks = out_grads.transpose(-1, -2) @ patches  # n x g x d_out x d_in
+        weight_grad = blocks.reshape(blocks.shape[0], module.weight.shape[0], -1)
+        if self.standardized:
+            weight_grad = self._through_standardization(module, weight_grad)
+        return weight_grad
+
+    def conv_backward(self, module: nn.Module, x: Tensor, grad: Tensor) -> Tensor:
+        """Per-sample gradients of the weight as the layer uses it (n x weight shape)."""
+        raise NotImplementedError
 
     def bias_gradient(self, module: nn.Module, grad: Tensor) -> Tensor:
         raise NotImplementedError
@@ -129,15 +164,35 @@ class OuterProductRule(Rule):
 
     def powers(self, target, call, attrs, settings):
         module = target.module
-        if "weight" not in attrs or not self._uses_ghost(module, call, settings):
+        if "weight" not in attrs:
             return super().powers(target, call, attrs, settings)
-        result = {"weight": self._ghost_squared_norms(module, call, settings)}
+        forms = self.forms(module, call, settings)
+        candidates = {f: partial(self._weight_powers, f, module, call, settings) for f in forms}
+        key = self._choice_key(module, call, settings, forms)
+        result = {"weight": fastest(key, candidates, call.grad.device)}
         if "bias" in attrs:
             result["bias"] = row_powers(self.bias_gradient(module, call.grad), settings.p)
         return result
 
+    def _choice_key(self, module: nn.Module, call: Call, settings: Settings, forms: list) -> tuple:
+        """What the forms' times depend on: the rule, the layer's hyperparameters, the call's
+        shapes, dtypes and device, the order, the workspace and the forms."""
+        tensors = [(tuple(t.shape), t.dtype, t.device) for t in (call.input, call.grad)]
+        return (self, repr(module), *tensors, settings.p, settings.workspace, tuple(forms))
+
+    def _weight_powers(self, form: str, module: nn.Module, call: Call, settings: Settings):
+        """The weight's per-sample statistic in ``form``, over chunks of the batch."""
+        if form == GHOST:
+            return self._ghost_squared_norms(module, call, settings)
+        size = settings.chunk(self._per_sample_elements(module, call, form))
+        parts = []
+        for start, stop in settings.spans(size):
+            x, grad = call.input[start:stop], call.grad[start:stop]
+            parts.append(row_powers(self._weight_gradient(form, module, x, grad), settings.p))
+        return torch.cat(parts)
+
     def _ghost_squared_norms(self, module: nn.Module, call: Call, settings: Settings) -> Tensor:
-        size = settings.chunk(self._per_sample_elements(module, call, ghost=True))
+        size = settings.chunk(self._per_sample_elements(module, call, GHOST))
         parts = []
         for start, stop in settings.spans(size):
             patches, grads = self.layout(module, call.input[start:stop], call.grad[start:stop])
@@ -239,6 +294,20 @@ class Conv2dRule(OuterProductRule):
 
     def bias_gradient(self, module, grad):
         return grad.sum(dim=(2, 3))
+
+    def conv_backward(self, module, x, grad):
+        dtype = compute_dtype(grad)
+        x, padding = self._padded(module, x.to(dtype))
+        weight = module.weight.detach().to(dtype)
+        geometry = (list(module.stride), list(_pair(padding)), list(module.dilation))
+
+        def one_sample(sample: Tensor, sample_grad: Tensor) -> Tensor:
+            return torch.ops.aten.convolution_backward(
+                sample_grad[None], sample[None], weight, None, *geometry,
+                False, [0, 0], module.groups, [False, True, False],
+            )[1]  # fmt: skip
+
+        return torch.func.vmap(one_sample)(x, grad.to(dtype))
 
     def probe_input(self, module, generator):
         extent = [

@@ -37,11 +37,14 @@ class Session:
         self.is_recording = False
         self.streaming: set[int] = set()
         self._probes: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+        self._input_node: Any = None
+        self._reaches_input: dict[Any, bool] = {}
 
     def run(self, model: nn.Module, per_sample_loss: Callable[[Any], Tensor], x: Tensor) -> None:
         """One forward pass that records the targets' calls, one backward pass from the summed
         losses to the probes (activation gradients only), then the deferred contributions."""
         with self.recording(), torch.enable_grad():
+            x = self._probed_input(x)
             with ParameterUseGuard(self.targets, self.active):
                 output = model(x)
             losses = per_sample_loss(output)
@@ -50,7 +53,36 @@ class Session:
             probes = self.probes()
             if losses.requires_grad and probes:
                 torch.autograd.grad(losses.sum(), probes, allow_unused=True)
+        self._input_node, self._reaches_input = None, {}
         self.finish()
+
+    def _probed_input(self, x: Tensor) -> Tensor:
+        """``x`` plus its probe (floating ``x``): every output computed from it is reached by
+        the backward pass to the probe, and needs no probe of its own (:meth:`_leave`)."""
+        if not x.is_floating_point():
+            return x
+        x = x + self._probe(x)
+        self._input_node = x.grad_fn
+        return x
+
+    def _depends_on_input(self, leaf: Tensor) -> bool:
+        """Whether the autograd graph of ``leaf`` reaches the probed input (graph nodes seen
+        before are remembered for this pass)."""
+        if self._input_node is None or leaf.grad_fn is None:
+            return False
+        known, start = self._reaches_input, leaf.grad_fn
+        seen, frontier = {start}, [start]
+        while frontier:
+            node = frontier.pop()
+            if node is self._input_node or known.get(node):
+                known[start] = True
+                return True
+            for child, _ in node.next_functions:
+                if child is not None and child not in seen and known.get(child) is not False:
+                    seen.add(child)
+                    frontier.append(child)
+        known.update(dict.fromkeys(seen, False))
+        return False
 
     @contextmanager
     def recording(self) -> Iterator[None]:
@@ -77,9 +109,10 @@ class Session:
                 handle.remove()
 
     def _probe(self, like: Tensor) -> Tensor:
-        """A zero scalar (one per dtype and device) added to every recorded output: the backward
-        pass differentiates with respect to the probes only, so it forms activation gradients
-        (seen by the outputs' hooks) and no parameter gradient."""
+        """A zero scalar (one per dtype and device) added to the input and to every recorded
+        output not computed from it: the backward pass differentiates with respect to the
+        probes only, so it forms activation gradients (seen by the outputs' hooks) and no
+        parameter gradient; an output computed from the probed input needs no copy."""
         key = (like.dtype, like.device)
         if key not in self._probes:
             self._probes[key] = torch.zeros(
@@ -113,7 +146,8 @@ class Session:
         self._check_batch(target, leaves, positions, args, kwargs)
         probed = []
         for k in positions:
-            leaves[k] = leaves[k] + self._probe(leaves[k])
+            if not self._depends_on_input(leaves[k]):
+                leaves[k] = leaves[k] + self._probe(leaves[k])
             probed.append(leaves[k])
         input_versions = [
             (t, t._version) for t in tree_leaves((args, kwargs)) if isinstance(t, Tensor)

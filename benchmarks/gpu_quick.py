@@ -1,0 +1,108 @@
+"""The files of ``benchmarks/gpu-quick.sh``: its parts' pytest-benchmark JSON merged into one
+file, and a Markdown summary (each part's gradood summary, then images/s per case).
+
+    python benchmarks/gpu_quick.py WORK STEM PART [PART ...]
+
+reads ``WORK/<part>.json``, ``WORK/<part>.log`` (pytest's output) and ``WORK/<part>.status``
+(its exit status; 130 or 124 after the time limit) and writes ``STEM.json`` and ``STEM.md``.
+A part that wrote no JSON (interrupted before any benchmark, nothing selected) is noted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+#: the heading of gradood's closing summary in pytest's output (the last section)
+SUMMARY_HEADING = " gradood summary "
+#: exit statuses of a part stopped by its time limit (SIGINT: pytest's 2, timeout's 124)
+STOPPED = {2, 124, 130, 137}
+
+
+def merge(parts: list[dict]) -> dict:
+    """One pytest-benchmark document: the first part's machine and commit info, every part's
+    benchmarks."""
+    merged = dict(parts[0])
+    merged["benchmarks"] = [bench for part in parts for bench in part.get("benchmarks", [])]
+    return merged
+
+
+def summary_section(log: str) -> list[str]:
+    """The lines of gradood's closing summary in pytest's output, or a line saying there is none."""
+    lines = log.splitlines()
+    start = next((k for k, line in enumerate(lines) if SUMMARY_HEADING in line), None)
+    if start is None:
+        return ["(no gradood summary: nothing was measured)"]
+    # the report folder was temporary
+    return [line for line in lines[start + 1 :] if not line.startswith("report: ")]
+
+
+def throughput_rows(document: dict) -> list[str]:
+    """A Markdown table row per benchmark with images/s (and peak memory where measured)."""
+    rows = []
+    for bench in document.get("benchmarks", []):
+        info = bench.get("extra_info", {})
+        if "images_per_second" not in info:
+            continue
+        memory = info.get("peak_memory_MiB")
+        rows.append(
+            f"| {bench.get('group', '')} | {bench['name']} | {info['images_per_second']:,.1f} | "
+            f"{'-' if memory is None else f'{memory:,.0f}'} |"
+        )
+    return rows
+
+
+def markdown(stem: str, parts: dict[str, tuple[dict | None, str, int]]) -> str:
+    """The summary: each part's status and gradood summary, then the images/s table."""
+    lines = [f"# {Path(stem).name}", ""]
+    documents = [doc for doc, _log, _status in parts.values() if doc is not None]
+    if documents:
+        machine = documents[0].get("machine_info", {})
+        commit = documents[0].get("commit_info", {})
+        lines += [
+            f"GPUs: {', '.join(machine.get('gpus', [])) or 'none (CPU)'}; torch "
+            f"{machine.get('torch')}, CUDA {machine.get('cuda')}; commit "
+            f"{str(commit.get('id', '?'))[:10]}; {documents[0].get('datetime', '')}",
+            "",
+        ]
+    rows = []
+    for part, (document, log, status) in parts.items():
+        state = "stopped by its time limit" if status in STOPPED else f"exit status {status}"
+        if document is None:
+            state += ", no benchmark JSON"
+        lines += [f"## {part} ({state})", "", "```", *summary_section(log), "```", ""]
+        rows += throughput_rows(document or {})
+    if rows:
+        lines += [
+            "## Images per second (fastest round)",
+            "",
+            "| group | workload | images/s | peak memory MiB |",
+            "|---|---|---:|---:|",
+            *rows,
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _read_part(work: Path, part: str) -> tuple[dict | None, str, int]:
+    path = work / f"{part}.json"
+    document = json.loads(path.read_text()) if path.is_file() else None
+    log_path, status_path = work / f"{part}.log", work / f"{part}.status"
+    log = log_path.read_text(errors="replace") if log_path.is_file() else ""
+    status = int(status_path.read_text()) if status_path.is_file() else -1
+    return document, log, status
+
+
+def main(argv: list[str]) -> int:
+    work, stem, names = Path(argv[0]), argv[1], argv[2:]
+    parts = {name: _read_part(work, name) for name in names}
+    documents = [doc for doc, _log, _status in parts.values() if doc is not None]
+    if documents:
+        Path(f"{stem}.json").write_text(json.dumps(merge(documents), indent=2))
+    Path(f"{stem}.md").write_text(markdown(stem, parts))
+    return 0 if documents else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,49 @@
+"""``benchmarks/gpu-quick.sh --dry-run``: the GPU script's steps on the CPU, end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(
+    shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout"
+)
+def test_dry_run_writes_the_json_and_the_summary(tmp_path):
+    out = tmp_path / "results"
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        ["bash", "benchmarks/gpu-quick.sh", "--dry-run", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    document = json.loads((out / "cpu-dry-run.json").read_text())
+    timed = {bench["name"]: bench for bench in document["benchmarks"]}
+    # one side-by-side ratio (first part) and two detectors' throughput (second part), merged
+    assert set(timed) == {"GradNorm / MSP throughput", "msp", "gradnorm"}
+    assert timed["GradNorm / MSP throughput"]["extra_info"]["verdict"] in {
+        "met",
+        "missed",
+        "inconclusive",
+    }
+    for name in ("msp", "gradnorm"):
+        assert timed[name]["extra_info"]["images_per_second"] > 0
+        assert timed[name]["extra_info"]["batch_size"] == 64
+    summary = (out / "cpu-dry-run.md").read_text()
+    assert "GradNorm / MSP throughput          resnet20 32px b64" in summary
+    assert "| throughput resnet20-32px-b64-fp32 | gradnorm |" in summary
+    assert "## targets (exit status 0)" in summary
+    assert "## throughput (exit status 0)" in summary
+    assert sorted(p.name for p in out.iterdir()) == ["cpu-dry-run.json", "cpu-dry-run.md"]
