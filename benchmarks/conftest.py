@@ -1,49 +1,16 @@
-"""Shared pieces of the benchmark harness: timing with pytest-benchmark, the speed verdicts,
-and the paper measurements behind the reported-number checks."""
+"""Thin fixtures of the benchmarks: timing conditions (one CPU thread, a steady allocator),
+the speed verdicts' recording, and the machine facts in pytest-benchmark's JSON."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import pytest
 import torch
-from speed import steady_allocator
 
 from gradood.harness.plugin import enforce_speed_targets, run_report
+from gradood.harness.speed import SideBySide, steady_allocator
 from gradood.harness.timing import MISSED, SpeedCheck
-
-
-@dataclass
-class SideBySide:
-    """Fastest round of each benchmark of this run, by (group, name)."""
-
-    fastest: dict[tuple[str, str], float] = field(default_factory=dict)
-
-    def measure(
-        self,
-        benchmark,
-        group: str,
-        name: str,
-        function: Callable[[], object],
-        rounds: int,
-        warmup_rounds: int = 1,
-    ) -> object:
-        """Time ``function`` with pytest-benchmark (CUDA work synchronized) and record it."""
-        benchmark.group = group
-        benchmark.name = name
-
-        def synchronized():
-            result = function()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            return result
-
-        result = benchmark.pedantic(synchronized, rounds=rounds, warmup_rounds=warmup_rounds)
-        if benchmark.stats is not None:
-            self.fastest[(group, name)] = benchmark.stats.stats.min
-        return result
-
 
 #: how the C library's allocator was set for timing (see ``speed.steady_allocator``)
 _ALLOCATOR = pytest.StashKey[object]()

@@ -36,7 +36,10 @@ import torch
 import torchvision
 from pytorch_ood.detector import GradNorm as PoodGradNorm
 from pytorch_ood.detector import MaxSoftmax
-from speed import (
+from torch import Tensor, nn
+
+from gradood import GradNorm
+from gradood.harness.speed import (
     FEATURES,
     FORWARD_BACKWARD,
     GRAD_UNCERTAINTY,
@@ -45,9 +48,6 @@ from speed import (
     official_per_sample,
     random_batch,
 )
-from torch import Tensor, nn
-
-from gradood import GradNorm
 from gradood.harness.timing import PairedRounds, SpeedCheck, Target
 from gradood.heads import find_head
 from gradood.models import bit_s_r101x1, resnet20
@@ -265,7 +265,7 @@ MEMORY_SETUP = RESNET18_B64
 _CHILD = r"""
 import json, sys
 import torchvision
-import speed
+from gradood.harness import speed
 name, device = sys.argv[1], sys.argv[2]
 model, x = speed.model_and_batch(
     lambda: torchvision.models.resnet18(num_classes=10), int(sys.argv[3]), int(sys.argv[4]), device
@@ -277,8 +277,7 @@ print(json.dumps(speed.peak_memory(speed.lee_alregib_workload(name, model, x), d
 def _peak_increments(names: list[str], device: str) -> dict[str, int]:
     """Peak memory (bytes) of each workload above the memory in use after its setup, each in
     a fresh process (started together: they share nothing)."""
-    here = os.path.dirname(__file__)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [here, *sys.path])))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, sys.path)))
     setup = MEMORY_SETUP
     children = {
         name: subprocess.Popen(

@@ -46,7 +46,8 @@ Lee & AlRegib features (one pass over the batch), in images per second. The spee
 ratios of paired rounds, measured and judged by ``test_speed_targets.py``.
 
 **The ImageNet protocol**: the time of Table 1 (MSP, ODIN, Energy, GradNorm) and Tables 7 and 8
-(GradNorm at 10 norms and 15 temperatures) from raw images, as ``gradood.checks.measure`` runs
+(GradNorm at 10 norms and 15 temperatures) from raw images, as
+``gradood.harness.checks.measure`` runs
 them (JPEG decoding, the 480 x 480 resize and normalization, one BiT forward pass per image, 27
 detector settings from the cached features, the metrics), measured on a generated sample of
 375 x 500 JPEGs and extrapolated to the protocol's 85,640 images; beside it, the official
@@ -64,7 +65,12 @@ import torch
 import torchvision
 from pytorch_ood.api import Detector
 from pytorch_ood.detector import GradNorm as PoodGradNorm
-from speed import (
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from gradood import available_detectors, build_and_fit, create_detector
+from gradood.harness.checks import measure, measurement_plan, paper_checks
+from gradood.harness.speed import (
     FEATURES,
     FORWARD_BACKWARD,
     GRAD_UNCERTAINTY,
@@ -77,11 +83,6 @@ from speed import (
     peak_memory,
     random_batch,
 )
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
-
-from gradood import available_detectors, build_and_fit, create_detector
-from gradood.checks import measure, measurement_plan, paper_checks
 from gradood.harness.timing import SpeedCheck, Target
 from gradood.heads import find_head
 from gradood.models import bit_s_r101x1, resnet20
@@ -473,7 +474,7 @@ def _protocol_rounds(work: Callable[[], object], benchmark, device: str) -> int:
 
 
 def _gradnorm_settings(plan: list) -> int:
-    return sum(m.method == "GradNorm" for m in plan)
+    return sum(m.detector == "gradnorm" for m in plan)
 
 
 def test_imagenet_protocol_pipeline(protocol: ProtocolSetup, benchmark, side_by_side, device):
@@ -496,7 +497,7 @@ def test_imagenet_protocol_pipeline(protocol: ProtocolSetup, benchmark, side_by_
     rounds = _protocol_rounds(pipeline, benchmark, device)
     rows = side_by_side.measure(benchmark, PROTOCOL_GROUP, PIPELINE, pipeline, rounds, 0)
     ood_sets = [source.name for source in protocol_class("imagenet").ood_sources]
-    assert {(*m.key, ood) for m in protocol.plan for ood in ood_sets} <= rows.keys()
+    assert {(m, ood) for m in protocol.plan for ood in ood_sets} <= rows.keys()
     assert _gradnorm_settings(protocol.plan) == 24  # 10 norms + 15 temperatures, L1 at T = 1 shared
     benchmark.extra_info.update(
         images=sample.images, batch_size=sample.batch_size, num_workers=sample.num_workers

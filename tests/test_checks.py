@@ -8,18 +8,19 @@ import pandas as pd
 import pytest
 
 from gradood import reported
-from gradood.checks import (
+from gradood.detectors.gradnorm import PAPER_NORMS, PAPER_TEMPERATURES
+from gradood.harness.checks import (
     DETERMINISTIC,
     FITTED,
     RETRAINED,
     TRAINED,
     Comparison,
+    Measurement,
     compare,
     measured_rows,
     measurement_plan,
     paper_checks,
 )
-from gradood.detectors.gradnorm import PAPER_NORMS, PAPER_TEMPERATURES
 from gradood.testing import SmallCNN
 
 
@@ -56,48 +57,46 @@ def test_tolerances_follow_the_reason():
 def test_tables_7_and_8_share_one_forward_group():
     checks = paper_checks()
     plan = measurement_plan(checks, "imagenet", "forward")
-    gradnorm = [m for m in plan if m.method == "GradNorm"]
+    gradnorm = [m for m in plan if m.detector == "gradnorm"]
     # every (p, T=1) of Table 7 and (p=1, T) of Table 8, the shared L1 / T=1 once
     assert len(gradnorm) == len(PAPER_NORMS) + len(PAPER_TEMPERATURES) - 1
-    assert {m.method for m in plan} == {"MSP", "ODIN", "Energy", "GradNorm"}
-    assert [m.method for m in measurement_plan(checks, "imagenet", "mahalanobis")] == [
-        "Mahalanobis"
+    assert {m.detector for m in plan} == {"msp", "odin", "energy", "gradnorm"}
+    # the fitted detectors are groups of their own, named after them (their registry fit kind)
+    assert measurement_plan(checks, "imagenet", "mahalanobis-paper") == [
+        Measurement("mahalanobis-paper")
     ]
-    assert [m.method for m in measurement_plan(checks, "imagenet", "lee-alregib")] == [
-        "Lee-AlRegib"
-    ]
-    assert {m.method for m in measurement_plan(checks, "cifar10", "forward")} == {
-        "MSP",
-        "ODIN",
-        "Energy",
-        "GradNorm",
+    assert measurement_plan(checks, "imagenet", "lee-alregib") == [Measurement("lee-alregib")]
+    assert {m.detector for m in measurement_plan(checks, "cifar10", "forward")} == {
+        "msp",
+        "odin",
+        "energy",
+        "gradnorm",
     }
 
 
 def test_measurements_build_the_papers_detectors():
     model = SmallCNN().eval()
-    plan = {m.label: m for m in measurement_plan(paper_checks(), "imagenet", "forward")}
-    odin = plan["ODIN T=1000"].factory(model, "imagenet")
-    assert (odin.temperature, odin.eps) == (1000.0, 0.0)
-    gradnorm = plan["GradNorm p=0.3 T=1"].factory(model, "imagenet")
+    plan = measurement_plan(paper_checks(), "imagenet", "forward")
+    odin = Measurement("odin").build(model, "imagenet")
+    assert Measurement("odin") in plan and (odin.temperature, odin.eps) == (1000.0, 0.0)
+    l03 = Measurement("gradnorm", (("p", 0.3), ("temperature", 1.0)))
+    assert l03 in plan
+    gradnorm = l03.build(model, "imagenet")
     assert (gradnorm.p, gradnorm.temperature) == (0.3, 1.0)
-    assert plan["GradNorm p=inf T=1"].factory(model, "imagenet").p == math.inf
-    cifar = {m.label: m for m in measurement_plan(paper_checks(), "cifar10", "forward")}
-    assert cifar["ODIN T=1000"].factory(model, "cifar10").eps == 0.004
+    linf = Measurement("gradnorm", (("p", math.inf), ("temperature", 1.0)))
+    assert linf in plan and linf.build(model, "imagenet").p == math.inf
+    assert Measurement("odin").build(model, "cifar10").eps == 0.004
 
 
 def _evaluate_like_table(plan, ood_names):
-    """A table shaped like gradood.evaluate's, with distinct numbers per row."""
+    """A table shaped like gradood.evaluate's (method, setting columns), distinct numbers."""
     rows = []
     for index, measurement in enumerate(plan):
         for offset, ood in enumerate([*ood_names, "Average"]):
             rows.append(
-                {
-                    "method": measurement.label,
-                    "ood_data": ood,
-                    "FPR95": (index + offset) / 100,
-                    "AUROC": 1 - offset / 100,
-                }
+                {"method": measurement.detector, "p": math.nan, "temperature": math.nan}
+                | dict(measurement.settings)
+                | {"ood_data": ood, "FPR95": (index + offset) / 100, "AUROC": 1 - offset / 100}
             )
     return pd.DataFrame(rows)
 
@@ -111,7 +110,7 @@ def test_compare_finds_each_rows_measurement():
     measured = measured_rows(table, plan)
     for check in checks:
         comparison = compare(check, measured)
-        index = [m.method for m in plan].index(check.method)
+        index = plan.index(check.measurement)
         offset = ["SVHN", "LSUN-crop", "Places365", "Textures", "Average"].index(check.ood_data)
         assert comparison.fpr95 == pytest.approx(index + offset)
         assert comparison.auroc == pytest.approx(100 - offset)

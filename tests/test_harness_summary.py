@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gradood.checks import Comparison, paper_checks
+from gradood.harness.checks import Comparison, paper_checks
 from gradood.harness.report import Report
 from gradood.harness.summary import MAX_LINES, MAX_WIDTH, summary_lines
 from gradood.harness.timing import PairedRatio, SpeedCheck, Target

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from gradood.checks import Comparison, paper_checks
+from gradood.harness.checks import Comparison, paper_checks
 from gradood.harness.report import MISSING_DATA, Report
 from gradood.harness.timing import SpeedCheck, Target
 

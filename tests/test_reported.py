@@ -495,7 +495,7 @@ def test_data_files_are_package_data():
 
 
 def test_every_method_of_every_table_says_how_it_is_measured():
-    from gradood.checks import TOLERANCES
+    from gradood.harness.checks import TOLERANCES
 
     for name in reported.tables():
         for method in reported.table(name)["method"].unique():

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from ..checks import Comparison, PaperCheck, compare, measure, measurement_plan
 from ..protocols import DatasetNotFoundError, protocol_class
+from .checks import Comparison, PaperCheck, compare, measure, measurement_plan
 from .plugin import details_hint, option_path, run_report
 
 __all__ = ["PaperMeasurements"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 
 from .. import reported
-from ..checks import PaperCheck, paper_checks
+from .checks import PaperCheck, paper_checks
 
 CHECKS = paper_checks()
 

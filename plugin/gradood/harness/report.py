@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from .. import reported
-from ..checks import Comparison, PaperCheck
 from ..files import atomic_write, atomic_write_text
+from .checks import Comparison, PaperCheck
 from .timing import SpeedCheck
 
 __all__ = ["MISSING_DATA", "Report"]

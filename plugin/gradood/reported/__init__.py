@@ -154,15 +154,17 @@ def _measurement() -> pd.DataFrame:
         return pd.read_csv(handle, dtype=str, keep_default_na=False, comment="#")
 
 
-def measured_as(name: str, method: str) -> dict[str, str | None]:
+def measured_as(name: str, method: str) -> dict:
     """How ``method``'s rows of table ``name`` are measured: ``detector`` (its registry name),
-    ``tolerance`` (the class's name in :data:`gradood.checks.TOLERANCES`) and ``varies``
-    (``"p"``, ``"temperature"`` or ``None``: the setting that names the rows)."""
+    ``tolerance`` (the class's name in :data:`gradood.harness.checks.TOLERANCES`), ``varies``
+    (``"p"``, ``"temperature"`` or ``None``: the setting that names the rows) and ``settings``
+    (a tuple of the row's columns passed to the detector)."""
     rows = _measurement()
     row = rows[(rows["table"] == _check_name(name)) & (rows["method"] == method)]
     if len(row) != 1:
         raise ValueError(f"measurement.csv: no single entry for {method} of {name}")
-    return {key: row.iloc[0][key] or None for key in ("detector", "tolerance", "varies")}
+    how = {key: row.iloc[0][key] or None for key in ("detector", "tolerance", "varies")}
+    return how | {"settings": tuple(row.iloc[0]["settings"].split())}
 
 
 def _check_name(name: str) -> str:

@@ -1,16 +1,20 @@
 """The harness's reported-number checks: every row of the paper's tables, how it is measured
 and how close the measurement must come.
 
-A :class:`PaperCheck` is one printed row (table, ID data, OOD data, method, p, T, FPR95, AUROC).
-Rows that need the same detector settings on the same protocol share one measurement, and one
-measurement *group* is one call of :func:`gradood.evaluate`:
+A :class:`PaperCheck` is one printed row (table, ID data, OOD data, method, p, T, FPR95, AUROC)
+with how it is measured (``reported/measurement.csv``: the registry name of its detector, the
+settings passed to it, the tolerance class). Rows that need the same detector and settings on
+the same protocol share one measurement, and one measurement *group* is one call of
+:func:`gradood.evaluate`; the group follows from the detector's fit kind in the registry:
 
-- ``"forward"``: GradNorm at every p and T, MSP, Energy and ODIN at epsilon 0, all scored from
-  one cached forward pass per dataset; ODIN with epsilon > 0 (CIFAR) on the raw inputs;
-- ``"mahalanobis"``: the paper's Mahalanobis ensemble, fitted on the ID training set;
-- ``"lee-alregib"``: Lee & AlRegib's detector, fitted on :data:`LEE_ALREGIB_FIT_SAMPLES` ID
-  training images drawn with seed 0, with uniform noise as surrogate OOD (the paper does not
-  say which ID images it used; training images keep the test sets out of the fit).
+- ``"forward"``: detectors fitted on nothing (GradNorm at every p and T, MSP, Energy, ODIN), all
+  scored from one cached forward pass per dataset where they can (ODIN with epsilon > 0, on the
+  CIFAR protocols, on the raw inputs);
+- a fitted detector's own group: the paper's Mahalanobis ensemble (``train+tuning``: Gaussians on
+  the ID training set, the regression on the first ID test images, as the official script
+  does); Lee & AlRegib's detector (``surrogate``: fitted on :data:`SURROGATE_FIT_SAMPLES` ID
+  training images drawn with seed 0, with uniform noise as surrogate OOD; the paper does not say
+  which ID images it used, and training images keep the test sets out of the fit).
 
 Measured metrics are in percent, like the paper's; an ``Average`` row is the mean over the
 four OOD sets of the unrounded metrics (the paper averages its rounded values and rounds: the
@@ -30,12 +34,12 @@ from pytorch_ood.api import Detector
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from . import reported
-from .evaluate import evaluate
-from .registry import build_and_fit, create_detector
+from .. import reported
+from ..evaluate import evaluate
+from ..registry import build_and_fit, create_detector, detector_spec
 
 __all__ = [
-    "GROUPS",
+    "FORWARD",
     "PROTOCOLS",
     "TOLERANCES",
     "Comparison",
@@ -49,10 +53,10 @@ __all__ = [
 
 #: the protocol (see :func:`gradood.protocols.make_protocol`) of each ID dataset of the tables
 PROTOCOLS = reported.PROTOCOLS
-#: the measurement groups, in the order a run measures them
-GROUPS = ("forward", "mahalanobis", "lee-alregib")
-#: ID training images that Lee & AlRegib's classifier is fitted on (with as many noise images)
-LEE_ALREGIB_FIT_SAMPLES = 10_000
+#: the group of the detectors that are fitted on nothing
+FORWARD = "forward"
+#: ID training images that a surrogate-fitted detector (Lee & AlRegib) is fitted on
+SURROGATE_FIT_SAMPLES = 10_000
 #: the tables' OOD names that the protocols spell differently
 _PROTOCOL_OOD_NAMES = {"LSUN-crop": "LSUN (crop)"}
 
@@ -107,10 +111,6 @@ TOLERANCES = {
 }
 
 
-def _group(method: str) -> str:
-    return {"Mahalanobis": "mahalanobis", "Lee-AlRegib": "lee-alregib"}.get(method, "forward")
-
-
 @dataclass(frozen=True)
 class PaperCheck:
     """One printed row of a table, with its tolerance."""
@@ -131,6 +131,8 @@ class PaperCheck:
     varies: str | None = None
     #: whether the table holds several ID datasets (then the ID dataset names the row too)
     several_id_data: bool = False
+    #: the row's columns passed to the detector as settings (e.g. GradNorm's p and temperature)
+    setting_names: tuple[str, ...] = ()
 
     @property
     def protocol(self) -> str:
@@ -139,12 +141,17 @@ class PaperCheck:
     @property
     def group(self) -> str:
         """The measurement group (see the module docstring)."""
-        return _group(self.method)
+        return FORWARD if detector_spec(self.detector).fit == "none" else self.detector
 
     @property
-    def setting(self) -> tuple[str, float, float]:
-        """``(method, p, temperature)``: rows with equal settings share a measurement."""
-        return self.method, self.p, self.temperature
+    def settings(self) -> dict[str, float]:
+        """What the detector is built with beyond the protocol's preset."""
+        return {name: float(getattr(self, name)) for name in self.setting_names}
+
+    @property
+    def measurement(self) -> Measurement:
+        """The measurement this row shares with every row of equal detector and settings."""
+        return Measurement(self.detector, tuple(self.settings.items()))
 
     @property
     def id(self) -> str:
@@ -182,95 +189,41 @@ def paper_checks(tables: Iterable[str] | None = None) -> list[PaperCheck]:
                     detector=how["detector"],
                     varies=how["varies"],
                     several_id_data=several_id_data,
+                    setting_names=how["settings"],
                 )
             )
     return checks
 
 
-def _key(method: str, p: float, temperature: float) -> tuple[str, float, float]:
-    # NaN never equals NaN: settings that do not apply are keyed by None
-    return (
-        method,
-        None if p != p else float(p),
-        None if temperature != temperature else float(temperature),
-    )
-
-
-Factory = Callable[[nn.Module, str], Detector]
-
-#: the registry's name of each method of the tables
-_REGISTRY_NAMES = {
-    "MSP": "msp",
-    "ODIN": "odin",
-    "Energy": "energy",
-    "GradNorm": "gradnorm",
-    "Mahalanobis": "mahalanobis-paper",
-    "Lee-AlRegib": "lee-alregib",
-}
-
-
 @dataclass(frozen=True)
 class Measurement:
-    """One detector setting to measure: the rows with key ``(method, p, temperature)``."""
+    """One detector and its settings, measured once for every row that needs it."""
 
-    method: str
-    p: float
-    temperature: float
+    detector: str
+    settings: tuple[tuple[str, float], ...] = ()
 
-    @property
-    def detector(self) -> str:
-        """The registry's name of the method."""
-        return _REGISTRY_NAMES[self.method]
-
-    @property
-    def settings(self) -> dict[str, float]:
-        """The settings beyond the protocol's preset: GradNorm's p and T."""
-        return {"p": self.p, "temperature": self.temperature} if self.method == "GradNorm" else {}
-
-    @property
-    def factory(self) -> Factory:
-        """``(model, preset) -> detector``, unfitted."""
-        return lambda model, preset: create_detector(
-            self.detector, model, preset=preset, **self.settings
-        )
-
-    @property
-    def key(self) -> tuple[str, float | None, float | None]:
-        return _key(self.method, self.p, self.temperature)
-
-    @property
-    def label(self) -> str:
-        """The method column of :func:`gradood.evaluate`'s table: method and settings."""
-        parts = [self.method]
-        if self.p == self.p:
-            parts.append(f"p={self.p:g}")
-        if self.temperature == self.temperature:
-            parts.append(f"T={self.temperature:g}")
-        return " ".join(parts)
+    def build(self, model: nn.Module, preset: str) -> Detector:
+        """The detector, unfitted, with the protocol's ``preset`` and these settings."""
+        return create_detector(self.detector, model, preset=preset, **dict(self.settings))
 
 
 def measurement_plan(checks: Sequence[PaperCheck], protocol: str, group: str) -> list[Measurement]:
-    """The distinct settings that ``checks`` need on ``protocol`` in measurement ``group``."""
-    plan: dict[tuple, Measurement] = {}
-    for check in checks:
-        if check.protocol == protocol and check.group == group:
-            measurement = Measurement(check.method, check.p, check.temperature)
-            plan.setdefault(measurement.key, measurement)
-    return list(plan.values())
+    """The distinct measurements that ``checks`` need on ``protocol`` in ``group``."""
+    chosen = (c for c in checks if c.protocol == protocol and c.group == group)
+    return list(dict.fromkeys(check.measurement for check in chosen))
 
 
-def measured_rows(
-    table: pd.DataFrame, plan: Sequence[Measurement]
-) -> dict[tuple, dict[str, float]]:
-    """``{(method, p, T, ood_data): {"FPR95": %, "AUROC": %}}`` from :func:`gradood.evaluate`'s
-    table of the detectors of ``plan`` (methods named by :attr:`Measurement.label`)."""
-    by_label = {measurement.label: measurement for measurement in plan}
+def measured_rows(table: pd.DataFrame, plan: Sequence[Measurement]) -> dict[tuple, dict]:
+    """``{(measurement, ood_data): {"FPR95": %, "AUROC": %}}`` from :func:`gradood.evaluate`'s
+    table of ``plan``'s detectors (its ``method`` column and its setting columns)."""
+    names = {m.detector: [name for name, _ in m.settings] for m in plan}
     reported_names = {v: k for k, v in _PROTOCOL_OOD_NAMES.items()}
     rows = {}
-    for row in table.itertuples(index=False):
-        measurement = by_label[row.method]
-        ood = reported_names.get(row.ood_data, row.ood_data)
-        rows[(*measurement.key, ood)] = {"FPR95": 100 * row.FPR95, "AUROC": 100 * row.AUROC}
+    for row in table.to_dict("records"):
+        settings = tuple((name, float(row[name])) for name in names[row["method"]])
+        ood = reported_names.get(row["ood_data"], row["ood_data"])
+        metrics = {"FPR95": 100 * row["FPR95"], "AUROC": 100 * row["AUROC"]}
+        rows[(Measurement(row["method"], settings), ood)] = metrics
     return rows
 
 
@@ -355,7 +308,7 @@ def compare(check: PaperCheck, measured: dict[tuple, dict[str, float]]) -> Compa
 
     :raises KeyError: if the measurement lacks the row
     """
-    row = measured[(*_key(*check.setting), check.ood_data)]
+    row = measured[(check.measurement, check.ood_data)]
     return Comparison(check, row["FPR95"], row["AUROC"])
 
 
@@ -384,13 +337,13 @@ def measure(
 
     if device is not None:
         model.to(device)
-    loaders = _fit_loaders(group, benchmark, loader)
     entries = []
     for measurement in plan:
+        loaders = _fit_loaders(detector_spec(measurement.detector).fit, benchmark, loader)
         detector = build_and_fit(
-            measurement.detector, model, preset=preset, **loaders, **measurement.settings
+            measurement.detector, model, preset=preset, **loaders, **dict(measurement.settings)
         )
-        entries.append((measurement.label, {}, detector))
+        entries.append((measurement.detector, dict(measurement.settings), detector))
     table = evaluate(
         benchmark,
         entries,
@@ -404,16 +357,18 @@ def measure(
 
 
 def _fit_loaders(
-    group: str, benchmark: Any, loader: Callable[[Dataset], DataLoader]
+    fit: str, benchmark: Any, loader: Callable[[Dataset], DataLoader]
 ) -> dict[str, DataLoader]:
-    """The fit data of a measurement group (module docstring); none for ``forward``."""
-    if group == "mahalanobis":
-        id_test = benchmark.test_sets(known=True, unknown=False)[0]
-        return {"train_loader": loader(benchmark.train_set()), "tuning_loader": loader(id_test)}
-    if group == "lee-alregib":
-        sample = _sample(benchmark.train_set(), LEE_ALREGIB_FIT_SAMPLES)
-        return {"train_loader": loader(sample)}
-    return {}
+    """The data a detector of fit kind ``fit`` (the registry's) is fitted on in the paper's
+    protocols (module docstring)."""
+    loaders = {}
+    if fit == "surrogate":
+        loaders["train_loader"] = loader(_sample(benchmark.train_set(), SURROGATE_FIT_SAMPLES))
+    if fit in ("train", "train+tuning", "auto"):
+        loaders["train_loader"] = loader(benchmark.train_set())
+    if fit in ("tuning", "train+tuning"):
+        loaders["tuning_loader"] = loader(benchmark.test_sets(known=True, unknown=False)[0])
+    return loaders
 
 
 def _sample(dataset: Dataset, count: int, seed: int = 0) -> Dataset:

@@ -1,4 +1,4 @@
-"""Shared pieces of the speed benchmarks (imported by ``test_*_speed.py`` and
+"""Speed measurement of the benchmarks (``benchmarks/test_speed_targets.py`` and
 ``test_throughput.py``): models on random batches, the reference implementations that gradood is
 compared with, round calibration and peak-memory probes.
 
@@ -14,14 +14,15 @@ import platform
 import resource
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from pytorch_ood.detector import GradUncertainty
 from torch import Tensor, nn
 
-from gradood import LeeAlRegib
-from gradood.heads import find_head
+from ..detectors.lee_alregib import LeeAlRegib
+from ..heads import find_head
 
 #: the workloads that Lee & AlRegib's features are compared with (:func:`lee_alregib_workload`)
 FORWARD_BACKWARD = "forward + backward"
@@ -257,3 +258,37 @@ def peak_memory(work: Callable[[], object], device: str) -> dict[str, object]:
     work()
     method = "VmHWM after clear_refs" if was_reset else "ru_maxrss (an upper bound)"
     return {"before": before, "peak": peak_resident_bytes(was_reset), "method": method}
+
+
+# -- pytest-benchmark timings of a run ------------------------------------------------------
+
+
+@dataclass
+class SideBySide:
+    """Fastest round of each benchmark of this run, by (group, name)."""
+
+    fastest: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def measure(
+        self,
+        benchmark,
+        group: str,
+        name: str,
+        function: Callable[[], object],
+        rounds: int,
+        warmup_rounds: int = 1,
+    ) -> object:
+        """Time ``function`` with pytest-benchmark (CUDA work synchronized) and record it."""
+        benchmark.group = group
+        benchmark.name = name
+
+        def synchronized():
+            result = function()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            return result
+
+        result = benchmark.pedantic(synchronized, rounds=rounds, warmup_rounds=warmup_rounds)
+        if benchmark.stats is not None:
+            self.fastest[(group, name)] = benchmark.stats.stats.min
+        return result
