@@ -17,7 +17,7 @@ from gradood.detectors.gradnorm import PAPER_NORMS, PAPER_TEMPERATURES
 from gradood.evaluate import AVERAGE
 from gradood.harness.bundled import (
     NEAR_TIE_TOLERANCE,
-    PAPER_SETTING,
+    PAPER_DETECTORS,
     TITLE,
     BundledRun,
     run_bundled,
@@ -36,7 +36,7 @@ def bundled(request, gradood_report) -> BundledRun:
     gradood_report.captions[TITLE] = (
         f"shipped DigitsCNN, {100 * run.accuracy():.1f} % ID test accuracy"
     )
-    gradood_report.defaults[TITLE] = {"gradnorm": PAPER_SETTING}
+    gradood_report.defaults[TITLE] = PAPER_DETECTORS
     return run
 
 

@@ -37,12 +37,24 @@ from ..models.digits import load_digits_cnn
 from ..protocols.digits import DigitsBenchmark
 from ..registry import available_detectors, build_and_fit
 
-__all__ = ["NEAR_TIE_TOLERANCE", "PAPER_SETTING", "TITLE", "BundledRun", "run_bundled"]
+__all__ = [
+    "NEAR_TIE_TOLERANCE",
+    "PAPER_DETECTORS",
+    "PAPER_SETTING",
+    "TITLE",
+    "BundledRun",
+    "run_bundled",
+]
 
 TITLE = "bundled digits benchmark"
 SEED = 0
 #: GradNorm's setting in the paper's main results (Table 1)
 PAPER_SETTING = {"p": 1.0, "temperature": 1.0}
+#: the detectors of the paper's tables, always listed in the summary (GradNorm at its setting)
+PAPER_DETECTORS = {
+    "gradnorm": PAPER_SETTING,
+    **{name: {} for name in ("msp", "odin", "energy", "mahalanobis-paper", "lee-alregib")},
+}
 #: the outputs of the CNN's two convolution blocks, for the paper's Mahalanobis ensemble
 MAHALANOBIS_LAYERS = ["body.2", "body.5"]
 _ID_TEST = 719

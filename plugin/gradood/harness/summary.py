@@ -25,8 +25,9 @@ __all__ = ["MAX_LINES", "MAX_WIDTH", "shown_path", "summary_lines"]
 MAX_LINES = 40
 MAX_WIDTH = 100
 _NAME_WIDTH = 34
-#: detectors listed per table (by AUROC; those with a default setting always), the rest counted
-_TABLE_ROWS = 12
+#: detectors listed per table, by AUROC: those with a default setting (the paper's) and the best
+#: of the others up to this count; the rest are counted
+_TABLE_ROWS = 10
 
 
 def summary_lines(report: Report, folder: Path | None) -> list[str]:
@@ -65,7 +66,9 @@ def _table_lines(
         pinned = method in (defaults or {})
         rows.append((*_method_row(str(method), group, (defaults or {}).get(method)), pinned))
     rows.sort(key=lambda row: -row[2])
-    shown = [row for rank, row in enumerate(rows) if rank < _TABLE_ROWS - 1 or row[4]]
+    pinned = [row for row in rows if row[4]]
+    others = [row for row in rows if not row[4]][: max(0, _TABLE_ROWS - len(pinned))]
+    shown = sorted(pinned + others, key=lambda row: -row[2])
     head = f"{name}" + (f": {caption}" if caption else "")
     lines = [head, f"  Average over {len(ood_sets)} OOD sets ({', '.join(ood_sets)})"]
     lines.append(f"  {'detector':<{_NAME_WIDTH}} {'FPR95 %':>8} {'AUROC %':>8}")
