@@ -88,7 +88,7 @@ class Report:
                 atomic_write_text(directory / f"{stem}.csv", table.to_csv(index=False)),
                 atomic_write_text(directory / f"{stem}.md", _markdown(_percent(table))),
             ]
-        written += _figures(frame, self.tables, directory)
+        written += _figures(frame, self.tables, self.defaults, directory)
         return written
 
     def missing_markdown(self) -> str:
@@ -127,7 +127,10 @@ def _file_stem(name: str) -> str:
 
 
 def _figures(
-    comparisons: pd.DataFrame, tables: dict[str, pd.DataFrame], directory: Path
+    comparisons: pd.DataFrame,
+    tables: dict[str, pd.DataFrame],
+    defaults: dict[str, dict],
+    directory: Path,
 ) -> list[Path]:
     import matplotlib
 
@@ -143,15 +146,18 @@ def _figures(
             sweep = _gradnorm_sweep(table, column)
             if sweep is not None:
                 path = directory / f"{_file_stem(name)}_{column}.png"
-                references = _other_averages(table)
+                references = _other_averages(table, defaults.get(name))
                 title = f"{name}: GradNorm"
                 written.append(_measured_figure(sweep, references, column, path, title))
     return written
 
 
-def _other_averages(table: pd.DataFrame) -> pd.DataFrame:
-    """The ``Average`` rows of every method but GradNorm, one per method and settings."""
+def _other_averages(table: pd.DataFrame, shown: dict | None) -> pd.DataFrame:
+    """The ``Average`` rows of the methods but GradNorm (of ``shown``'s, where given: the
+    table's detectors of note), one per method and settings."""
     rows = table[(table["ood_data"] == "Average") & ~_is_gradnorm(table)]
+    if shown:
+        rows = rows[rows["method"].isin(list(shown))]
     return rows.drop_duplicates(subset=["method", "settings"] if "settings" in rows else "method")
 
 
