@@ -495,12 +495,16 @@ def test_data_files_are_package_data():
 
 
 def test_every_method_of_every_table_says_how_it_is_measured():
+    from gradood import available_detectors
     from gradood.harness.checks import TOLERANCES
 
     for name in reported.tables():
-        for method in reported.table(name)["method"].unique():
+        table = reported.table(name)
+        for method in table["method"].unique():
             how = reported.measured_as(name, method)
-            assert how["tolerance"] in TOLERANCES and how["detector"], (name, method)
+            assert how["tolerance"] in TOLERANCES, (name, method)
+            assert how["detector"] in available_detectors(), (name, method)
+            assert set(how["settings"]) <= set(table.columns), (name, method)
             assert how["varies"] in (None, "p", "temperature")
             if how["varies"] is not None:  # the swept setting names every row of the table
                 settings = reported.table(name)[how["varies"]]
