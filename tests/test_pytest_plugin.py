@@ -308,3 +308,12 @@ def test_the_harness_in_another_project_as_the_readme_says(tmp_path):
     (folder,) = (project / "reports").iterdir()
     assert len(pd.read_csv(folder / "paper.csv")) == 125
     assert {"figure4_norms.png", "figure5_temperatures.png"} <= {p.name for p in folder.iterdir()}
+
+
+def test_a_project_that_never_uses_the_harness_is_not_stopped_by_its_defaults(pytester):
+    """The plugin loads in every project where gradood is installed: its default folders are
+    not checked up front (a read-only checkout runs its own tests as before)."""
+    pytester.makepyfile(test_sample="def test_runs():\n    assert True")
+    (pytester.path / "reports").write_text("a file where the default report folder would be")
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1)

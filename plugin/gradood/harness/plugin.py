@@ -22,7 +22,9 @@ plugins'):
   test on the CPU too; otherwise CPU verdicts are reported only, as a shared CPU's timings say
   little.
 
-An unwritable report or cache directory is a usage error before any test runs. The run ends
+A report or cache directory given that cannot be written is a usage error before any test
+runs (the defaults are not checked: a project may never use the harness; a report that cannot
+be written there is said at the end). The run ends
 with the summary of :mod:`gradood.harness.summary` (after pytest's own short summary).
 
 Marker: ``gradood_gpu`` (needs CUDA; skipped without ``--gradood-gpu``). Fixtures: ``device``
@@ -108,6 +110,11 @@ def uses_gpu(config: pytest.Config) -> bool:
     return bool(config.getoption("gradood_gpu"))
 
 
+def _given(config: pytest.Config, name: str) -> bool:
+    """Whether path option ``name`` was given (flag or environment variable)."""
+    return bool(config.getoption(f"gradood_{name}") or os.environ.get(_PATH_OPTIONS[name][0]))
+
+
 def option_path(config: pytest.Config, name: str) -> Path:
     """The directory of path option ``name`` (``"data_root"``, ``"checkpoint_dir"``,
     ``"cache_dir"``, ``"report_dir"``): the option, else its environment variable, else the
@@ -163,6 +170,8 @@ def pytest_configure(config: pytest.Config) -> None:
                 f"run without {flag('gpu')}"
             )
     for name in ("report_dir", "cache_dir"):
+        if not _given(config, name):  # the defaults: a project may never use the harness
+            continue
         problem = _unwritable(option_path(config, name))
         if problem is not None:
             variable = _PATH_OPTIONS[name][0]
