@@ -49,7 +49,13 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from .distributed import Ranks, current_ranks, resolve_device
-from .features import DEFAULT_CHUNK_SIZE, Features, extract_features
+from .features import (
+    DEFAULT_CHUNK_SIZE,
+    DeviceStage,
+    Features,
+    extract_features,
+    loader_arguments,
+)
 from .heads import Head, PenultimateEncoder, find_head
 from .metrics import paper_metrics
 
@@ -112,8 +118,9 @@ class _Route:
 class _Options:
     device: torch.device | None
     batch_size: int
-    num_workers: int
+    num_workers: int | None
     loader_kwargs: Mapping[str, Any]
+    device_preprocessing: DeviceStage | None
     cache_dir: Any
     bf16: bool
     chunk_size: int
@@ -151,8 +158,9 @@ def evaluate(
     *,
     device: str | torch.device | None = None,
     batch_size: int = 64,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     loader_kwargs: Mapping[str, Any] | None = None,
+    device_preprocessing: DeviceStage | None = None,
     cache_dir: Any = None,
     bf16: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -170,8 +178,12 @@ def evaluate(
     :param device: where to run; detectors (and their models) are moved there. ``None``: leave
         them where they are
     :param batch_size: samples per forward pass (and per ``predict`` call of raw-input detectors)
-    :param num_workers: DataLoader worker processes
+    :param num_workers: DataLoader worker processes; ``None``: as
+        :func:`gradood.features.default_num_workers` chooses for the device
     :param loader_kwargs: further DataLoader arguments
+    :param device_preprocessing: the batch stage run on the device before the models (see
+        :func:`gradood.extract_features`); ``None``: the benchmark's ``device_preprocessing``
+        attribute if it has one (a protocol opened with ``decoder="device"``)
     :param cache_dir: directory of the feature cache (see :mod:`gradood.features`); ``None``
         keeps the features in memory only. Multi-process runs (``torchrun``) split the forward
         passes and the raw-input scoring between the processes, and all return the full table
@@ -196,6 +208,8 @@ def evaluate(
         batch_size=batch_size,
         num_workers=num_workers,
         loader_kwargs=dict(loader_kwargs or {}),
+        device_preprocessing=device_preprocessing
+        or getattr(benchmark, "device_preprocessing", None),
         cache_dir=cache_dir,
         bf16=bf16,
         chunk_size=chunk_size,
@@ -397,6 +411,7 @@ def _score_dataset(
             num_workers=options.num_workers,
             loader_kwargs=options.loader_kwargs,
             device=options.device,
+            device_preprocessing=options.device_preprocessing,
             bf16=options.bf16,
             extra_layers=source.layers,
             chunk_size=options.chunk_size,
@@ -439,7 +454,9 @@ def _scores_from_inputs(
     share = math.ceil(size / ranks.world_size)
     mine = range(min(ranks.rank * share, size), min((ranks.rank + 1) * share, size))
     part = Subset(dataset, mine) if ranks.distributed else dataset
-    kwargs = {"num_workers": options.num_workers, **options.loader_kwargs}
+    device = options.device or resolve_device(None, getattr(entries[0].detector, "model", None))
+    stage = options.device_preprocessing
+    kwargs = loader_arguments(options.num_workers, options.loader_kwargs, device, stage)
     loader = DataLoader(part, batch_size=options.batch_size, shuffle=False, **kwargs)
     scores: list[list[Tensor]] = [[] for _ in entries]
     labels = []
@@ -447,7 +464,9 @@ def _scores_from_inputs(
         loader, desc=f"{name}: raw-input detectors", disable=not (options.progress and ranks.main)
     )
     for inputs, targets in bar:
-        if options.device is not None:
+        if stage is not None:
+            inputs = stage(inputs, device)
+        elif options.device is not None:
             inputs = inputs.to(options.device)
         for entry, collected in zip(entries, scores, strict=True):
             with _context(entry, name):

@@ -85,7 +85,15 @@ from .files import atomic_torch_save, exclusive_lock
 from .fingerprint import Fingerprint, keyed_by_attributes, qualified_name
 from .heads import Head, find_head, forward_logits, forward_with_features
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "REDUCTIONS", "CacheError", "Features", "extract_features"]
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "REDUCTIONS",
+    "CacheError",
+    "Features",
+    "default_num_workers",
+    "extract_features",
+    "loader_arguments",
+]
 
 #: samples per chunk: the unit of resumption and of sharding
 DEFAULT_CHUNK_SIZE = 2048
@@ -94,6 +102,8 @@ REDUCTIONS = ("mean", "flatten", "none")
 FORMAT_VERSION = 2  # 2: a checksum of the tensors
 
 Reduction = str | Callable[[Tensor], Tensor]
+#: a batch stage run on the device: ``stage(inputs as collated, device) -> model input``
+DeviceStage = Callable[[Any, torch.device], Tensor]
 _CHUNK_NAME = re.compile(r"chunk-\d{10}-\d{10}\.pt")
 _LOADER_ARGUMENTS_WE_SET = ("batch_size", "shuffle", "sampler", "batch_sampler", "drop_last")
 _AGAIN = "delete it, or pass recompute=True, to extract again"
@@ -177,6 +187,7 @@ class _Plan:
     device: torch.device
     batch_size: int
     loader_kwargs: Mapping[str, Any]
+    device_preprocessing: DeviceStage | None
     bf16: bool
     layers: Mapping[str, str]
     reduction: Reduction
@@ -200,9 +211,10 @@ def extract_features(
     penultimate: bool = True,
     cache_dir: str | os.PathLike | None = None,
     batch_size: int = 64,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     loader_kwargs: Mapping[str, Any] | None = None,
     device: str | torch.device | None = None,
+    device_preprocessing: DeviceStage | None = None,
     bf16: bool = False,
     extra_layers: Mapping[str, str] | None = None,
     reduction: Reduction = "mean",
@@ -226,11 +238,16 @@ def extract_features(
     :param cache_dir: directory of the on-disk cache; ``None`` for no cache (then the ranks of
         a multi-process run exchange their chunks through ``torch.distributed``)
     :param batch_size: samples per forward pass
-    :param num_workers: DataLoader worker processes
+    :param num_workers: DataLoader worker processes; ``None``: :func:`default_num_workers`
+        (as many as the usable CPUs less one, at most 16, on an accelerator; none on the CPU)
     :param loader_kwargs: further DataLoader arguments (e.g. ``prefetch_factor``); not the
-        batching or sampling ones, which this function sets
+        batching or sampling ones, which this function sets. Memory is pinned on CUDA
     :param device: where to run; ``None`` for the model's device. A given device receives the
         model (``model.to(device)``); ``"cuda"`` means ``cuda:LOCAL_RANK`` under ``torchrun``
+    :param device_preprocessing: a batch stage run on the device before the model, e.g.
+        :class:`gradood.decoding.DevicePreprocessing` (image files decoded on the GPU): called
+        as ``stage(inputs, device)`` on the inputs as collated; its ``collate`` method, if it
+        has one, is the DataLoader's ``collate_fn``
     :param bf16: run under ``torch.autocast`` with bfloat16 (results are stored as float32)
     :param extra_layers: ``{name: module path}`` of further layers to capture, e.g.
         ``{"block1": "body.block1"}``; stored in ``Features.extras[name]``
@@ -269,7 +286,10 @@ def extract_features(
     plan = _Plan(
         device=resolved_device,
         batch_size=batch_size,
-        loader_kwargs=_loader_kwargs(num_workers, loader_kwargs, resolved_device),
+        loader_kwargs=loader_arguments(
+            num_workers, loader_kwargs, resolved_device, device_preprocessing
+        ),
+        device_preprocessing=device_preprocessing,
         bf16=bf16,
         layers=layers,
         reduction=reduction,
@@ -343,9 +363,27 @@ def _check_reduction(reduction: Reduction) -> None:
         raise ValueError(f"reduction must be one of {REDUCTIONS} or a function, got {reduction!r}")
 
 
-def _loader_kwargs(
-    num_workers: int, loader_kwargs: Mapping[str, Any] | None, device: torch.device
+def default_num_workers(device: str | torch.device) -> int:
+    """DataLoader workers for reading inputs to a model on ``device``.
+
+    On an accelerator, the usable CPUs less one (the main process drives the device), at most
+    16: decoding images is then the limit, and each worker decodes in parallel. On the CPU,
+    none: the model is the limit there, and workers would take cores from its threads.
+    """
+    if torch.device(device).type == "cpu":
+        return 0
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(16, (usable or 1) - 1))
+
+
+def loader_arguments(
+    num_workers: int | None,
+    loader_kwargs: Mapping[str, Any] | None,
+    device: torch.device,
+    device_preprocessing: DeviceStage | None = None,
 ) -> dict[str, Any]:
+    """The DataLoader arguments besides the dataset and the batching: ``loader_kwargs`` with
+    the defaults (workers, pinned memory on CUDA, the device stage's ``collate``) filled in."""
     kwargs = dict(loader_kwargs or {})
     clashing = [name for name in _LOADER_ARGUMENTS_WE_SET if name in kwargs]
     if clashing:
@@ -353,7 +391,14 @@ def _loader_kwargs(
             f"loader_kwargs must not set {', '.join(clashing)}: batches follow the chunks, in "
             "dataset order (use batch_size=...)"
         )
-    kwargs.setdefault("num_workers", num_workers)
+    collate = getattr(device_preprocessing, "collate", None)
+    if collate is not None:
+        if "collate_fn" in kwargs:
+            raise ValueError("loader_kwargs must not set collate_fn: device_preprocessing does")
+        kwargs["collate_fn"] = collate
+    kwargs.setdefault(
+        "num_workers", default_num_workers(device) if num_workers is None else num_workers
+    )
     kwargs.setdefault("pin_memory", device.type == "cuda")
     return kwargs
 
@@ -432,11 +477,12 @@ def _forward(
     for outputs in captured.values():
         outputs.clear()
     device = plan.device
+    with torch.no_grad():
+        inputs = _on_device(inputs, device, plan.device_preprocessing)
     with (
         torch.no_grad(),
         torch.autocast(device.type, dtype=torch.bfloat16, enabled=plan.bf16),
     ):
-        inputs = inputs.to(device, non_blocking=True)
         if head is None:
             logits = forward_logits(model, inputs)
             features = logits.new_empty(logits.shape[0], 0)
@@ -448,6 +494,13 @@ def _forward(
     return Features(
         _stored(logits), _stored(features), labels, {n: _stored(v) for n, v in extras.items()}
     )
+
+
+def _on_device(inputs: Any, device: torch.device, stage: DeviceStage | None) -> Tensor:
+    """The batch's inputs on ``device``, through the device stage if there is one."""
+    if stage is None:
+        return inputs.to(device, non_blocking=True)
+    return stage(inputs, device)
 
 
 def _reduce(name: str, outputs: list[Tensor], reduction: Reduction) -> Tensor:
@@ -498,6 +551,7 @@ def _cache_key(
             "bf16": plan.bf16,
             "device": plan.device.type,
             "collate_fn": plan.loader_kwargs.get("collate_fn"),
+            "device_preprocessing": plan.device_preprocessing,
             "key_extra": key_extra,
         },
         "settings",

@@ -90,6 +90,9 @@ class _CifarProtocol(GradNormProtocol):
             f"--data-root <data root> --out {path}"
         )
 
+    #: its transform crops non-square images, which only the PIL path does
+    decoders = ("pil",)
+
     @classmethod
     def default_transform(cls) -> T.Compose:
         """:func:`cifar_transform`."""

@@ -103,6 +103,7 @@ class ImageFolderSource(DataSource):
         transform: Callable | None,
         target_transform: Callable | None,
         verify_checksums: bool,
+        loader: Callable[[str], Any] | None = None,
     ) -> ImageFolderKeepingEmptyClasses:
         folder = self.path(root)
         if not folder.is_dir():
@@ -115,7 +116,11 @@ class ImageFolderSource(DataSource):
                 "no class subfolder (images are read from subfolders, as ImageFolder does)",
             )
         dataset = ImageFolderKeepingEmptyClasses(
-            str(folder), self.name, transform=transform, target_transform=target_transform
+            str(folder),
+            self.name,
+            transform=transform,
+            target_transform=target_transform,
+            **({} if loader is None else {"loader": loader}),
         )
         if expected.classes is not None and len(dataset.classes) != expected.classes:
             found = len(dataset.classes)

@@ -68,8 +68,8 @@ _DEVKIT_LISTS = (
 
 class Places365TestImages(VisionDataset):
     """The images named in ``root / "places365_test.txt"``, read from ``root / "test_256"`` as
-    RGB PIL images, in file-list order; the test set is unlabelled, so the target is ``None``
-    (before ``target_transform``).
+    RGB PIL images (or by ``loader``), in file-list order; the test set is unlabelled, so the
+    target is ``None`` (before ``target_transform``).
 
     ``imgs`` holds ``(path, None)`` per image, as torchvision's ``Places365`` does.
     """
@@ -79,8 +79,10 @@ class Places365TestImages(VisionDataset):
         root: str | os.PathLike,
         transform: Callable | None = None,
         target_transform: Callable | None = None,
+        loader: Callable[[str], Any] = pil_loader,
     ):
         super().__init__(str(root), transform=transform, target_transform=target_transform)
+        self.loader = loader
         self.images_dir = os.path.join(self.root, PLACES365_TEST_IMAGES[0].removesuffix(".tar"))
         self.names = _read_names(Path(self.root) / PLACES365_TEST_LIST[0])
         self.imgs: list[tuple[str, None]] = [
@@ -92,7 +94,7 @@ class Places365TestImages(VisionDataset):
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         path, target = self.imgs[index]
-        image = read_image(pil_loader, path, "the Places365 test set", index)
+        image = read_image(self.loader, path, "the Places365 test set", index)
         if self.transform is not None:
             image = self.transform(image)
         if self.target_transform is not None:
@@ -163,6 +165,7 @@ class Places365SampleSource(DataSource):
         transform: Callable | None,
         target_transform: Callable | None,
         verify_checksums: bool,
+        loader: Callable[[str], Any] | None = None,
     ) -> Subset:
         if expected.drawn_from is None:
             raise ValueError(f"{self.name}: Expected.drawn_from (the test set size) is required")
@@ -173,7 +176,7 @@ class Places365SampleSource(DataSource):
             raise self.missing(root, expected.drawn_from, 0, problem)
         if verify_checksums:
             self._check_lists(root, expected.drawn_from)
-        dataset = Places365TestImages(folder, transform, target_transform)
+        dataset = Places365TestImages(folder, transform, target_transform, loader or pil_loader)
         self._check_test_set(root, expected.drawn_from, len(dataset))
         indices = sample_places365(dataset.names, expected.images, self.seed)
         images_dir = self._images_dir(root)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from torch.utils.data import Dataset
 
@@ -43,8 +44,12 @@ class DataSource(ABC):
         transform: Callable | None,
         target_transform: Callable | None,
         verify_checksums: bool,
+        loader: Callable[[str], Any] | None = None,
     ) -> Dataset:
         """The dataset, checked against ``expected``.
+
+        :param loader: how image files are read (path to image), for sources that read image
+            files; ``None``: as PIL images. Sources of decoded arrays yield PIL images
 
         :raises DatasetNotFoundError: if it is absent, incomplete or fails its checksums
         """

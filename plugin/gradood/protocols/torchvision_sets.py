@@ -63,6 +63,7 @@ class _TorchvisionSource(DataSource):
         transform: Callable | None,
         target_transform: Callable | None,
         verify_checksums: bool,
+        loader: Callable[[str], Any] | None = None,
     ) -> Dataset:
         folder = self.path(root)
         absent = [name for name in self.files() if not (folder / name).is_file()]
