@@ -12,10 +12,12 @@
 # - runs, each part under a wall-clock limit (SIGINT: pytest still writes what it timed):
 #   1. benchmarks/test_speed_targets.py --gradood-gpu: every side-by-side ratio (GradNorm vs MSP, the
 #      official loop and pytorch-ood; Lee & AlRegib vs forward + backward and GradUncertainty;
-#      peak memory), 160 s;
+#      peak memory), 130 s;
 #   2. benchmarks/test_throughput.py --gradood-gpu -k: every detector's images/s on ResNet-50 at 224 px
-#      and BiT-S-R101x1 at 480 px, batches 64 and 256, fp32 and bf16, with peak memory, 160 s;
-# - writes DIR/<gpu-name>.json (pytest-benchmark's JSON, both parts) and DIR/<gpu-name>.md (the
+#      and BiT-S-R101x1 at 480 px, batches 64 and 256, fp32 and bf16, with peak memory, 130 s;
+#   3. benchmarks/test_input_pipeline.py --gradood-gpu: extract_features against the decode ceiling
+#      for each decoder (PIL, torchvision on the CPU, nvJPEG), nvJPEG's inputs against PIL's, 80 s;
+# - writes DIR/<gpu-name>.json (pytest-benchmark's JSON, all parts) and DIR/<gpu-name>.md (the
 #   runs' gradood summaries, then images/s per case). DIR: --out, else $GRADOOD_GPU_QUICK_OUT,
 #   else benchmarks/results.
 #
@@ -73,31 +75,36 @@ if ((dry_run)); then
     name=cpu-dry-run
     device=()
     limit=${GRADOOD_GPU_QUICK_LIMIT_S:-60}
+    pipeline_limit=$limit
     targets_k="resnet20-32px-b64-gradnorm-vs-msp-throughput"
     throughput_k="test_detector_throughput and resnet20-32px-b64-fp32 and (msp or gradnorm)"
+    pipeline_k="test_extraction_at_the_decode_limit and tensor"
 else
     name=$("$PYTHON" -c "import torch, re; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name(0).lower()).strip('-'))")
     device=(--gradood-gpu)
-    limit=${GRADOOD_GPU_QUICK_LIMIT_S:-160}
+    limit=${GRADOOD_GPU_QUICK_LIMIT_S:-130}
+    pipeline_limit=${GRADOOD_GPU_QUICK_LIMIT_S:-80}
     targets_k=""
     throughput_k="test_detector_throughput and (resnet50-224px or bit-s-r101x1-480px) and (-b64- or -b256-)"
+    pipeline_k=""
 fi
 
-run_part() {  # run_part PART FILE K: one pytest run under the limit, its JSON and its output
-    local part=$1 file=$2 selection=$3
+run_part() {  # run_part PART FILE K [LIMIT]: one pytest run under the limit, its JSON and output
+    local part=$1 file=$2 selection=$3 part_limit=${4:-$limit}
     local args=("$file" "${device[@]}" "${plugin[@]}" -p no:cacheprovider -q
         --gradood-report-dir "$work/reports" --gradood-cache-dir "$work/cache"
         --benchmark-json "$work/$part.json")
     [[ -n $selection ]] && args+=(-k "$selection")
-    echo "== $part: pytest ${args[*]} (limit ${limit} s)"
+    echo "== $part: pytest ${args[*]} (limit ${part_limit} s)"
     local status=0
-    timeout --signal=INT --kill-after=20 "$limit" "$PYTHON" -m pytest "${args[@]}" \
+    timeout --signal=INT --kill-after=20 "$part_limit" "$PYTHON" -m pytest "${args[@]}" \
         2>&1 | tee "$work/$part.log" || status=$?
     echo "$status" >"$work/$part.status"
 }
 
 run_part targets benchmarks/test_speed_targets.py "$targets_k"
 run_part throughput benchmarks/test_throughput.py "$throughput_k"
+run_part pipeline benchmarks/test_input_pipeline.py "$pipeline_k" "$pipeline_limit"
 
-"$PYTHON" benchmarks/gpu_quick.py "$work" "$out/$name" targets throughput
+"$PYTHON" benchmarks/gpu_quick.py "$work" "$out/$name" targets throughput pipeline
 echo "wrote $out/$name.json and $out/$name.md"

@@ -30,7 +30,12 @@ from gradood.decoding import (
 from gradood.features import default_num_workers, extract_features
 from gradood.models.preprocessing import BIT_S_R101X1, CIFAR_RESNET20, Preprocessing
 from gradood.protocols import ImageReadError
-from gradood.testing import forbid_downloads, make_cifar_layout, make_imagenet_layout
+from gradood.testing import (
+    forbid_downloads,
+    make_cifar_layout,
+    make_imagenet_layout,
+    write_photo_like,
+)
 
 SMALL_BIT = Preprocessing(size=(48, 40), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 PREPROCESSINGS = [BIT_S_R101X1, CIFAR_RESNET20, SMALL_BIT]
@@ -45,20 +50,11 @@ IMAGES = [
 ]
 
 
-def _write(path: Path, height: int, width: int, mode: str, kind: str, seed: int) -> Path:
-    """A smooth random photo-like image: coarse noise upsampled, so JPEG keeps its detail."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, size=(max(2, height // 8), max(2, width // 8), 3), dtype=np.uint8)
-    image = Image.fromarray(coarse).resize((width, height), Image.BICUBIC).convert(mode)
-    image.save(path, format=kind, **({"quality": 90} if kind == "JPEG" else {}))
-    return path
-
-
 @pytest.fixture(scope="module")
 def image_files(tmp_path_factory) -> list[Path]:
     folder = tmp_path_factory.mktemp("images")
     return [
-        _write(folder / f"{i}.JPEG", h, w, mode, kind, seed=i)
+        write_photo_like(folder / f"{i}.JPEG", (h, w), seed=i, mode=mode, image_format=kind)
         for i, (h, w, mode, kind) in enumerate(IMAGES)
     ]
 

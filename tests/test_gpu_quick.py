@@ -34,8 +34,11 @@ def test_dry_run_writes_the_json_and_the_summary(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     document = json.loads((out / "cpu-dry-run.json").read_text())
     timed = {bench["name"]: bench for bench in document["benchmarks"]}
-    # one side-by-side ratio (first part) and two detectors' throughput (second part), merged
-    assert set(timed) == {"GradNorm / MSP throughput", "msp", "gradnorm"}
+    # one side-by-side ratio (first part), two detectors' throughput (second part) and the
+    # tensor decoder's pipeline against its ceiling (third part), merged
+    pipeline = "extract_features / ceiling, tensor"
+    assert set(timed) == {"GradNorm / MSP throughput", "msp", "gradnorm", pipeline}
+    assert timed[pipeline]["extra_info"]["verdict"] in {"met", "missed", "inconclusive"}
     assert timed["GradNorm / MSP throughput"]["extra_info"]["verdict"] in {
         "met",
         "missed",
@@ -49,4 +52,6 @@ def test_dry_run_writes_the_json_and_the_summary(tmp_path):
     assert "| throughput resnet20-32px-b64-fp32 | gradnorm |" in summary
     assert "## targets (exit status 0)" in summary
     assert "## throughput (exit status 0)" in summary
+    assert "## pipeline (exit status 0)" in summary
+    assert "features / decode ceiling" in summary
     assert sorted(p.name for p in out.iterdir()) == ["cpu-dry-run.json", "cpu-dry-run.md"]

@@ -13,6 +13,7 @@ from a seed) and opened with the counts they were written with:
   (the same OOD sets under one root).
 - :func:`forbid_downloads`: make any torchvision download or network connection fail a test.
 - :func:`write_image_folder`: a small generated ``ImageFolder`` tree of random PNGs.
+- :func:`write_photo_like`: one smooth image (coarse noise, upsampled), as JPEG compresses photos.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ __all__ = [
     "make_cifar_layout",
     "make_imagenet_layout",
     "write_image_folder",
+    "write_photo_like",
 ]
 
 
@@ -385,3 +387,25 @@ def write_image_folder(
         _write_images(folder, names, rng, size)
         paths += [folder / file_name for file_name in names]
     return paths
+
+
+def write_photo_like(
+    path: str | os.PathLike,
+    size: tuple[int, int],
+    seed: int = 0,
+    mode: str = "RGB",
+    image_format: str = "JPEG",
+) -> Path:
+    """Write a smooth random image of ``size`` (height, width): noise on a grid 8 times coarser,
+    upsampled bicubically, so that JPEG keeps most of it, as with photos; in PIL ``mode``
+    (``"L"``, ``"CMYK"``, ...) and ``image_format``.
+
+    :raises FileExistsError: if ``path`` exists (nothing is overwritten)
+    """
+    height, width = size
+    rng = np.random.default_rng(seed)
+    coarse = _random_pixels(rng, max(2, height // 8), max(2, width // 8))
+    image = Image.fromarray(coarse).resize((width, height), Image.BICUBIC).convert(mode)
+    with open(path, "xb") as file:
+        image.save(file, format=image_format, **({"quality": 90} if image_format == "JPEG" else {}))
+    return Path(path)
