@@ -261,7 +261,12 @@ def test_ghost_and_materialized_norms_agree(name):
 
 
 #: every form that ``method`` can ask for, with the orders it computes
-FORMS = {"ghost": [2.0], "materialize": [2.0, 1.0], "conv-backward": [2.0, 1.0, math.inf]}
+FORMS = {
+    "ghost": [2.0],
+    "padded-gram": [2.0],
+    "materialize": [2.0, 1.0],
+    "conv-backward": [2.0, 1.0, math.inf],
+}
 
 
 @pytest.mark.parametrize("method", sorted(FORMS))
@@ -502,7 +507,7 @@ def test_module_run_without_gradients_raises():
     ("kwargs", "message"),
     [
         ({"p": 0.0}, "p must be > 0"),
-        ({"method": "fast"}, "method must be one of auto, ghost, materialize"),
+        ({"method": "fast"}, "method must be one of auto, ghost, padded-gram, materialize"),
         ({"p": 1.0, "method": "ghost"}, "method='ghost' computes squared L2 norms only"),
         ({"workspace_elements": 0}, "workspace_elements must be an integer >= 1"),
         ({"param_names": ["nope"]}, "'nope' names no parameter or module of Sequential"),

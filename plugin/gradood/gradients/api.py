@@ -21,7 +21,7 @@ from .session import Session
 #: default bound on the elements of one chunk's temporary tensors (64 MiB in float32)
 DEFAULT_WORKSPACE_ELEMENTS = 2**24
 
-_METHODS = ("auto", "ghost", "materialize", "conv-backward")
+_METHODS = ("auto", "ghost", "padded-gram", "materialize", "conv-backward")
 
 
 def resolve_parameter_names(
@@ -94,8 +94,10 @@ def per_sample_gradient_powers(
     :param p: order, a real number > 0 or ``float("inf")``
     :param method: the form of Linear/Conv2d weights' statistic (all exact): ``"auto"`` (the
         fastest per layer, timed on first use and cached, see :mod:`gradood.gradients`),
-        ``"ghost"`` (Gram form, ``p = 2``), ``"materialize"`` (from unfolded patches) or
-        ``"conv-backward"`` (one convolution backward per sample; Linear: ``"materialize"``)
+        ``"ghost"`` (Gram form, ``p = 2``), ``"padded-gram"`` (Gram form from the padded
+        input's pixels, ``p = 2``; Conv2d only, else ``"materialize"``), ``"materialize"`` (from
+        unfolded patches) or ``"conv-backward"`` (one convolution backward per sample; Linear:
+        ``"materialize"``)
     :param workspace_elements: bound on a chunk's temporary elements (>= one sample per chunk)
     :return: float64 tensor of shape B x P, column k for the k-th selected parameter in
         ``model.named_parameters()`` order
@@ -135,8 +137,8 @@ def _check_arguments(x: Tensor, p: float, method: str, workspace_elements: int) 
     """Raises ``ValueError`` naming the first bad argument."""
     if method not in _METHODS:
         raise ValueError(f"method must be one of {', '.join(_METHODS)}, got {method!r}")
-    if method == "ghost" and p != 2:
-        raise ValueError(f"method='ghost' computes squared L2 norms only (p = 2), got p = {p:g}")
+    if method in ("ghost", "padded-gram") and p != 2:
+        raise ValueError(f"method={method!r} computes squared L2 norms only (p = 2), got p = {p:g}")
     if isinstance(workspace_elements, bool) or not isinstance(workspace_elements, int):
         raise ValueError(f"workspace_elements must be an integer >= 1, got {workspace_elements!r}")
     if workspace_elements < 1:

@@ -1,7 +1,7 @@
 """The rules of ``nn.Linear`` and ``nn.Conv2d``, plain and weight-standardized, each in up to
-three exact forms: per-sample outer products of unfolded patches and output gradients, their
-Gram (ghost norm) form, or one convolution backward per sample; the fastest is timed and cached
-(:mod:`.choice`)."""
+four exact forms: per-sample outer products of unfolded patches and output gradients, their
+Gram (ghost norm) form, the Gram form from the padded input's pixels (convolutions), or one
+convolution backward per sample; the fastest is timed and cached (:mod:`.choice`)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from .choice import fastest
 
 #: the exact forms of a weight's statistic (also the ``method`` that asks for one)
 GHOST, UNFOLD, CONV_BACKWARD = "ghost", "materialize", "conv-backward"
+PADDED_GRAM = "padded-gram"
 #: ``auto`` times the forms whose workspace per sample is at most this times the smallest
 MEMORY_SPREAD = 4
 
@@ -52,8 +53,13 @@ class OuterProductRule(Rule):
     weight's statistic: ``materialize`` (:math:`g_i` from unfolded patches), ``conv-backward``
     (convolutions: :math:`g_i` from one convolution backward per sample, no unfolding) and,
     for ``p = 2``, ``ghost``, the Gram form :math:`\\lVert g_i \\rVert^2 = \\sum_{l, l'}
-    (a_{il} \\cdot a_{il'}) (\\gamma_{il} \\cdot \\gamma_{il'})`. ``method="auto"`` runs the
-    fastest, timed on first use (:func:`.choice.fastest`).
+    (a_{il} \\cdot a_{il'}) (\\gamma_{il} \\cdot \\gamma_{il'})`, and for plain convolutions
+    ``padded-gram``, the same sum without patches: a patch is the padded input :math:`\\tilde
+    x_i` read at pixels :math:`s l + d \\delta` for the kernel offsets :math:`\\delta`, so
+    :math:`a_{il} \\cdot a_{il'} = \\sum_\\delta K_i[s l + d \\delta, s l' + d \\delta]` with the
+    Gram matrix :math:`K_i[q, q'] = \\sum_c \\tilde x_{icq} \\tilde x_{icq'}` of the padded
+    pixels (per group): cheaper than unfolding where the maps are small. ``method="auto"`` runs
+    the fastest, timed on first use (:func:`.choice.fastest`).
 
     ``standardized``: the layer uses the weight standardized per output channel with ``eps``
     (``None``: the module's ``eps`` attribute); the raw weight's gradient is the Jacobian map
@@ -108,6 +114,8 @@ class OuterProductRule(Rule):
         # the Gram form of the standardized weight reads the layer's output
         if settings.p == 2 and (not self.standardized or call.output_unchanged()):
             available.insert(0, GHOST)
+        if settings.p == 2 and self.unfolds() and not self.standardized:
+            available.insert(1, PADDED_GRAM)
         if settings.method != "auto":
             return [settings.method] if settings.method in available else [UNFOLD]
         memory = {form: self._per_sample_elements(module, call, form) for form in available}
@@ -120,6 +128,9 @@ class OuterProductRule(Rule):
     def _per_sample_elements(self, module: nn.Module, call: Call, form: str) -> int:
         """The workspace of one sample in ``form`` (elements)."""
         positions, groups, d_in, d_out = self._sizes(module, call)
+        if form == PADDED_GRAM:
+            pixels = self.padded_pixels(module, call)
+            return groups * (pixels * pixels + positions * positions)
         patches = groups * positions * d_in if self.unfolds() and form != CONV_BACKWARD else 0
         if form == GHOST:
             return patches + groups * positions * (2 * positions + d_out)
@@ -150,6 +161,14 @@ class OuterProductRule(Rule):
 
     def conv_backward(self, module: nn.Module, x: Tensor, grad: Tensor) -> Tensor:
         """Per-sample gradients of the weight as the layer uses it (n x weight shape)."""
+        raise NotImplementedError
+
+    def padded_pixels(self, module: nn.Module, call: Call) -> int:
+        """Pixels of one channel of the padded input (convolutions)."""
+        raise NotImplementedError
+
+    def padded_gram_squared_norms(self, module: nn.Module, x: Tensor, grad: Tensor) -> Tensor:
+        """Squared norms of the per-sample weight gradients in the ``padded-gram`` form."""
         raise NotImplementedError
 
     def bias_gradient(self, module: nn.Module, grad: Tensor) -> Tensor:
@@ -188,7 +207,11 @@ class OuterProductRule(Rule):
         parts = []
         for start, stop in settings.spans(size):
             x, grad = call.input[start:stop], call.grad[start:stop]
-            parts.append(row_powers(self._weight_gradient(form, module, x, grad), settings.p))
+            if form == PADDED_GRAM:
+                parts.append(self.padded_gram_squared_norms(module, x, grad))
+            else:
+                weight_grad = self._weight_gradient(form, module, x, grad)
+                parts.append(row_powers(weight_grad, settings.p))
         return torch.cat(parts)
 
     def _ghost_squared_norms(self, module: nn.Module, call: Call, settings: Settings) -> Tensor:
@@ -229,6 +252,12 @@ class OuterProductRule(Rule):
         ) / scale.reshape(groups, -1).square()
         # exact arithmetic gives a sum of squares; rounding may leave a tiny negative residue
         return total.sum(dim=(1, 2)).double().clamp_min(0)
+
+
+def _offset_pixels(offset: int, stride: int, count: int) -> slice:
+    """The padded input's rows (or columns) that output positions ``0 .. count - 1`` read at
+    one kernel offset."""
+    return slice(offset, offset + stride * (count - 1) + 1, stride)
 
 
 def _conv_output_layout(values: Tensor, groups: int) -> Tensor:
@@ -294,6 +323,46 @@ class Conv2dRule(OuterProductRule):
 
     def bias_gradient(self, module, grad):
         return grad.sum(dim=(2, 3))
+
+    def _fully_padded(self, module: nn.Module, x: Tensor) -> Tensor:
+        x, padding = self._padded(module, x)
+        pad_h, pad_w = _pair(padding)
+        return F.pad(x, (pad_w, pad_w, pad_h, pad_h)) if pad_h or pad_w else x
+
+    def padded_pixels(self, module, call):
+        padded = isinstance(module.padding, str) or self.same_pad
+        extents = [
+            size + (d * (k - 1) if padded else 2 * pad)
+            for size, k, d, pad in zip(
+                call.input.shape[-2:],
+                module.kernel_size,
+                module.dilation,
+                (0, 0) if padded else _pair(module.padding),
+                strict=True,
+            )
+        ]
+        return extents[0] * extents[1]
+
+    def padded_gram_squared_norms(self, module, x, grad):
+        dtype = compute_dtype(grad)
+        x = self._fully_padded(module, x.to(dtype))
+        n, groups = x.shape[0], module.groups
+        (height, width), (out_h, out_w) = x.shape[-2:], grad.shape[-2:]
+        pixels = x.reshape(n, groups, -1, height * width)
+        pixel_gram = (pixels.transpose(-1, -2) @ pixels).view(
+            n, groups, height, width, height, width
+        )
+        grads = grad.to(dtype).reshape(n, groups, -1, out_h * out_w)
+        grad_gram = (grads.transpose(-1, -2) @ grads).view(n, groups, out_h, out_w, out_h, out_w)
+        (stride_h, stride_w), (dilation_h, dilation_w) = module.stride, module.dilation
+        total = grads.new_zeros(n)
+        for kh in range(module.kernel_size[0]):
+            rows = _offset_pixels(kh * dilation_h, stride_h, out_h)
+            for kw in range(module.kernel_size[1]):
+                cols = _offset_pixels(kw * dilation_w, stride_w, out_w)
+                shifted = pixel_gram[:, :, rows, cols, rows, cols]
+                total += (shifted * grad_gram).sum(dim=(1, 2, 3, 4, 5))
+        return total.double()
 
     def conv_backward(self, module, x, grad):
         dtype = compute_dtype(grad)
