@@ -49,7 +49,11 @@ and group, with :math:`L` positions, fan-in :math:`d_{in}`, :math:`d_{out}` outp
 one convolution backward per sample (``torch.func.vmap``), without unfolding; ``ghost``
 (:math:`p = 2`), the Gram form :math:`\\lVert g_i \\rVert^2 = \\sum_{l, l'} (a_l \\cdot
 a_{l'}) (\\gamma_l \\cdot \\gamma_{l'})`, costs :math:`L^2 (d_{in} + d_{out})` (:math:`L^2
-(d_{in} + 2 d_{out})` with weight standardization) and :math:`2 L^2` memory. On first use of a
+(d_{in} + 2 d_{out})` with weight standardization) and :math:`2 L^2` memory; ``padded-gram``
+(plain convolutions, :math:`p = 2`) forms the same sum from the Gram matrix of the padded
+input's :math:`P` pixels, :math:`P^2 d_{in} / k^2 + L^2 d_{out} + k^2 L^2` multiply-adds for
+:math:`k^2` kernel offsets and :math:`P^2 + L^2` memory, without unfolding: the cheapest
+where maps are small (ResNet-20's 64-channel 8 x 8 layers). On first use of a
 (layer, input shape, dtype, device, order) each applicable form whose workspace per sample is
 within 4x of the smallest (the convolution backward only where positions outnumber output
 channels) runs twice, alternating, and the fastest run's form is cached in memory
