@@ -175,6 +175,18 @@ def test_extract_features_through_each_path(tmp_path, image_files):
         assert ((results[decoder].logits - pil.logits).abs() <= weights * bound + 1e-6).all()
 
 
+def test_encoded_images_cross_worker_processes(tmp_path, image_files):
+    """The device path's encoded images and its collate work through DataLoader workers."""
+    root = _folder(tmp_path / "folder", image_files)
+    parts = decoding(SMALL_BIT, "device")
+    dataset = ImageFolder(str(root), loader=parts.loader)
+    model = _Pooled().eval()
+    kwargs = {"batch_size": 2, "device_preprocessing": parts.device_preprocessing}
+    in_workers = extract_features(model, dataset, num_workers=2, progress=False, **kwargs)
+    in_process = extract_features(model, dataset, num_workers=0, progress=False, **kwargs)
+    torch.testing.assert_close(in_workers.features, in_process.features, rtol=0, atol=0)
+
+
 def test_protocol_decoders_give_the_same_inputs(tmp_path):
     """Every dataset of a protocol opened with each decoder: features as PIL's, within the
     bound; evaluate takes the benchmark's device stage for cached and raw-input detectors."""

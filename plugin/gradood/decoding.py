@@ -65,6 +65,8 @@ DEVICE_MEAN_LEVELS = 2.0
 _JPEG_START = (0xFF, 0xD8, 0xFF)
 # torchvision 0.29 deprecates its image decoders (for TorchCodec) and warns on every call
 _DEPRECATED = "The image decoding and encoding capabilities of TorchVision are deprecated"
+# decode_jpeg takes a list of images (one batched nvJPEG call) from torchvision 0.19 on
+_BATCHED_DECODING = tuple(int(part) for part in torchvision.__version__.split(".")[:2]) >= (0, 19)
 
 
 def _has_torchvision_decoders() -> bool:
@@ -199,7 +201,7 @@ class DevicePreprocessing:
 
 def _decode_batch(images: list[EncodedImage], device: torch.device) -> list[Tensor]:
     """All images on ``device``; JPEGs in one batched call where the device decodes them."""
-    if device.type != "cuda":
+    if device.type != "cuda" or not _BATCHED_DECODING:
         return [decode_rgb(image, device) for image in images]
     jpegs = [index for index, image in enumerate(images) if _is_jpeg(image.data)]
     decoded: list[Tensor | None] = [None] * len(images)
@@ -211,7 +213,7 @@ def _decode_batch(images: list[EncodedImage], device: torch.device) -> list[Tens
         )
         for index, image in zip(jpegs, batch, strict=True):
             decoded[index] = image
-    except (RuntimeError, TypeError):  # a file it rejects, or a torchvision without batches
+    except (RuntimeError, TypeError):  # a file it rejects: each image on its own
         pass
     return [
         image if image is not None else decode_rgb(images[index], device)
