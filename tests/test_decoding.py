@@ -86,8 +86,9 @@ def test_tensor_and_device_paths_match_pil_within_one_level(image_files, preproc
         assert from_tensor.dtype == reference.dtype == torch.float32
         for candidate in (from_tensor, row):
             levels = _levels(candidate - reference, preprocessing)
+            # how many values round the other way depends on the kernels (0.3 % of them with
+            # torchvision 0.29, 20 % with 0.16); by how much does not
             assert levels.max() <= LEVEL_TOLERANCE, path.name
-            assert levels.mean() < 0.05, path.name  # rounding differs at few pixels only
         torch.testing.assert_close(row, from_tensor, rtol=0, atol=0)
 
 

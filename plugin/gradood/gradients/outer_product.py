@@ -6,6 +6,7 @@ convolution backward per sample; the fastest is timed and cached (:mod:`.choice`
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -130,7 +131,8 @@ class OuterProductRule(Rule):
         positions, groups, d_in, d_out = self._sizes(module, call)
         if form == PADDED_GRAM:
             pixels = self.padded_pixels(module, call)
-            return groups * (pixels * pixels + positions * positions)
+            # the pixels' Gram matrix and its row sums, the patches' and the gradients' Grams
+            return 2 * groups * (pixels * pixels + positions * positions)
         patches = groups * positions * d_in if self.unfolds() and form != CONV_BACKWARD else 0
         if form == GHOST:
             return patches + groups * positions * (2 * positions + d_out)
@@ -254,6 +256,15 @@ class OuterProductRule(Rule):
         return total.sum(dim=(1, 2)).double().clamp_min(0)
 
 
+def _sum_of(tensors: Iterable[Tensor]) -> Tensor:
+    """The sum of the tensors, added into the first (a new one)."""
+    iterator = iter(tensors)
+    total = next(iterator).clone()
+    for tensor in iterator:
+        total += tensor
+    return total
+
+
 def _offset_pixels(offset: int, stride: int, count: int) -> slice:
     """The padded input's rows (or columns) that output positions ``0 .. count - 1`` read at
     one kernel offset."""
@@ -353,16 +364,19 @@ class Conv2dRule(OuterProductRule):
             n, groups, height, width, height, width
         )
         grads = grad.to(dtype).reshape(n, groups, -1, out_h * out_w)
-        grad_gram = (grads.transpose(-1, -2) @ grads).view(n, groups, out_h, out_w, out_h, out_w)
-        (stride_h, stride_w), (dilation_h, dilation_w) = module.stride, module.dilation
-        total = grads.new_zeros(n)
-        for kh in range(module.kernel_size[0]):
-            rows = _offset_pixels(kh * dilation_h, stride_h, out_h)
-            for kw in range(module.kernel_size[1]):
-                cols = _offset_pixels(kw * dilation_w, stride_w, out_w)
-                shifted = pixel_gram[:, :, rows, cols, rows, cols]
-                total += (shifted * grad_gram).sum(dim=(1, 2, 3, 4, 5))
-        return total.double()
+        grad_gram = grads.transpose(-1, -2) @ grads
+        # the kernel offsets are separable: sum the row shifts, then the column shifts
+        rows = [
+            _offset_pixels(kh * module.dilation[0], module.stride[0], out_h)
+            for kh in range(module.kernel_size[0])
+        ]
+        cols = [
+            _offset_pixels(kw * module.dilation[1], module.stride[1], out_w)
+            for kw in range(module.kernel_size[1])
+        ]
+        row_sums = _sum_of(pixel_gram[:, :, r, :, r, :] for r in rows)
+        patch_gram = _sum_of(row_sums[:, :, :, c, :, c] for c in cols)
+        return torch.linalg.vecdot(patch_gram.flatten(1), grad_gram.flatten(1)).double()
 
     def conv_backward(self, module, x, grad):
         dtype = compute_dtype(grad)
