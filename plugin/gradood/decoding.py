@@ -80,12 +80,12 @@ def _torchvision_decoding() -> Iterator[None]:
         yield
 
 
-def decode_jpeg(*args: Any, **kwargs: Any) -> Any:
+def _decode_jpeg(*args: Any, **kwargs: Any) -> Any:
     with _torchvision_decoding():
         return torchvision.io.decode_jpeg(*args, **kwargs)
 
 
-def decode_image(*args: Any, **kwargs: Any) -> Any:
+def _decode_image(*args: Any, **kwargs: Any) -> Any:
     with _torchvision_decoding():
         return torchvision.io.decode_image(*args, **kwargs)
 
@@ -122,7 +122,7 @@ def decode_rgb(image: EncodedImage, device: torch.device | str = "cpu") -> Tenso
     device = torch.device(device)
     if device.type == "cuda" and _is_jpeg(image.data):
         try:
-            return decode_jpeg(image.data, mode=ImageReadMode.RGB, device=device)
+            return _decode_jpeg(image.data, mode=ImageReadMode.RGB, device=device)
         except RuntimeError:
             pass
     return _decode_on_cpu(image).to(device)
@@ -130,7 +130,7 @@ def decode_rgb(image: EncodedImage, device: torch.device | str = "cpu") -> Tenso
 
 def _decode_on_cpu(image: EncodedImage) -> Tensor:
     try:
-        return decode_image(image.data, mode=ImageReadMode.RGB)
+        return _decode_image(image.data, mode=ImageReadMode.RGB)
     except RuntimeError:
         pass
     try:
@@ -208,7 +208,7 @@ def _decode_batch(images: list[EncodedImage], device: torch.device) -> list[Tens
     try:
         if not jpegs:
             raise TypeError("no JPEG in the batch")
-        batch = decode_jpeg(
+        batch = _decode_jpeg(
             [images[index].data for index in jpegs], mode=ImageReadMode.RGB, device=device
         )
         for index, image in zip(jpegs, batch, strict=True):
