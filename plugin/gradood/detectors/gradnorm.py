@@ -189,9 +189,10 @@ class GradNorm(Detector):
         self.params: list[str] | None = None
         selects = params is not None or param_filter is not None
         if selects != isinstance(self, ParameterGradNorm):
+            mode = "head" if isinstance(self, HeadGradNorm) else "parameter"
             raise ValueError(
-                f"{type(self).__name__} is GradNorm's {'head' if not selects else 'parameter'} "
-                "mode; make the detector with GradNorm(...), which picks the mode's class"
+                f"{type(self).__name__} is GradNorm's {mode} mode; make the detector with "
+                "GradNorm(...), which picks the mode's class from params= and param_filter="
             )
         if selects:
             if head is not None:
