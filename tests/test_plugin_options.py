@@ -162,3 +162,20 @@ def test_a_project_that_loads_its_own_model_gets_no_checkpoint_listed(pytester):
     )
     text = _missing_data(pytester)
     assert "## cifar10 data" in text and "model" not in text
+
+
+@pytest.mark.parametrize(
+    ("name", "creator"), [("data_root", "download"), ("checkpoint_dir", "train")]
+)
+def test_an_absent_input_directory_is_allowed_where_an_option_creates_it(pytester, name, creator):
+    """``--gradood-download`` (the data) and ``--gradood-train`` (the checkpoints) create what
+    they fill; stood in for here by a conftest's option of that destination."""
+    pytester.makeconftest(
+        f"def pytest_addoption(parser):\n"
+        f"    parser.addoption('--{creator}', dest='gradood_{creator}', action='store_true')\n"
+    )
+    pytester.makepyfile(test_sample="def test_runs():\n    pass")
+    absent = str(pytester.path / "absent")
+    option = "--gradood" + _flag(name)[1:]
+    assert pytester.runpytest(option, absent).ret == pytest.ExitCode.USAGE_ERROR
+    pytester.runpytest(option, absent, f"--{creator}").assert_outcomes(passed=1)

@@ -190,16 +190,23 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_FOLDER] = _choose_report_folder(option_path(config, "report_dir"))
 
 
+#: input directory -> the option (dest) that would create it: it may be absent then
+_CREATED_BY = {"data_root": "gradood_download", "checkpoint_dir": "gradood_train"}
+
+
 def _check_inputs_exist(config: pytest.Config) -> None:
     """A data root or checkpoint directory given (flag or environment variable) that is not a
     directory is a usage error (one that exists but lacks datasets makes one-line skips)."""
-    for name in ("data_root", "checkpoint_dir"):
+    for name, creator in _CREATED_BY.items():
         path = option_path(config, name)
-        if _given(config, name) and not path.is_dir():
-            problem = "is not a directory" if path.exists() else "does not exist"
-            raise pytest.UsageError(
-                f"{flag(name, config)} (or {_PATH_OPTIONS[name][0]}) {path} {problem}"
-            )
+        if not _given(config, name) or path.is_dir():
+            continue
+        if not path.exists() and config.getoption(creator, default=False):
+            continue
+        problem = "is not a directory" if path.exists() else "does not exist"
+        raise pytest.UsageError(
+            f"{flag(name, config)} (or {_PATH_OPTIONS[name][0]}) {path} {problem}"
+        )
 
 
 def report_folder(config: pytest.Config) -> Path:
