@@ -22,7 +22,9 @@ plugins'):
   test on the CPU too; otherwise CPU verdicts are reported only, as a shared CPU's timings say
   little.
 
-A report or cache directory given that cannot be written is a usage error before any test
+This repository's root ``conftest.py`` adds the short spelling of each (``--gpu``, ...; see
+:mod:`gradood.harness.spelling`). A report or cache directory given that cannot be written, and
+a data root or checkpoint directory given that does not exist, are usage errors before any test
 runs (the defaults are not checked: a project may never use the harness; a report that cannot
 be written there is said at the end). The run ends
 with the summary of :mod:`gradood.harness.summary` (after pytest's own short summary).
