@@ -20,10 +20,11 @@ The patterns, as pytorch-ood's examples and tests use detectors:
   ``RequiresFittingException``, a missing model ``ModelNotSetException``.
 
 The cases come from :func:`gradood.available_detectors` (a name registered later is checked
-too) plus GradNorm's parameter modes (``params=``, ``param_filter=``). Tolerance: both sides of
-each comparison run the same float32 operations on the same values, except where a per-sample
-gradient form is chosen by time (:mod:`gradood.gradients`: the forms agree to ~1e-6 relative);
-1e-5 relative covers that and no real difference.
+too) plus GradNorm's parameter modes (``params=``, ``param_filter=``) and LeeAlRegib's
+selection by name. Tolerance: both sides of each comparison run the same float32 operations on
+the same values, except where a per-sample gradient form is chosen by time
+(:mod:`gradood.gradients`: the forms agree to ~1e-6 relative); 1e-5 relative covers that and
+no real difference.
 """
 
 from __future__ import annotations
@@ -81,6 +82,15 @@ CASES: dict[str, tuple[Callable[[nn.Module], Detector], str]] = {
     "gradnorm[param_filter=]": (
         lambda model: GradNorm(model, param_filter=lambda n: n.startswith("fc.")),
         "gradnorm",
+    ),
+    "lee-alregib[param_filter=]": (
+        lambda model: gradood.create_detector(
+            "lee-alregib",
+            model,
+            param_filter=lambda n: n.startswith("features."),
+            **SMALL["lee-alregib"],
+        ),
+        "lee-alregib",
     ),
 }
 
