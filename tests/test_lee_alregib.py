@@ -61,8 +61,9 @@ def test_features_are_per_sample_squared_gradient_norms(kind, seed):
     torch.testing.assert_close(
         features, per_sample_squared_norms(model, x), rtol=RTOL_FLOAT64, atol=0
     )
-    with torch.no_grad():  # as pytorch-ood extracts encoder outputs
-        torch.testing.assert_close(detector.encoder(x), features, rtol=1e-12, atol=0)
+    for mode in (torch.no_grad, torch.inference_mode):  # gradients are enabled inside
+        with mode():
+            torch.testing.assert_close(detector.gradient_features(x), features, rtol=1e-12, atol=0)
 
 
 def test_loss_is_sigmoid_bce_against_ones_not_softmax():
@@ -198,14 +199,14 @@ def test_given_ood_data_replace_the_noise(trained):
     assert detector.heldout_auroc_ > 0.9
 
 
-def test_fit_features_without_ood_rows_needs_the_input_shape(trained):
+def test_fit_gradient_features_without_ood_rows_needs_the_input_shape(trained):
     model, _ = trained
     x, y = synthetic_images(30, seed=6)
     detector = LeeAlRegib(model, epochs=2)
-    features = detector.encoder(x)
+    features = detector.gradient_features(x)
     with pytest.raises(ValueError, match=r"no OOD sample .* pass input_shape="):
-        detector.fit_features(features, y)
-    LeeAlRegib(model, epochs=2, input_shape=(3, 8, 8)).fit_features(features, y)
+        detector.fit_gradient_features(features, y)
+    LeeAlRegib(model, epochs=2, input_shape=(3, 8, 8)).fit_gradient_features(features, y)
 
 
 # -- inside pytorch-ood ----------------------------------------------------------------------
@@ -239,7 +240,9 @@ class _TinyBenchmark(Benchmark):
         return [ConcatDataset([self.id, ood]) for ood in self.ood]
 
 
-def test_benchmark_evaluate_caches_the_gradient_features(trained):
+def test_benchmark_evaluate_scores_the_inputs_as_predict(trained):
+    """A ``GradientDetector``: pytorch-ood's ``Benchmark.evaluate`` runs each detector on the
+    inputs (no cached representation fits gradient features)."""
     model, loader = trained
     counting = _Counting(model)
     detectors = [
@@ -248,7 +251,7 @@ def test_benchmark_evaluate_caches_the_gradient_features(trained):
     counting.samples = 0
     benchmark = _TinyBenchmark()
     results = benchmark.evaluate(detectors, loader_kwargs={"batch_size": 16})
-    assert counting.samples == sum(len(d) for d in benchmark.test_sets())  # shared by both
+    assert counting.samples == len(detectors) * sum(len(d) for d in benchmark.test_sets())
     for row, (detector, dataset) in zip(
         results, [(d, s) for s in benchmark.test_sets() for d in detectors], strict=True
     ):
@@ -260,7 +263,9 @@ def test_benchmark_evaluate_caches_the_gradient_features(trained):
         )
 
 
-def test_grid_search_computes_features_and_noise_once(trained):
+def test_grid_search_refits_on_the_inputs_and_computes_the_noise_once(trained):
+    """A ``GradientDetector``: ``GridSearch`` fits each candidate (and the best again) on the
+    inputs and scores the validation inputs; the noise's features are computed once."""
     model, loader = trained
     counting = _Counting(model)
     detector = LeeAlRegib(counting, mean=MEAN, std=STD, epochs=3, input_shape=(3, 8, 8))
@@ -270,7 +275,8 @@ def test_grid_search_computes_features_and_noise_once(trained):
     search = GridSearch(detector, fit_loader, DataLoader(validation, batch_size=16), space)
     best = search.run()
     n_id = len(loader.dataset)
-    assert counting.samples == n_id + n_id + len(validation)  # ID, noise once, validation
+    fits, candidates = len(space["hidden_width"]) + 1, len(space["hidden_width"])
+    assert counting.samples == fits * n_id + n_id + candidates * len(validation)
     assert detector.hidden_width == best["hidden_width"]
 
 
@@ -297,15 +303,15 @@ def test_predict_before_fit_raises():
         detector.state_dict()
 
 
-def test_predict_features_rejects_wrong_shape_and_values(trained):
+def test_predict_gradient_features_rejects_wrong_shape_and_values(trained):
     model, loader = trained
     detector = LeeAlRegib(model, mean=MEAN, std=STD, epochs=2).fit(loader)
     with pytest.raises(ValueError, match=r"features must have shape B x 10 .* got \(3, 9\)"):
-        detector.predict_features(torch.rand(3, 9))
+        detector.predict_gradient_features(torch.rand(3, 9))
     with pytest.raises(ValueError, match="features contain 1 non-finite values"):
-        detector.predict_features(torch.tensor([[float("nan")] + [1.0] * 9]))
+        detector.predict_gradient_features(torch.tensor([[float("nan")] + [1.0] * 9]))
     with pytest.raises(ValueError, match="must be >= 0"):
-        detector.predict_features(-torch.ones(1, 10))
+        detector.predict_gradient_features(-torch.ones(1, 10))
 
 
 def test_too_few_samples_for_the_split():

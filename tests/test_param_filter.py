@@ -4,15 +4,18 @@ pytorch-ood's own GradNorm tests check, against pytorch-ood's GradNorm and per-s
 from __future__ import annotations
 
 import math
+import pickle
 
 import pytest
 import torch
+from pytorch_ood.api import FeaturesDetector, GradientDetector
 from pytorch_ood.detector import GradNorm as PoodGradNorm
 from pytorch_ood.model import WideResNet
 from torch import nn
 
 import gradood.gradients.api as gradients_api
 from gradood import GradNorm, LeeAlRegib
+from gradood.detectors import HeadGradNorm, ParameterGradNorm
 from gradood.gradients import per_sample_gradient_powers
 from gradood.testing import SmallCNN
 
@@ -176,3 +179,46 @@ def test_selected_parameters_need_no_head():
     )
     with pytest.raises(ValueError, match="head= is for the head-weight score"):
         GradNorm(model, params=["0"], head="0")
+
+
+# -- the mode decides the type in pytorch-ood's taxonomy ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "cls"),
+    [
+        ({}, "HeadGradNorm"),
+        ({"param_filter": lambda name: name.startswith("fc.")}, "ParameterGradNorm"),
+        ({"params": ["fc"]}, "ParameterGradNorm"),
+    ],
+)
+def test_each_mode_is_a_gradnorm_of_its_own_type(settings, cls):
+    """The head mode scores pooled features (a FeaturesDetector); a parameter mode needs the
+    inputs (a GradientDetector, as pytorch-ood's GradNorm); positional ``param_filter`` too."""
+    model = SmallCNN().eval()
+    detector = GradNorm(model, **settings)
+    assert type(detector).__name__ == cls and isinstance(detector, GradNorm)
+    assert isinstance(detector, FeaturesDetector) == (cls == "HeadGradNorm")
+    assert isinstance(detector, GradientDetector) == (cls == "ParameterGradNorm")
+    positional = GradNorm(model, settings.get("param_filter"), params=settings.get("params"))
+    assert type(positional) is type(detector)
+
+
+def test_a_mode_class_built_directly_must_match_its_arguments():
+    model = SmallCNN().eval()
+    with pytest.raises(ValueError, match=r"head mode; make the detector with GradNorm\(\.\.\.\)"):
+        HeadGradNorm(model, params=["fc"])
+    with pytest.raises(ValueError, match="parameter mode; make the detector with GradNorm"):
+        ParameterGradNorm(model)
+    assert type(ParameterGradNorm(model, params=["fc"])) is ParameterGradNorm
+
+
+@pytest.mark.parametrize("settings", [{}, {"params": ["features.4", "fc"]}])
+def test_a_detector_survives_pickling_with_its_type_and_scores(settings):
+    torch.manual_seed(11)
+    model = SmallCNN().double().eval()
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    detector = GradNorm(model, p=2.0, temperature=0.5, **settings)
+    restored = pickle.loads(pickle.dumps(detector))
+    assert type(restored) is type(detector)
+    torch.testing.assert_close(restored.predict(x), detector.predict(x), rtol=1e-12, atol=0)

@@ -57,17 +57,20 @@ def test_gpu_option_without_cuda_is_a_usage_error(project):
 
 
 @no_cuda
+@pytest.mark.parametrize("spelling", ["--gpu", "--gradood-gpu"])
 @pytest.mark.parametrize("path", ["tests", "benchmarks"])
-def test_repository_paths_accept_the_gpu_option(path):
+def test_repository_paths_accept_the_gpu_option(path, spelling):
+    """Both spellings in this repository (its root conftest adds the short one); the error
+    names the one typed."""
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", path, "--gradood-gpu", "--collect-only", "-q"],
+        [sys.executable, "-m", "pytest", path, spelling, "--collect-only", "-q"],
         cwd=REPO,
         capture_output=True,
         text=True,
         check=False,
     )
     assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.stdout + run.stderr
-    assert "--gradood-gpu was given, but torch finds no CUDA device" in run.stderr
+    assert f"{spelling} was given, but torch finds no CUDA device" in run.stderr
 
 
 # -- the harness, end to end -------------------------------------------------------------------
@@ -229,9 +232,11 @@ def test_pytest_benchmarks_on_a_fresh_install(tmp_path):
     """`pytest benchmarks` without data: the bundled benchmark runs, the paper checks are
     skipped with one short line each (the details go into the report), exit 0, and the run
     ends in the summary; a second run repeats the bundled table."""
-    no_data = tmp_path / "no-data"
+    no_data, no_checkpoints = tmp_path / "no-data", tmp_path / "no-checkpoints"
+    no_data.mkdir()
+    no_checkpoints.mkdir()  # empty folders: one-line skips (absent ones: a usage error)
     common = ["--benchmark-disable", "--gradood-data-root", str(no_data)]
-    common += ["--gradood-checkpoint-dir", str(tmp_path / "no-checkpoints")]
+    common += ["--gradood-checkpoint-dir", str(no_checkpoints)]
     common += ["--gradood-cache-dir", str(tmp_path / "cache")]
     first = _run_pytest(
         ["benchmarks", *common, "--gradood-report-dir", str(tmp_path / "r1")], tmp_path

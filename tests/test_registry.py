@@ -13,6 +13,7 @@ from pytorch_ood.detector import ODIN, EnergyBased, Mahalanobis, MaxSoftmax
 import gradood
 from gradood import registry
 from gradood.detectors import MahalanobisEnsemble
+from gradood.detectors.gradnorm import HeadGradNorm
 from gradood.models import CIFAR_RESNET20
 from gradood.testing import SmallCNN
 
@@ -47,7 +48,7 @@ def test_every_builtin_recipe_is_complete():
         ("odin", ODIN),
         ("energy", EnergyBased),
         ("mahalanobis", Mahalanobis),
-        ("gradnorm", gradood.GradNorm),
+        ("gradnorm", HeadGradNorm),  # GradNorm's head mode
         ("lee-alregib", gradood.LeeAlRegib),
     ],
 )

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 from pytorch_ood import detector as pood
-from pytorch_ood.api import Detector
+from pytorch_ood.api import Detector, ModelNotSetException
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -547,8 +547,11 @@ def create_detector(
     :param preset: a named setting of the paper (see :func:`available_detectors`); explicit
         ``kwargs`` override its values
     :raises ValueError: for an unknown detector name or preset, listing the known ones
+    :raises ModelNotSetException: if ``model`` is ``None``
     """
     spec = detector_spec(name)
+    if model is None:  # the recipes wire the detector to the model's modules
+        raise ModelNotSetException(f"detector '{name}' needs a model: create_detector(name, model)")
     settings: dict[str, Any] = {}
     if preset is not None:
         if preset not in spec.presets:

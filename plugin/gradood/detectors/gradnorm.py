@@ -29,7 +29,14 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import torch
-from pytorch_ood.api import DetectorInfo, FeaturesDetector, ModelNotSetException, Task
+from pytorch_ood.api import (
+    Detector,
+    DetectorInfo,
+    FeaturesDetector,
+    GradientDetector,
+    ModelNotSetException,
+    Task,
+)
 from torch import Tensor, nn
 
 from ..gradients import per_sample_gradient_powers, resolve_parameter_names
@@ -43,7 +50,15 @@ from ..heads import (
 from ..paper import GRADNORM_PAPER
 from ..validation import check_finite, check_norm_order, check_positive_int, check_temperature
 
-__all__ = ["PAPER_NORMS", "PAPER_TEMPERATURES", "GradNorm", "gradnorm_score", "uniform_loss"]
+__all__ = [
+    "PAPER_NORMS",
+    "PAPER_TEMPERATURES",
+    "GradNorm",
+    "HeadGradNorm",
+    "ParameterGradNorm",
+    "gradnorm_score",
+    "uniform_loss",
+]
 
 #: the norms of the paper's Table 7
 PAPER_NORMS: list[float] = [0.3, 0.5, 0.8, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, math.inf]
@@ -86,14 +101,21 @@ def gradnorm_score(
     return scores
 
 
-class GradNorm(FeaturesDetector):
+class GradNorm(Detector):
     """GradNorm of *On the Importance of Gradients for Detecting Distributional Shifts in the
     Wild*, exact to the official code, from one forward pass (see the module docstring).
 
     The outlier score is :math:`-\\lVert \\partial \\mathcal{L} / \\partial W \\rVert_p`.
-    :meth:`predict_features` gives the same score from penultimate features, so pytorch-ood's
-    ``Benchmark.evaluate`` and ``GridSearch`` over ``p`` and ``temperature`` reuse one forward
-    pass (``encoder`` produces those features).
+    ``GradNorm(...)`` makes one of two subclasses, by mode, so that pytorch-ood's
+    type-dispatching loops route it to a method that works:
+
+    - the head mode (neither ``params`` nor ``param_filter``): a :class:`HeadGradNorm`, a
+      ``FeaturesDetector``: :meth:`HeadGradNorm.predict_features` gives the same score from
+      pooled penultimate features (``encoder`` produces them), so pytorch-ood's
+      ``Benchmark.evaluate`` and ``GridSearch`` over ``p`` and ``temperature`` reuse one forward
+      pass;
+    - the parameter mode: a :class:`ParameterGradNorm`, a ``GradientDetector`` (like
+      pytorch-ood's ``GradNorm``): it needs the model's inputs.
 
     With ``params`` (e.g. ``["layer4"]``, the paper's ablation on other layers) or
     ``param_filter`` (pytorch-ood's: a function of a parameter's qualified name, e.g.
@@ -121,6 +143,12 @@ class GradNorm(FeaturesDetector):
     )
 
     hyperparameter_space = {"p": PAPER_NORMS, "temperature": PAPER_TEMPERATURES}
+
+    def __new__(cls, *args: object, **kwargs: object) -> GradNorm:
+        if cls is GradNorm:  # the mode decides the type (class docstring)
+            selects = kwargs.get("params") is not None or _param_filter(args, kwargs) is not None
+            cls = ParameterGradNorm if selects else HeadGradNorm
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -159,7 +187,14 @@ class GradNorm(FeaturesDetector):
         self.head: Head | None = None
         self.encoder: PenultimateEncoder | None = None
         self.params: list[str] | None = None
-        if params is not None or param_filter is not None:
+        selects = params is not None or param_filter is not None
+        if selects != isinstance(self, ParameterGradNorm):
+            mode = "head" if isinstance(self, HeadGradNorm) else "parameter"
+            raise ValueError(
+                f"{type(self).__name__} is GradNorm's {mode} mode; make the detector with "
+                "GradNorm(...), which picks the mode's class from params= and param_filter="
+            )
+        if selects:
             if head is not None:
                 raise ValueError("head= is for the head-weight score; params mode needs no head")
             self.params = resolve_parameter_names(model, params, param_filter)
@@ -189,7 +224,8 @@ class GradNorm(FeaturesDetector):
         return torch.empty(0, dtype=torch.float64, device=x.device)
 
     def predict(self, x: Tensor) -> Tensor:
-        """Outlier scores :math:`-S(x)` (float64, shape B) for a batch of model inputs.
+        """Outlier scores :math:`-S(x)` (float64, shape B) for a batch of model inputs; the same
+        under ``torch.no_grad()`` and ``torch.inference_mode()``.
 
         :raises ValueError: if ``x`` or the logits are not finite, or ``x`` has no batch axis
         """
@@ -202,40 +238,11 @@ class GradNorm(FeaturesDetector):
             return self._empty(x)
         check_finite(x, "inputs")
         self._warn_if_training()
-        if self.params is not None:
-            return -self._parameter_gradient_norms(x)
-        with torch.no_grad():
-            logits, features = forward_with_features(self.model, self.head, x)
-        check_finite(logits, "logits")
-        return -gradnorm_score(logits, features, self.p, self.temperature)
+        return -self._gradient_norms(x)
 
-    def predict_features(self, features: Tensor) -> Tensor:
-        """Outlier scores :math:`-S(x)` from penultimate features (B x D, or B x D x 1 x 1).
-
-        :raises ValueError: when parameters are selected, or if ``features`` has the wrong shape or
-            non-finite values
-        """
-        if self.params is not None:
-            raise ValueError(
-                "predict_features gives the head-weight score only; with params=... or "
-                "param_filter=... use predict(x) on model inputs"
-            )
-        if not isinstance(features, Tensor):
-            raise ValueError("features must be a tensor of shape B x D")
-        if features.ndim == 4 and features.shape[2:] == (1, 1):
-            features = features.flatten(1)
-        if features.ndim != 2 or features.shape[1] != self.head.in_features:
-            raise ValueError(
-                f"features must have shape B x {self.head.in_features} (the input of the head "
-                f"'{self.head.name}'), got {tuple(features.shape)}"
-            )
-        if features.shape[0] == 0:
-            return self._empty(features)
-        check_finite(features, "features")
-        with torch.no_grad():
-            logits = self.head.logits(features)
-        check_finite(logits, "logits")
-        return -gradnorm_score(logits, features, self.p, self.temperature)
+    def _gradient_norms(self, x: Tensor) -> Tensor:
+        """:math:`S(x)` for a non-empty batch of finite inputs on the detector's device."""
+        raise NotImplementedError
 
     def _warn_if_training(self) -> None:
         if self.model.training:
@@ -245,7 +252,52 @@ class GradNorm(FeaturesDetector):
                 stacklevel=3,
             )
 
-    def _parameter_gradient_norms(self, x: Tensor) -> Tensor:
+
+def _param_filter(args: tuple, kwargs: dict) -> object:
+    """``param_filter`` of ``GradNorm(model, param_filter, ...)``, given by position or name."""
+    return args[1] if len(args) > 1 else kwargs.get("param_filter")
+
+
+class HeadGradNorm(GradNorm, FeaturesDetector):
+    """:class:`GradNorm` of the head's weight, the paper's score, from one forward pass; a
+    ``FeaturesDetector`` (make it with ``GradNorm(model, ...)``)."""
+
+    def _gradient_norms(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            logits, features = forward_with_features(self.model, self.head, x)
+        check_finite(logits, "logits")
+        return gradnorm_score(logits, features, self.p, self.temperature)
+
+    def predict_features(self, x: Tensor) -> Tensor:
+        """Outlier scores :math:`-S(x)` from pooled penultimate features ``x`` (B x D, or
+        B x D x 1 x 1), as :attr:`encoder` makes them.
+
+        :raises ValueError: if ``x`` has the wrong shape or non-finite values
+        """
+        if not isinstance(x, Tensor):
+            raise ValueError("features must be a tensor of shape B x D")
+        if x.ndim == 4 and x.shape[2:] == (1, 1):
+            x = x.flatten(1)
+        if x.ndim != 2 or x.shape[1] != self.head.in_features:
+            raise ValueError(
+                f"features must have shape B x {self.head.in_features} (the input of the head "
+                f"'{self.head.name}'), got {tuple(x.shape)}"
+            )
+        if x.shape[0] == 0:
+            return self._empty(x)
+        check_finite(x, "features")
+        with torch.no_grad():
+            logits = self.head.logits(x)
+        check_finite(logits, "logits")
+        return -gradnorm_score(logits, x, self.p, self.temperature)
+
+
+class ParameterGradNorm(GradNorm, GradientDetector):
+    """:class:`GradNorm` of selected parameters (``params=`` or ``param_filter=``), exact per
+    sample by batched backward passes; a ``GradientDetector``, like pytorch-ood's ``GradNorm``
+    (make it with ``GradNorm(model, param_filter=...)``)."""
+
+    def _gradient_norms(self, x: Tensor) -> Tensor:
         """Exact per-sample :math:`\\lVert \\partial \\mathcal{L} / \\partial \\theta \\rVert_p`
         over all selected parameters together; one forward and backward pass per micro-batch."""
         temperature = self.temperature

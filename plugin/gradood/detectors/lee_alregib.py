@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from pytorch_ood.api import (
     DetectorInfo,
-    FeaturesDetector,
+    GradientDetector,
     ModelNotSetException,
     Paper,
     RequiresFittingException,
@@ -78,7 +78,8 @@ def confounding_label_loss(logits: Tensor) -> Tensor:
 class GradientFeatures(nn.Module):
     """``x -> B x P``: the squared L2 norm of each selected parameter tensor's per-sample
     gradient of :func:`confounding_label_loss` (float64), ``micro_batch_size`` samples per
-    backward pass. Runs with gradients enabled even under ``torch.no_grad()``."""
+    backward pass. Runs with gradients enabled even under ``torch.no_grad()`` and
+    ``torch.inference_mode()``."""
 
     def __init__(self, model: nn.Module, names: Sequence[str], micro_batch_size: int = 32):
         super().__init__()
@@ -110,8 +111,8 @@ def gradient_feature_encoder(
     micro_batch_size: int = 32,
     param_filter: Callable[[str], bool] | None = None,
 ) -> GradientFeatures:
-    """The shared :class:`GradientFeatures` encoder of ``model`` for these settings, so that
-    pytorch-ood's ``Benchmark.evaluate`` (cache keyed by encoder identity) computes them once.
+    """The shared :class:`GradientFeatures` encoder of ``model`` for these settings (one per
+    model and settings, as for the penultimate encoder).
 
     :raises ValueError: if ``params`` and ``param_filter`` select no parameter
     """
@@ -127,13 +128,15 @@ def _seed_for(*entropy: int) -> int:
 _NOISE_STREAM, _SPLIT_STREAM, _TRAINING_STREAM = 1, 2, 3
 
 
-class LeeAlRegib(FeaturesDetector):
+class LeeAlRegib(GradientDetector):
     """Lee & AlRegib's gradient-feature classifier (see the module docstring for the math, the
     data and every default).
 
-    ``encoder`` produces the gradient features (it runs backward passes, with gradients enabled
-    even under ``torch.no_grad()``), so pytorch-ood's ``Benchmark.evaluate`` and ``GridSearch``
-    cache them and call :meth:`predict_features` / :meth:`fit_features` (labels < 0 = OOD).
+    A ``GradientDetector`` (it needs the gradients of every selected parameter, so it scores
+    model inputs, like pytorch-ood's ``GradUncertainty``); the same scores under
+    ``torch.no_grad()`` and ``torch.inference_mode()``. Its own feature level:
+    ``gradient_encoder`` (:meth:`gradient_features`) makes the squared gradient norms,
+    :meth:`fit_gradient_features` and :meth:`predict_gradient_features` take them.
     """
 
     info = DetectorInfo(
@@ -212,7 +215,9 @@ class LeeAlRegib(FeaturesDetector):
         self.seed = int(seed)
         self.progress = bool(progress)
         micro_batch_size = check_positive_int(micro_batch_size, "micro_batch_size")
-        self.encoder = gradient_feature_encoder(model, params, micro_batch_size, param_filter)
+        self.gradient_encoder = gradient_feature_encoder(
+            model, params, micro_batch_size, param_filter
+        )
         self.classifier: nn.Sequential | None = None
         self.feature_mean: Tensor | None = None
         self.feature_std: Tensor | None = None
@@ -234,14 +239,14 @@ class LeeAlRegib(FeaturesDetector):
     @property
     def feature_names(self) -> list[str]:
         """The parameter names, one per feature (``model.named_parameters()`` order)."""
-        return list(self.encoder.names)
+        return list(self.gradient_encoder.names)
 
     # -- features ------------------------------------------------------------------------------
 
     def gradient_features(self, x: Tensor) -> Tensor:
         """The squared gradient norms :math:`\\phi(x)`, float64 of shape B x P."""
         device = self.device
-        return self.encoder(x.to(device) if device is not None else x)
+        return self.gradient_encoder(x.to(device) if device is not None else x)
 
     def _model_dtype(self) -> torch.dtype:
         param = next(self.model.parameters(), None)
@@ -286,7 +291,7 @@ class LeeAlRegib(FeaturesDetector):
         key = (count, self.input_shape, self.seed, self.mean, self.std, self.device)
         if self._noise_cache is not None and self._noise_cache[0] == key:
             return self._noise_cache[1]
-        size = self.encoder.micro_batch_size
+        size = self.gradient_encoder.micro_batch_size
         starts = self._bar(range(0, count, size), "LeeAlRegib: noise features", "batch")
         parts = [self.gradient_features(self._noise(s, min(count, s + size))) for s in starts]
         features = torch.cat(parts)
@@ -316,7 +321,7 @@ class LeeAlRegib(FeaturesDetector):
             labels.append(torch.full((x.shape[0],), -1))
         if not features or not any(bool((y >= 0).any()) for y in labels):
             raise ValueError("fit: the ID loader yields no ID sample (label >= 0)")
-        return self.fit_features(torch.cat(features), torch.cat(labels))
+        return self.fit_gradient_features(torch.cat(features), torch.cat(labels))
 
     def _bar(self, items: Iterable, desc: str, unit: str) -> Iterable:
         """``items`` with a progress bar, unless ``progress`` is off."""
@@ -332,7 +337,7 @@ class LeeAlRegib(FeaturesDetector):
                 f"{self.input_shape} (input_shape); all inputs must have one shape"
             )
 
-    def fit_features(self, x: Tensor, y: Tensor) -> LeeAlRegib:
+    def fit_gradient_features(self, x: Tensor, y: Tensor) -> LeeAlRegib:
         """Train the classifier on gradient features ``x`` (N x P) with labels ``y`` (< 0 =
         OOD); without OOD rows, the uniform-noise surrogate is added (needs
         :attr:`input_shape`).
@@ -356,7 +361,7 @@ class LeeAlRegib(FeaturesDetector):
         return self._train(features, is_ood)
 
     def _checked_features(self, x: Tensor) -> Tensor:
-        width = len(self.encoder.names)
+        width = len(self.gradient_encoder.names)
         if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[1] != width:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(
@@ -402,6 +407,11 @@ class LeeAlRegib(FeaturesDetector):
         return (torch.log(features + self.log_epsilon) - self.feature_mean) / self.feature_std
 
     def _train(self, features: Tensor, is_ood: Tensor) -> LeeAlRegib:
+        with torch.inference_mode(False):  # training needs autograd, also under inference mode
+            ordinary = [t.clone() if t.is_inference() else t for t in (features, is_ood)]
+            return self._train_classifier(*ordinary)
+
+    def _train_classifier(self, features: Tensor, is_ood: Tensor) -> LeeAlRegib:
         train, validation, heldout = self._split(is_ood)
         logs = torch.log(features + self.log_epsilon)
         self.feature_mean = logs[train].mean(dim=0)
@@ -447,10 +457,11 @@ class LeeAlRegib(FeaturesDetector):
         :raises RequiresFittingException: before :meth:`fit`
         """
         self._check_fitted()
-        return self.predict_features(self.gradient_features(x))
+        return self.predict_gradient_features(self.gradient_features(x))
 
-    def predict_features(self, x: Tensor) -> Tensor:
-        """Outlier scores from gradient features (B x P, as :attr:`encoder` makes them).
+    def predict_gradient_features(self, x: Tensor) -> Tensor:
+        """Outlier scores from gradient features (B x P, as :meth:`gradient_features` makes
+        them).
 
         :raises RequiresFittingException: before :meth:`fit`
         :raises ValueError: on a wrong shape, non-finite or negative features

@@ -86,6 +86,9 @@ def per_sample_gradient_powers(
     """Per-sample :math:`\\sum_j |g_{ij}|^p` (or :math:`\\max_j |g_{ij}|` for ``p = inf``) of
     each selected parameter tensor, from one batched forward and backward pass.
 
+    Gradients are enabled for the pass, also under ``torch.no_grad()`` and
+    ``torch.inference_mode()`` (left for the pass: an inference tensor ``x`` is copied).
+
     :param model: the network, called as ``model(x)``; put it in evaluation mode
     :param per_sample_loss: maps the model's output to the B per-sample losses
     :param x: a batch of inputs, batch first
@@ -110,14 +113,15 @@ def per_sample_gradient_powers(
     names = resolve_parameter_names(model, param_names)
     check_samples_are_independent(model)
     batch = x.shape[0]
-    result = torch.zeros(batch, len(names), dtype=torch.float64, device=x.device)
-    if batch == 0:
-        return result
-    parameters = dict(model.named_parameters())
-    targets = _targets(model, {name: parameters[name] for name in names})
-    settings = Settings(batch, p, method, workspace_elements)
-    session = Session(targets, settings, result, {name: k for k, name in enumerate(names)})
-    session.run(model, per_sample_loss, x)
+    with torch.inference_mode(False):  # autograd cannot run inside inference mode
+        result = torch.zeros(batch, len(names), dtype=torch.float64, device=x.device)
+        if batch == 0:
+            return result
+        parameters = dict(model.named_parameters())
+        targets = _targets(model, {name: parameters[name] for name in names})
+        settings = Settings(batch, p, method, workspace_elements)
+        session = Session(targets, settings, result, {name: k for k, name in enumerate(names)})
+        session.run(model, per_sample_loss, x.clone() if x.is_inference() else x)
     return result
 
 
@@ -145,8 +149,6 @@ def _check_arguments(x: Tensor, p: float, method: str, workspace_elements: int) 
         raise ValueError(f"workspace_elements must be an integer >= 1, got {workspace_elements}")
     if not isinstance(x, Tensor) or x.ndim < 1:
         raise ValueError("x must be a tensor with a batch dimension")
-    if torch.is_inference_mode_enabled():
-        raise ValueError("per-sample gradients cannot be computed under torch.inference_mode()")
 
 
 def _targets(model: nn.Module, selected: dict[str, nn.Parameter]) -> list[Target]:

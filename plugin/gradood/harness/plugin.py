@@ -22,7 +22,9 @@ plugins'):
   test on the CPU too; otherwise CPU verdicts are reported only, as a shared CPU's timings say
   little.
 
-A report or cache directory given that cannot be written is a usage error before any test
+This repository's root ``conftest.py`` adds the short spelling of each (``--gpu``, ...; see
+:mod:`gradood.harness.spelling`). A report or cache directory given that cannot be written, and
+a data root or checkpoint directory given that does not exist, are usage errors before any test
 runs (the defaults are not checked: a project may never use the harness; a report that cannot
 be written there is said at the end). The run ends
 with the summary of :mod:`gradood.harness.summary` (after pytest's own short summary).
@@ -73,13 +75,19 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hooks)
 
 
-def flag(name: str) -> str:
-    """The command-line flag of option ``name`` (e.g. ``"data_root"``: ``--gradood-data-root``)."""
-    return "--gradood-" + name.replace("_", "-")
+def flag(name: str, config: pytest.Config | None = None) -> str:
+    """The command-line flag of option ``name`` (e.g. ``"data_root"``: ``--gradood-data-root``;
+    ``--data-root`` where ``config``'s run accepts the short spellings, see
+    :mod:`gradood.harness.spelling`)."""
+    from .spelling import spelled
+
+    return spelled(config, "--gradood-" + name.replace("_", "-"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("gradood")
+    from .spelling import RecordingGroup
+
+    group = RecordingGroup(parser.getgroup("gradood"))  # records the options' short spellings
     group.addoption(
         flag("gpu"),
         dest="gradood_gpu",
@@ -158,17 +166,19 @@ def _choose_report_folder(base: Path) -> Path:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", f"{GPU_MARKER}: needs a CUDA device; runs only with {flag('gpu')}"
+        "markers", f"{GPU_MARKER}: needs a CUDA device; runs only with {flag('gpu', config)}"
     )
     if uses_gpu(config):
         import torch
 
         if not torch.cuda.is_available():
+            gpu = flag("gpu", config)
             raise pytest.UsageError(
-                f"{flag('gpu')} was given, but torch finds no CUDA device "
+                f"{gpu} was given, but torch finds no CUDA device "
                 f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); "
-                f"run without {flag('gpu')}"
+                f"run without {gpu}"
             )
+    _check_inputs_exist(config)
     for name in ("report_dir", "cache_dir"):
         if not _given(config, name):  # the defaults: a project may never use the harness
             continue
@@ -176,10 +186,29 @@ def pytest_configure(config: pytest.Config) -> None:
         if problem is not None:
             variable = _PATH_OPTIONS[name][0]
             raise pytest.UsageError(
-                f"{flag(name)} (or {variable}) {option_path(config, name)}: cannot write "
+                f"{flag(name, config)} (or {variable}) {option_path(config, name)}: cannot write "
                 f"there: {problem}"
             )
     config.stash[_FOLDER] = _choose_report_folder(option_path(config, "report_dir"))
+
+
+#: input directory -> the option (dest) that would create it: it may be absent then
+_CREATED_BY = {"data_root": "gradood_download", "checkpoint_dir": "gradood_train"}
+
+
+def _check_inputs_exist(config: pytest.Config) -> None:
+    """A data root or checkpoint directory given (flag or environment variable) that is not a
+    directory is a usage error (one that exists but lacks datasets makes one-line skips)."""
+    for name, creator in _CREATED_BY.items():
+        path = option_path(config, name)
+        if not _given(config, name) or path.is_dir():
+            continue
+        if not path.exists() and config.getoption(creator, default=False):
+            continue
+        problem = "is not a directory" if path.exists() else "does not exist"
+        raise pytest.UsageError(
+            f"{flag(name, config)} (or {_PATH_OPTIONS[name][0]}) {path} {problem}"
+        )
 
 
 def report_folder(config: pytest.Config) -> Path:
@@ -213,7 +242,7 @@ def say(config: pytest.Config, message: str) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if uses_gpu(config):
         return
-    skip = pytest.mark.skip(reason=f"needs a CUDA device: run with {flag('gpu')}")
+    skip = pytest.mark.skip(reason=f"needs a CUDA device: run with {flag('gpu', config)}")
     for item in items:
         if item.get_closest_marker(GPU_MARKER) is not None:
             item.add_marker(skip)
@@ -250,9 +279,11 @@ def pytest_gradood_open_protocol(config: pytest.Config, name: str):
     problems = missing(name, root)
     if problems:
         reason = f"{len(problems)} dataset{'s' if len(problems) > 1 else ''} missing"
-        where = f"Under {root} ({flag('data_root')}):"
+        where = f"Under {root} ({flag('data_root', config)}):"
         details = "\n".join([where, *(f"- {p}" for p in problems)])
         run_report(config).add_missing(name, "data", reason, details)
+        if len(config.hook.pytest_gradood_load_model.get_hookimpls()) == 1:  # ours: list it too
+            _missing_checkpoint(config, name)
         pytest.skip(f"{name}: {reason} ({details_hint(config)})")
     return make_protocol(name, root)
 
@@ -265,18 +296,30 @@ def details_hint(config: pytest.Config) -> str:
     return f"see the report's {MISSING_DATA}"
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_gradood_load_model(config: pytest.Config, protocol: str):
+def _missing_checkpoint(config: pytest.Config, protocol: str) -> str | None:
+    """Why ``protocol``'s checkpoint cannot be loaded (recorded in the report), or ``None``."""
     from ..protocols import protocol_class
 
     cls = protocol_class(protocol)
     path = option_path(config, "checkpoint_dir") / cls.checkpoint_file
-    if not path.is_file():
-        reason = f"model {path.name} missing"
-        details = f"- {path} is missing: {cls.how_to_get_model(path)}"
-        run_report(config).add_missing(protocol, "model", reason, details)
+    if path.is_file():
+        return None
+    reason = f"model {path.name} missing"
+    where = f"({flag('checkpoint_dir', config)})"
+    details = f"- {path} {where} is missing: {cls.how_to_get_model(path)}"
+    run_report(config).add_missing(protocol, "model", reason, details)
+    return reason
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_gradood_load_model(config: pytest.Config, protocol: str):
+    from ..protocols import protocol_class
+
+    reason = _missing_checkpoint(config, protocol)
+    if reason is not None:
         pytest.skip(f"{protocol}: {reason} ({details_hint(config)})")
-    return cls.load_model(path)
+    cls = protocol_class(protocol)
+    return cls.load_model(option_path(config, "checkpoint_dir") / cls.checkpoint_file)
 
 
 # -- the report ------------------------------------------------------------------------------

@@ -51,8 +51,7 @@ _OOD_SOURCES = (
         "LSUN (crop)",
         "LSUN",
         f"ODIN's release {LSUNCrop.url} (md5 {LSUNCrop.tgz_md5}), extracted into the data root "
-        "(LSUN/test/), e.g. by pytorch_ood.dataset.img.LSUNCrop(root, download=True); or "
-        "download=True here",
+        "(LSUN/test/), e.g. by pytorch_ood.dataset.img.LSUNCrop(root, download=True)",
         archive=Archive(LSUNCrop.url, LSUNCrop.filename, LSUNCrop.tgz_md5, member="LSUN"),
     ),
     Places365SampleSource("Places365"),
@@ -60,7 +59,7 @@ _OOD_SOURCES = (
         "Textures",
         "dtd/images",
         f"DTD {Textures.url} (md5 {Textures.tgz_md5}), extracted into the data root (dtd/images/),"
-        " e.g. by pytorch_ood.dataset.img.Textures(root, download=True); or download=True here",
+        " e.g. by pytorch_ood.dataset.img.Textures(root, download=True)",
         archive=Archive(Textures.url, Textures.filename, Textures.tgz_md5, member="dtd"),
         installed_as="dtd",
     ),

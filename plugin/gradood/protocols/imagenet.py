@@ -43,7 +43,7 @@ def _authors_subset(name: str) -> ImageFolderSource:
         name,
         f"ood_data/{name}",
         f"the authors' subset {url} (no checksum is published; the image count is the check): "
-        f"tar -xzf {name}.tar.gz -C <root>/ood_data, or download=True here",
+        f"tar -xzf {name}.tar.gz -C <root>/ood_data",
         archive=Archive(url, f"{name}.tar.gz", md5=None, member=name),
     )
 
@@ -87,7 +87,7 @@ class ImageNetGradNorm(GradNormProtocol):
             "Textures",
             "ood_data/Textures",
             f"DTD {Textures.url} (md5 {Textures.tgz_md5}); move its dtd/images folder to "
-            "<root>/ood_data/Textures, or download=True here",
+            "<root>/ood_data/Textures",
             archive=Archive(Textures.url, Textures.filename, Textures.tgz_md5, member="dtd/images"),
         ),
     )

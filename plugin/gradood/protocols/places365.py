@@ -139,8 +139,8 @@ class Places365SampleSource(DataSource):
         devkit_url = urljoin(PLACES365_BASE_URL, PLACES365_DEVKIT[0])
         images_url = urljoin(PLACES365_BASE_URL, PLACES365_TEST_IMAGES[0])
         how_to_get = (
-            f"download=True here ({devkit_url} and {images_url}, md5-checked, extracted to "
-            f"root / {self.folder!r}), or torchvision.datasets.Places365(root / {self.folder!r}, "
+            f"{devkit_url} and {images_url} (md5-checked), extracted to "
+            f"root / {self.folder!r}, or torchvision.datasets.Places365(root / {self.folder!r}, "
             "split='test', small=True, download=True) with torchvision >= 0.22"
         )
         super().__init__(name, how_to_get)

@@ -105,8 +105,8 @@ class CifarSource(_TorchvisionSource):
             raise ValueError(f"not a CIFAR class: {cifar_class}")
         how_to_get = (
             f"torchvision.datasets.{cifar_class.__name__}(root, train={train}, download=True), "
-            f"or download=True here ({cifar_class.url}, md5 {cifar_class.tgz_md5}, extracted "
-            f"to {cifar_class.base_folder}/)"
+            f"or {cifar_class.url} (md5 {cifar_class.tgz_md5}) extracted into the root "
+            f"({cifar_class.base_folder}/)"
         )
         super().__init__(name, how_to_get)
         self.cifar_class = cifar_class
@@ -145,7 +145,7 @@ class SvhnSource(_TorchvisionSource):
         url, _, md5 = SVHN.split_list[split]
         how_to_get = (
             f"torchvision.datasets.SVHN(root / {self.folder!r}, split={split!r}, download=True), "
-            f"or download=True here ({url}, md5 {md5})"
+            f"or {url} (md5 {md5}) saved into root / {self.folder!r}"
         )
         super().__init__(name, how_to_get)
         self.split = split
