@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from sphinx.util import logging
+
 DOCS = Path(__file__).resolve().parent
 sys.path[:0] = [str(DOCS.parent / "plugin"), str(DOCS)]
 
@@ -39,3 +41,20 @@ autodoc_default_options = {"members": True, "show-inheritance": True}
 
 html_theme = "furo"
 html_title = "gradood"
+
+
+# Sphinx reports a broken Python cross-reference only in nitpicky mode, which also reports every
+# torch, pandas and pytorch-ood type of the docstrings (no intersphinx: CI has no network).
+# A page's own reference to a gradood name must resolve, though: warn (-W makes it an error).
+_log = logging.getLogger(__name__)
+
+
+def _broken_own_reference(app, env, node, contnode):
+    target = node.get("reftarget", "")
+    source = str(node.source or "")
+    if node.get("refdomain") == "py" and target.startswith("gradood") and source.endswith(".md"):
+        _log.warning("broken cross-reference to %s", target, location=node)
+
+
+def setup(app):
+    app.connect("missing-reference", _broken_own_reference)
