@@ -309,7 +309,7 @@ def test_the_papers_counts(layouts):
 
 
 def _documented_sample(names, size, seed):
-    """The README's recipe, step by step: hex SHA-256 of f"{seed}:{name}", smallest first."""
+    """docs/datasets.md's recipe, step by step: hex SHA-256 of f"{seed}:{name}", smallest first."""
     digests = {hashlib.sha256(f"{seed}:{name}".encode()).hexdigest(): name for name in names}
     chosen = {digests[d] for d in sorted(digests)[:size]}
     return [i for i, name in enumerate(names) if name in chosen]

@@ -283,21 +283,22 @@ def test_an_unwritable_directory_is_a_usage_error_before_any_test(pytester, opti
     assert "test_never_runs" not in result.stdout.str()
 
 
-def _readme_file(name: str) -> str:
-    """The code block that follows the line `name`: in the README."""
-    text = (REPO / "README.md").read_text()
+def _documented_file(name: str) -> str:
+    """The code block that follows the line `name`: in docs/harness.md ("The harness in your
+    own project")."""
+    text = (REPO / "docs" / "harness.md").read_text()
     after = text[text.index(f"`{name}`:\n") :]
     start = after.index("```python\n") + len("```python\n")
     return after[start : after.index("```", start)]
 
 
-def test_the_harness_in_another_project_as_the_readme_says(tmp_path):
-    """The installed package's entry point, the README's two files, an empty folder outside
+def test_the_harness_in_another_project_as_the_docs_say(tmp_path):
+    """The installed package's entry point, the docs' two files, an empty folder outside
     the repository: the paper's checks run on the hooks' data and model."""
     project = tmp_path / "project"
     project.mkdir()
     for name in ("conftest.py", "test_paper.py"):
-        (project / name).write_text(_readme_file(name))
+        (project / name).write_text(_documented_file(name))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"],

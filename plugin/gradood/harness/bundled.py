@@ -165,14 +165,17 @@ def _entries(name: str, model: nn.Module, benchmark: DigitsBenchmark) -> list[En
     ]
 
 
-def run_bundled(threads: int = 1, progress: Progress | None = None) -> BundledRun:
-    """Build, fit and score every registered detector with ``threads`` torch threads."""
+def run_bundled(
+    threads: int = 1, progress: Progress | None = None, names: list[str] | None = None
+) -> BundledRun:
+    """Build, fit and score every registered detector (or those in ``names``) with ``threads``
+    torch threads."""
     say = progress or (lambda _message: None)
     with torch_threads(threads), float64_by_default():
         benchmark = _float64(DigitsBenchmark(seed=SEED))
         model = load_digits_cnn().double()
         entries = []
-        names = available_detectors()
+        names = available_detectors() if names is None else names
         for index, name in enumerate(names, start=1):
             say(f"{TITLE}: fitting {name} ({index} of {len(names)})")
             entries += _entries(name, model, benchmark)

@@ -10,7 +10,7 @@ plugins'):
 - ``--gradood-gpu``: run on the CUDA device (tests marked ``gradood_gpu`` need it); a usage
   error if none is available; missed speed targets fail.
 - ``--gradood-data-root`` (``GRADOOD_DATA_ROOT``, default ``<rootdir>/data``): the datasets,
-  laid out as the README's "Datasets" section says.
+  laid out as docs/datasets.md says.
 - ``--gradood-checkpoint-dir`` (``GRADOOD_CHECKPOINTS``, default ``<rootdir>/checkpoints``): the
   authors' ``BiT-S-R101x1-flat-finetune.pth.tar`` and the trained ``resnet20-cifar10.pt`` /
   ``resnet20-cifar100.pt``.

@@ -4,7 +4,7 @@
 when opened (exact counts, published checksums) and a missing or incomplete one raises
 :class:`DatasetNotFoundError` with its path, the count found and expected, and where to get it.
 ``missing(name, root)`` lists the problems without raising. The layouts under ``root`` are in
-the README, section "Datasets", and the module docstrings of :mod:`.imagenet` and :mod:`.cifar`.
+docs/datasets.md, and the module docstrings of :mod:`.imagenet` and :mod:`.cifar`.
 """
 
 from .base import GradNormProtocol

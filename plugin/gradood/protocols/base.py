@@ -33,7 +33,7 @@ class GradNormProtocol(Benchmark):
     path, the count found and expected, and where to get it. ID samples keep their class labels
     (>= 0), OOD samples are labelled -1.
 
-    :param root: the data root (layouts in the README, section "Datasets")
+    :param root: the data root (layouts in docs/datasets.md)
     :param transform: applied to every image; defaults to :meth:`default_transform`
     :param download: download the datasets that are entirely absent (where the protocol can:
         torchvision's and pytorch-ood's sources with their md5 checksums, the authors'
