@@ -18,6 +18,8 @@ plugins'):
   feature cache of :mod:`gradood.features`.
 - ``--gradood-report-dir`` (``GRADOOD_REPORT_DIR``, default ``<rootdir>/reports``): each run
   writes its report into a new time-stamped folder there.
+- ``--gradood-download`` (``GRADOOD_DOWNLOAD=1``): download the public datasets and checkpoints
+  the run needs (:mod:`gradood.harness.downloading`).
 - ``--gradood-enforce-speed`` (``GRADOOD_ENFORCE_SPEED=1``): a missed speed target fails its
   test on the CPU too; otherwise CPU verdicts are reported only, as a shared CPU's timings say
   little.
@@ -96,6 +98,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             metavar="DIR",
             help=f"{what} (environment: {variable}; default: <rootdir>/{default})",
         )
+    group.addoption(
+        flag("download"),
+        dest="gradood_download",
+        action="store_true",
+        default=False,
+        help="download the public datasets and checkpoints the run needs that are absent "
+        "(never ImageNet; nothing is overwritten; environment: GRADOOD_DOWNLOAD=1; see "
+        "gradood.harness.downloading)",
+    )
     group.addoption(
         flag("enforce_speed"),
         dest="gradood_enforce_speed",
@@ -180,6 +191,9 @@ def pytest_configure(config: pytest.Config) -> None:
                 f"there: {problem}"
             )
     config.stash[_FOLDER] = _choose_report_folder(option_path(config, "report_dir"))
+    from .downloading import DownloadHooks
+
+    config.pluginmanager.register(DownloadHooks(), "gradood-download")
 
 
 def report_folder(config: pytest.Config) -> Path:
@@ -245,13 +259,14 @@ def gradood_report(request: pytest.FixtureRequest):
 @pytest.hookimpl(trylast=True)
 def pytest_gradood_open_protocol(config: pytest.Config, name: str):
     from ..protocols import make_protocol, missing
+    from .downloading import missing_line
 
     root = option_path(config, "data_root")
     problems = missing(name, root)
     if problems:
         reason = f"{len(problems)} dataset{'s' if len(problems) > 1 else ''} missing"
         where = f"Under {root} ({flag('data_root')}):"
-        details = "\n".join([where, *(f"- {p}" for p in problems)])
+        details = "\n".join([where, *(missing_line(name, p, root) for p in problems)])
         run_report(config).add_missing(name, "data", reason, details)
         pytest.skip(f"{name}: {reason} ({details_hint(config)})")
     return make_protocol(name, root)

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..decoding import DECODERS, Decoding, decoding
+from ..downloads import RemoteFile
 from ..models.preprocessing import Preprocessing
 from ..paper import GRADNORM_PAPER
 from .errors import DatasetNotFoundError, MissingDataset
@@ -68,6 +69,8 @@ class GradNormProtocol(Benchmark):
     checkpoint_file: ClassVar[str]
     #: the decoders (:data:`gradood.decoding.DECODERS`) that compute its default transform
     decoders: ClassVar[tuple[str, ...]] = DECODERS
+    #: where the model's checkpoint is published (then ``--gradood-download`` fetches it)
+    checkpoint_download: ClassVar[RemoteFile | None] = None
 
     @classmethod
     def load_model(cls, path: str | PathLike) -> nn.Module:
