@@ -15,6 +15,7 @@ import tarfile
 import pytest
 from download_server import Served, local_server
 
+import gradood.downloads.extraction as extraction_module
 import gradood.downloads.remote as remote_module
 import gradood.protocols.archives as archives_module
 from gradood.downloads import (
@@ -351,6 +352,19 @@ def test_no_space_while_extracting_names_the_folder_and_removes_the_extraction(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(archives_module, "extract_tar", full_disk)
+    with pytest.raises(NoSpaceError, match=re.escape(str(tmp_path))):
+        Archive(SUBSET, "Subset.tar.gz", None, member="set").install(tmp_path / "Subset", False)
+    assert _leftovers(tmp_path) == ["Subset.tar.gz", "Subset.tar.gz.sha256"]
+
+
+def test_an_archive_larger_than_the_free_space_is_refused_before_extracting(
+    served, tmp_path, monkeypatch
+):
+    served.add(SUBSET, _dataset())
+    Archive(SUBSET, "Subset.tar.gz", None, member="set").obtain(tmp_path, progress=False)
+    monkeypatch.setattr(
+        extraction_module.shutil, "disk_usage", lambda path: type("U", (), {"free": 3})()
+    )
     with pytest.raises(NoSpaceError, match=re.escape(str(tmp_path))):
         Archive(SUBSET, "Subset.tar.gz", None, member="set").install(tmp_path / "Subset", False)
     assert _leftovers(tmp_path) == ["Subset.tar.gz", "Subset.tar.gz.sha256"]

@@ -4,6 +4,7 @@ checks of every dataset, missing(), downloads only on request and never over fil
 from __future__ import annotations
 
 import gc
+import io
 import re
 import shutil
 import tarfile
@@ -18,6 +19,7 @@ from PIL import Image
 from pytorch_ood.detector import MaxSoftmax
 
 import gradood
+from gradood.downloads import UnsafeArchiveError
 from gradood.models import BIT_S_R101X1, Preprocessing
 from gradood.protocols import (
     DatasetNotFoundError,
@@ -265,6 +267,25 @@ def test_download_installs_an_absent_authors_subset(tmp_path, layout, monkeypatc
         )  # no checksum is published for the authors' archives: its SHA-256 is recorded
         layout.open(download=True, transform=_image_size)  # present now: nothing fetched again
         assert len(served.requests) == 1
+
+
+def test_download_refuses_an_archive_member_landing_outside(tmp_path, layout, monkeypatch):
+    shutil.rmtree(_ood_folder(layout.root, "SUN"))
+    archive = tmp_path / "SUN.tar.gz"
+    escape = tarfile.TarInfo("SUN/../../escaped.jpg")
+    escape.size = 4
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.addfile(escape, io.BytesIO(b"evil"))
+    served = Served({f"{AUTHORS_OOD_URL}SUN.tar.gz": archive.read_bytes()})
+
+    with local_server(served, monkeypatch), pytest.raises(UnsafeArchiveError, match="escaped"):
+        layout.open(download=True)
+
+    assert not _ood_folder(layout.root, "SUN").exists()
+    assert not (layout.root / "escaped.jpg").exists()
+    assert not (layout.root.parent / "escaped.jpg").exists()
+    folders = sorted(p.name for p in (layout.root / "ood_data").iterdir() if p.is_dir())
+    assert folders == ["Places", "Textures", "iNaturalist"]  # no extraction left behind
 
 
 def test_download_leaves_an_incomplete_dataset_alone(layout):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import tarfile
 import zlib
 from pathlib import Path, PurePosixPath
@@ -45,6 +46,7 @@ def extract_tar(archive: str | os.PathLike, destination: str | os.PathLike) -> N
             for member in members:
                 _refuse_if_unsafe(archive, member)
             destination.mkdir(parents=True, exist_ok=True)
+            _refuse_if_no_space(archive, members, destination)
             for member in members:
                 _refuse_if_outside(archive, member, destination)
                 _extract(tar, member, destination)
@@ -90,6 +92,17 @@ def _escapes(name: str) -> bool:
     if os.path.isabs(name) or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
         return True
     return ".." in PurePosixPath(name.replace("\\", "/")).parts
+
+
+def _refuse_if_no_space(archive: Path, members: list[tarfile.TarInfo], destination: Path) -> None:
+    """Raise ``ENOSPC`` before extracting if the members' sizes exceed the free space."""
+    needed = sum(member.size for member in members if member.isfile())
+    free = shutil.disk_usage(destination).free
+    if needed > free:
+        raise OSError(
+            errno.ENOSPC,
+            f"extracting {archive} needs {needed:,} bytes, {free:,} are free in {destination}",
+        )
 
 
 def _refuse_if_outside(archive: Path, member: tarfile.TarInfo, destination: Path) -> None:

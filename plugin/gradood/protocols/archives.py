@@ -19,6 +19,7 @@ from ..downloads import (
     digests,
     extract_tar,
     is_no_space,
+    recorded_sha256,
     write_record,
 )
 from ..files import atomic_write_text
@@ -102,13 +103,15 @@ class Archive:
         for name in names:
             self._note(folder / name, sha256)
 
-    def obtain(self, folder: Path, progress: bool = True) -> tuple[Path, str]:
-        """The archive in ``folder`` (downloaded if absent, checked if present) and its
-        SHA-256."""
+    def obtain(self, folder: Path, progress: bool = True) -> tuple[Path, str | None]:
+        """The archive in ``folder`` (downloaded and checked if absent, checked if present) and
+        its SHA-256 where it was computed (``None`` for a fresh download with a published md5).
+        """
         folder.mkdir(parents=True, exist_ok=True)
         archive = folder / self.filename
         if not archive.exists():
-            self.remote.fetch(archive, progress)
+            self.remote.fetch(archive, progress)  # checks the md5, or records the SHA-256
+            return archive, recorded_sha256(archive)
         md5, sha256 = digests(archive)
         if self.md5 is not None and md5 != self.md5:
             raise FileExistsError(
@@ -140,8 +143,10 @@ class Archive:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _note(self, installed: Path, sha256: str) -> None:
-        note = {"url": self.url, "archive": self.filename, "md5": self.md5, "sha256": sha256}
+    def _note(self, installed: Path, sha256: str | None) -> None:
+        note = {"url": self.url, "archive": self.filename, "md5": self.md5}
+        if sha256 is not None:
+            note["sha256"] = sha256
         atomic_write_text(_note_path(installed), json.dumps(note, indent=1) + "\n")
 
 
@@ -160,7 +165,7 @@ def archive_verification(archive: Archive | None, installed: Path) -> tuple[bool
         return True, f"installed by gradood from {archive.filename}, matching its published md5"
     return False, (
         f"no published checksum: installed by gradood from {archive.filename}, whose SHA-256 "
-        f"{note['sha256']} was recorded at its first download (checked on every later use)"
+        f"{note.get('sha256')} was recorded at its first download (checked on every later use)"
     )
 
 

@@ -37,8 +37,10 @@ class GradNormProtocol(Benchmark):
     :param root: the data root (layouts in the README, section "Datasets")
     :param transform: applied to every image; defaults to :meth:`default_transform`
     :param download: download the datasets that are entirely absent (where the protocol can:
-        torchvision's and pytorch-ood's sources with their md5 checksums, the authors'
-        archives without one). Nothing on disk is ever overwritten.
+        torchvision's and pytorch-ood's sources with their published md5s, the authors'
+        archives without one, whose SHA-256 is then recorded beside them and checked on every
+        later use), with :mod:`gradood.downloads`: resumable, a progress bar per file, every
+        archive member checked before extraction. Nothing on disk is ever overwritten.
     :param expected: the counts required of each dataset; defaults to the paper's
         (:attr:`paper_expected`). Miniatures (:mod:`gradood.testing`) pass their own.
     :param decoder: how image files become inputs (:mod:`gradood.decoding`): ``"pil"`` (the
