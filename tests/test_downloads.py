@@ -10,6 +10,7 @@ import io
 import os
 import random
 import re
+import socket
 import tarfile
 
 import pytest
@@ -368,3 +369,15 @@ def test_an_archive_larger_than_the_free_space_is_refused_before_extracting(
     with pytest.raises(NoSpaceError, match=re.escape(str(tmp_path))):
         Archive(SUBSET, "Subset.tar.gz", None, member="set").install(tmp_path / "Subset", False)
     assert _leftovers(tmp_path) == ["Subset.tar.gz", "Subset.tar.gz.sha256"]
+
+
+def test_a_server_that_cannot_be_reached_names_url_and_file(tmp_path, monkeypatch):
+    for name in ("http_proxy", "HTTP_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as bound:  # bound, not listening: connections to it are refused
+        bound.bind(("127.0.0.1", 0))
+        monkeypatch.setenv(MIRROR_VARIABLE, f"http://127.0.0.1:{bound.getsockname()[1]}")
+        with pytest.raises(DownloadError, match=re.escape("could not download a.bin")) as error:
+            RemoteFile(URL).fetch(tmp_path / "a.bin", progress=False, attempts=2)
+    assert URL in str(error.value)
+    assert _leftovers(tmp_path) == []

@@ -176,6 +176,11 @@ class _Transfer:
             except _Interrupted as error:
                 last = error
         have = self.part.stat().st_size if self.part.exists() else 0
+        if not have:
+            raise DownloadError(
+                f"{self.url}: could not download {self.path.name} into {self.path.parent} "
+                f"({attempts} tries; last: {last})"
+            )
         raise DownloadError(
             f"{self.url}: the transfer of {self.path.name} stopped {attempts} times (last: "
             f"{last}); the {have:,} bytes received are kept in {self.part}: run again to resume"
