@@ -348,7 +348,7 @@ def test_no_space_while_extracting_names_the_folder_and_removes_the_extraction(
 ):
     served.add(SUBSET, _dataset())
 
-    def full_disk(archive, destination):
+    def full_disk(archive, destination, progress):
         (destination / "half.jpg").write_bytes(b"half")
         raise OSError(errno.ENOSPC, "No space left on device")
 

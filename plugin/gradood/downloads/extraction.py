@@ -18,6 +18,8 @@ import tarfile
 import zlib
 from pathlib import Path, PurePosixPath
 
+from tqdm.auto import tqdm
+
 __all__ = ["ArchiveError", "UnsafeArchiveError", "extract_tar", "is_no_space"]
 
 
@@ -30,9 +32,11 @@ class UnsafeArchiveError(ArchiveError):
     member and why."""
 
 
-def extract_tar(archive: str | os.PathLike, destination: str | os.PathLike) -> None:
+def extract_tar(
+    archive: str | os.PathLike, destination: str | os.PathLike, progress: bool = False
+) -> None:
     """Extract ``archive`` into the folder ``destination`` (created if needed), after checking
-    every member.
+    every member; with ``progress``, a progress bar over the members.
 
     :raises UnsafeArchiveError: for the first member that would land outside ``destination``
         (nothing is extracted when the member's own header shows it)
@@ -47,7 +51,8 @@ def extract_tar(archive: str | os.PathLike, destination: str | os.PathLike) -> N
                 _refuse_if_unsafe(archive, member)
             destination.mkdir(parents=True, exist_ok=True)
             _refuse_if_no_space(archive, members, destination)
-            for member in members:
+            bar = tqdm(members, desc=f"extracting {archive.name}", disable=not progress)
+            for member in bar:
                 _refuse_if_outside(archive, member, destination)
                 _extract(tar, member, destination)
     except (tarfile.ReadError, EOFError, zlib.error) as error:

@@ -74,7 +74,7 @@ class Archive:
         if destination.exists():
             raise FileExistsError(f"{destination} exists; it is never overwritten")
         archive, sha256 = self.obtain(destination.parent, progress)
-        with self._extracted(archive, destination.name) as staging:
+        with self._extracted(archive, destination.name, progress) as staging:
             extracted = staging / self.member
             if not extracted.is_dir():
                 raise FileNotFoundError(
@@ -94,7 +94,7 @@ class Archive:
         if existing:
             raise FileExistsError(f"{', '.join(existing)} exist; they are never overwritten")
         archive, sha256 = self.obtain(folder, progress)
-        with self._extracted(archive, Path(self.filename).stem) as staging:
+        with self._extracted(archive, Path(self.filename).stem, progress) as staging:
             absent = [name for name in names if not (staging / self.member / name).is_file()]
             if absent:
                 raise FileNotFoundError(f"{archive} has no files {absent} in {self.member}")
@@ -127,11 +127,11 @@ class Archive:
         return archive, sha256
 
     @contextmanager
-    def _extracted(self, archive: Path, name: str) -> Iterator[Path]:
+    def _extracted(self, archive: Path, name: str, progress: bool) -> Iterator[Path]:
         """A temporary folder beside ``archive`` holding its extraction, removed afterwards."""
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=archive.parent))
         try:
-            extract_tar(archive, staging)
+            extract_tar(archive, staging, progress)
             yield staging
         except OSError as error:
             if not is_no_space(error):
