@@ -99,10 +99,17 @@ def test_a_run_with_the_option_downloads_records_and_reports(pytester, tmp_path,
     content = _archive(subset, "iNaturalist")
     shutil.rmtree(subset)
     served = Served({AUTHORS[0]: content, BIT_S_R101X1_URL: b"checkpoint bytes"})
+    pytester.makeconftest(
+        f"""
+        from gradood.protocols import Expected, ExpectedData, make_protocol
+
+        def pytest_gradood_open_protocol(config, name):  # the miniature's counts
+            expected = ExpectedData({dict(layout.expected.counts)!r}, verify_checksums=False)
+            return make_protocol(name, {str(layout.root)!r}, expected=expected)
+        """
+    )
     pytester.makepyfile(
         """
-        import pytest
-
         def test_open(request):
             hook = request.config.hook
             try:  # the bytes served are no checkpoint: the default hook cannot load them
@@ -110,10 +117,7 @@ def test_a_run_with_the_option_downloads_records_and_reports(pytester, tmp_path,
             except ValueError as error:
                 if "recorded at its first download" in str(error):
                     raise
-            try:  # the miniature's counts are short of the paper's: the default hook skips
-                hook.pytest_gradood_open_protocol(config=request.config, name="imagenet")
-            except pytest.skip.Exception:
-                pass
+            hook.pytest_gradood_open_protocol(config=request.config, name="imagenet")
         """
     )
     checkpoints, reports = tmp_path / "checkpoints", tmp_path / "reports"
@@ -138,6 +142,8 @@ def test_a_run_with_the_option_downloads_records_and_reports(pytester, tmp_path,
     first = text.splitlines()[2]
     assert first.startswith("Never verified against a published checksum: ")
     assert "iNaturalist" in first and "imagenet model" in first and "Textures" in first
+    assert "| iNaturalist | no | no published checksum: installed by gradood" in text
+    assert "| ImageNet-1k val | no | checked by count only" in text
     assert "never verified against a published checksum" in result.stdout.str()
 
     checkpoint.write_bytes(b"changed")  # later use: the record is checked at every load
@@ -163,3 +169,26 @@ def test_the_option_has_an_environment_variable(pytester, monkeypatch, variable)
     )
     result = pytester.runpytest_inprocess("-s", "-p", "no:cacheprovider")
     result.stdout.fnmatch_lines([f"*WANTS {variable == '1'}*"])
+
+
+def test_a_failed_download_fails_the_checks_naming_the_url_once(pytester, tmp_path, monkeypatch):
+    layout = make_imagenet_layout(tmp_path / "data")
+    shutil.rmtree(layout.root / "ood_data" / "SUN")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("attempt", [1, 2])
+        def test_open(request, attempt):
+            request.config.hook.pytest_gradood_open_protocol(config=request.config, name="imagenet")
+        """
+    )
+    served = Served()  # answers 404 to everything
+    with local_server(served, monkeypatch):
+        result = pytester.runpytest_inprocess(
+            "--gradood-download", f"--gradood-data-root={layout.root}", "-p", "no:cacheprovider"
+        )
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines([f"*DownloadError: {AUTHORS[1]} answered HTTP 404*SUN.tar.gz*"])
+    assert len(served.requests) == 1  # a 404 is not retried, nor asked again within the run
+    assert not (layout.root / "ood_data" / "SUN").exists()

@@ -8,10 +8,10 @@ published checkpoint (the authors' BiT-S-R101x1) is downloaded into the checkpoi
 ImageNet itself needs a login and is never downloaded. :func:`planned_downloads` says
 beforehand what that would fetch.
 
-The hooks run before the default ones (``tryfirst``) and return nothing, so that the default
-(or a project's own) implementation then opens the data and loads the model. At the end the
-report folder gets ``data-provenance.md``: per dataset and checkpoint used, whether it was
-checked against a published checksum and how.
+The hooks wrap the default (or a project's own) implementations, which then open the data
+and load the model. At the end the report folder gets ``data-provenance.md``: per dataset and
+checkpoint of the protocols opened, whether it was checked against a published checksum and
+how.
 
 Imports only pytest and the standard library at the top, as :mod:`.plugin` does.
 """
@@ -140,10 +140,17 @@ def missing_line(protocol: str, problem, root: str | os.PathLike) -> str:
 
 
 def provenance(
-    protocols: Iterable[str], data_root: str | os.PathLike, checkpoint_dir: str | os.PathLike
+    protocols: Iterable[str],
+    data_root: str | os.PathLike,
+    checkpoint_dir: str | os.PathLike,
+    verify_checksums: bool = True,
 ) -> list[tuple[str, bool, str]]:
     """Per dataset and published checkpoint of ``protocols`` that is present: ``(what,
-    checked against a published checksum, how in words)``."""
+    checked against a published checksum, how in words)``.
+
+    :param verify_checksums: whether the protocols were opened with the published checksums
+        checked (a miniature is not)
+    """
     from ..downloads import recorded_sha256
     from ..protocols import protocol_class
 
@@ -153,6 +160,8 @@ def provenance(
         for source in cls.sources():
             if source.is_present(Path(data_root)):
                 verified, how = source.verification(Path(data_root))
+                if verified and not verify_checksums:
+                    verified, how = False, "opened with verify_checksums=False: not checked"
                 rows.setdefault(source.name, (source.name, verified, how))
         checkpoint = Path(checkpoint_dir) / cls.checkpoint_file
         if cls.checkpoint_download is not None and checkpoint.exists():
@@ -188,14 +197,22 @@ class DownloadHooks:
     def __init__(self) -> None:
         #: protocol -> the error its download raised (raised again, never retried in a run)
         self.failed: dict[str, BaseException] = {}
-        self.opened: list[str] = []
+        #: protocol -> (data root, checksums verified) of the benchmark the hooks returned
+        self.opened: dict[str, tuple[Path, bool]] = {}
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_gradood_open_protocol(self, config: pytest.Config, name: str) -> None:
-        if name not in self.opened:
-            self.opened.append(name)
-        if not wants_download(config):
-            return None
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_gradood_open_protocol(self, config: pytest.Config, name: str):
+        """Download first (with the option); remember where the benchmark returned reads."""
+        if wants_download(config):
+            self._download(config, name)
+        benchmark = yield
+        root, expected = getattr(benchmark, "root", None), getattr(benchmark, "expected", None)
+        if root is not None:
+            verified = bool(getattr(expected, "verify_checksums", True))
+            self.opened.setdefault(name, (Path(root), verified))
+        return benchmark
+
+    def _download(self, config: pytest.Config, name: str) -> None:
         if name in self.failed:
             raise self.failed[name]
         from .plugin import option_path
@@ -207,7 +224,6 @@ class DownloadHooks:
         except Exception as error:
             self.failed[name] = error
             raise
-        return None
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_gradood_load_model(self, config: pytest.Config, protocol: str) -> None:
@@ -233,9 +249,12 @@ class DownloadHooks:
         from ..files import atomic_write_text
         from .plugin import option_path, report_folder
 
-        rows = provenance(
-            self.opened, option_path(config, "data_root"), option_path(config, "checkpoint_dir")
-        )
+        checkpoints = option_path(config, "checkpoint_dir")
+        found: dict[str, tuple[str, bool, str]] = {}
+        for name, (root, verified) in self.opened.items():
+            for row in provenance([name], root, checkpoints, verified):
+                found.setdefault(row[0], row)
+        rows = list(found.values())
         if not rows:
             return
         path = report_folder(config) / PROVENANCE
