@@ -381,3 +381,14 @@ def test_a_server_that_cannot_be_reached_names_url_and_file(tmp_path, monkeypatc
             RemoteFile(URL).fetch(tmp_path / "a.bin", progress=False, attempts=2)
     assert URL in str(error.value)
     assert _leftovers(tmp_path) == []
+
+
+def test_an_extraction_left_by_a_killed_process_is_removed_by_the_next(served, tmp_path):
+    served.add(SUBSET, _dataset())
+    stale = tmp_path / ".Subset.k1ll3d.gradood-partial"
+    (stale / "set" / "a").mkdir(parents=True)
+    (stale / "set" / "a" / "half.jpg").write_bytes(b"half")
+    Archive(SUBSET, "Subset.tar.gz", None, member="set").install(tmp_path / "Subset", False)
+    assert not stale.exists()
+    assert sorted(p.name for p in (tmp_path / "Subset").rglob("*.jpg")) == ["1.jpg", "2.jpg"]
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["Subset"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -22,9 +23,12 @@ from ..downloads import (
     recorded_sha256,
     write_record,
 )
-from ..files import atomic_write_text
+from ..files import atomic_write_text, exclusive_lock
 
 __all__ = ["Archive", "archive_verification", "installed_from"]
+
+#: the suffix of a folder being extracted into (never taken for data)
+_PARTIAL = ".gradood-partial"
 
 
 @dataclass(frozen=True)
@@ -128,20 +132,27 @@ class Archive:
 
     @contextmanager
     def _extracted(self, archive: Path, name: str, progress: bool) -> Iterator[Path]:
-        """A temporary folder beside ``archive`` holding its extraction, removed afterwards."""
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=archive.parent))
-        try:
-            extract_tar(archive, staging, progress)
-            yield staging
-        except OSError as error:
-            if not is_no_space(error):
-                raise
-            raise NoSpaceError(
-                f"no space left on the device of {archive.parent} while extracting {archive}; "
-                "the partial extraction was removed: free space there and run again"
-            ) from error
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        """A temporary folder beside ``archive`` holding its extraction, removed afterwards.
+
+        One process at a time extracts for ``name`` there (a lock), so that the extractions
+        left by a process that was killed can be removed first."""
+        folder = archive.parent
+        with exclusive_lock(folder / f".{name}.extracting.lock"):
+            for stale in folder.glob(f".{glob.escape(name)}.*{_PARTIAL}"):
+                shutil.rmtree(stale, ignore_errors=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=_PARTIAL, dir=folder))
+            try:
+                extract_tar(archive, staging, progress)
+                yield staging
+            except OSError as error:
+                if not is_no_space(error):
+                    raise
+                raise NoSpaceError(
+                    f"no space left on the device of {folder} while extracting {archive}; the "
+                    "partial extraction was removed: free space there and run again"
+                ) from error
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
 
     def _note(self, installed: Path, sha256: str | None) -> None:
         note = {"url": self.url, "archive": self.filename, "md5": self.md5}
