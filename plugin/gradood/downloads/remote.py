@@ -72,11 +72,6 @@ class RemoteFile:
     md5: str | None = None
     size: int | None = None
 
-    @property
-    def filename(self) -> str:
-        """The last part of the URL's path."""
-        return urlsplit(self.url).path.rsplit("/", 1)[-1]
-
     def published_size(self) -> int | None:
         """The size the server announces (HTTP ``HEAD``), or ``None`` if it says none or
         cannot be asked."""

@@ -28,6 +28,7 @@ import pytest
 
 __all__ = [
     "DOWNLOAD_VARIABLE",
+    "OPTION",
     "PROVENANCE",
     "DownloadHooks",
     "PlannedDownload",
@@ -37,6 +38,8 @@ __all__ = [
     "wants_download",
 ]
 
+#: the option (registered by :mod:`.plugin`)
+OPTION = "--gradood-download"
 #: the environment variable of ``--gradood-download`` (``1``: on)
 DOWNLOAD_VARIABLE = "GRADOOD_DOWNLOAD"
 #: the report's file of what was checked against published checksums
@@ -127,7 +130,6 @@ def missing_line(protocol: str, problem, root: str | os.PathLike) -> str:
     :class:`gradood.protocols.MissingDataset`): what and where, how to get it, and for a
     dataset that can be downloaded, the option that does it."""
     from ..protocols import protocol_class
-    from .plugin import flag
 
     sources = {source.name: source for source in protocol_class(protocol).sources()}
     source = sources.get(problem.name)
@@ -135,8 +137,8 @@ def missing_line(protocol: str, problem, root: str | os.PathLike) -> str:
     if source is None or not source.can_download:
         return line
     if source.is_present(Path(root)):
-        return f"{line} With the harness: move it away, then run with {flag('download')}."
-    return f"{line} With the harness: run with {flag('download')}."
+        return f"{line} With the harness: move it away, then run with {OPTION}."
+    return f"{line} With the harness: run with {OPTION}."
 
 
 def provenance(
@@ -192,9 +194,11 @@ def _provenance_markdown(rows: list[tuple[str, bool, str]]) -> str:
 
 class DownloadHooks:
     """The hooks of ``--gradood-download`` and of the provenance report (registered by
-    :mod:`.plugin`)."""
+    :mod:`.plugin` with the run's folders: data root, checkpoint folder, report folder)."""
 
-    def __init__(self) -> None:
+    def __init__(self, data_root: Path, checkpoint_dir: Path, report_folder: Path) -> None:
+        self.data_root, self.checkpoint_dir = Path(data_root), Path(checkpoint_dir)
+        self.report_folder = Path(report_folder)
         #: protocol -> the error its download raised (raised again, never retried in a run)
         self.failed: dict[str, BaseException] = {}
         #: protocol -> (data root, checksums verified) of the benchmark the hooks returned
@@ -215,12 +219,9 @@ class DownloadHooks:
     def _download(self, config: pytest.Config, name: str) -> None:
         if name in self.failed:
             raise self.failed[name]
-        from .plugin import option_path
-
-        root = option_path(config, "data_root")
         try:
             with _uncaptured(config):
-                _download_data(config, name, root)
+                _download_data(config, name, self.data_root)
         except Exception as error:
             self.failed[name] = error
             raise
@@ -229,10 +230,9 @@ class DownloadHooks:
     def pytest_gradood_load_model(self, config: pytest.Config, protocol: str) -> None:
         from ..downloads import check_record, digests, recorded_sha256
         from ..protocols import protocol_class
-        from .plugin import option_path
 
         cls = protocol_class(protocol)
-        path = option_path(config, "checkpoint_dir") / cls.checkpoint_file
+        path = self.checkpoint_dir / cls.checkpoint_file
         remote = cls.checkpoint_download
         if remote is not None and not path.exists() and wants_download(config):
             with _uncaptured(config):
@@ -247,17 +247,15 @@ class DownloadHooks:
         if not self.opened:
             return
         from ..files import atomic_write_text
-        from .plugin import option_path, report_folder
 
-        checkpoints = option_path(config, "checkpoint_dir")
         found: dict[str, tuple[str, bool, str]] = {}
         for name, (root, verified) in self.opened.items():
-            for row in provenance([name], root, checkpoints, verified):
+            for row in provenance([name], root, self.checkpoint_dir, verified):
                 found.setdefault(row[0], row)
         rows = list(found.values())
         if not rows:
             return
-        path = report_folder(config) / PROVENANCE
+        path = self.report_folder / PROVENANCE
         try:
             atomic_write_text(path, _provenance_markdown(rows))
         except OSError as error:

@@ -99,6 +99,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             help=f"{what} (environment: {variable}; default: <rootdir>/{default})",
         )
     group.addoption(
+        flag("enforce_speed"),
+        dest="gradood_enforce_speed",
+        action="store_true",
+        default=False,
+        help=f"fail missed speed targets on the CPU too (environment: {_ENFORCE_VARIABLE}=1)",
+    )
+    group.addoption(
         flag("download"),
         dest="gradood_download",
         action="store_true",
@@ -106,13 +113,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="download the public datasets and checkpoints the run needs that are absent "
         "(never ImageNet; nothing is overwritten; environment: GRADOOD_DOWNLOAD=1; see "
         "gradood.harness.downloading)",
-    )
-    group.addoption(
-        flag("enforce_speed"),
-        dest="gradood_enforce_speed",
-        action="store_true",
-        default=False,
-        help=f"fail missed speed targets on the CPU too (environment: {_ENFORCE_VARIABLE}=1)",
     )
 
 
@@ -193,7 +193,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_FOLDER] = _choose_report_folder(option_path(config, "report_dir"))
     from .downloading import DownloadHooks
 
-    config.pluginmanager.register(DownloadHooks(), "gradood-download")
+    folders = (option_path(config, "data_root"), option_path(config, "checkpoint_dir"))
+    config.pluginmanager.register(
+        DownloadHooks(*folders, report_folder(config)), "gradood-download"
+    )
 
 
 def report_folder(config: pytest.Config) -> Path:
