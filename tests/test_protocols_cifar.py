@@ -3,6 +3,7 @@ preprocessing, the checks of every dataset, the Places365 sample, downloads."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import pickle
 import random
@@ -14,12 +15,13 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
+from download_server import Served, local_server
 from PIL import Image
 from pytorch_ood.dataset.img import Textures
 from pytorch_ood.detector import MaxSoftmax
 from torchvision.datasets import CIFAR10, SVHN, Places365
-from torchvision.datasets.utils import download_and_extract_archive
 
+import gradood.protocols.places365 as places365_module
 from gradood.models import CIFAR_RESNET20
 from gradood.protocols import (
     PLACES365_SEED,
@@ -374,24 +376,20 @@ def test_no_download_is_attempted_without_download_true(layouts):
     assert len(layout.missing()) == 5
 
 
-def test_download_fetches_an_absent_svhn_with_torchvisions_md5(layouts, monkeypatch):
-    import torchvision.datasets.utils
-
+def test_download_fetches_an_absent_svhn_with_torchvisions_url_and_md5(layouts, monkeypatch):
     layout = layouts["cifar10"]
     mat = layout.root / "svhn" / "test_32x32.mat"
-    served = mat.read_bytes()
+    content = mat.read_bytes()
     mat.unlink()
-    calls = []
+    url, name, _ = SVHN.split_list["test"]
+    # the miniature cannot match the published md5: torchvision's list is where it is read
+    monkeypatch.setitem(SVHN.split_list, "test", [url, name, hashlib.md5(content).hexdigest()])
+    served = Served({url: content})
 
-    def download_url(url, root, filename=None, md5=None, max_redirect_hops=3):
-        calls.append((url, filename, md5))
-        (Path(root) / filename).write_bytes(served)
+    with local_server(served, monkeypatch):
+        benchmark = layout.open(download=True, transform=_size)
 
-    monkeypatch.setattr(torchvision.datasets.utils, "download_url", download_url)
-
-    benchmark = layout.open(download=True, transform=_size)
-
-    assert calls == [tuple(SVHN.split_list["test"])]
+    assert served.requests == [(url, None)]
     assert len(benchmark.test_oods[0]) == 5
 
 
@@ -434,52 +432,53 @@ def _tar(source: Path, archive: Path, arcname: str) -> Path:
     return archive
 
 
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
 def test_download_installs_absent_sets_from_their_published_archives(
     layouts, tmp_path, monkeypatch
 ):
-    import torchvision.datasets.utils
-
     layout = layouts["cifar10"]
-    root, served = layout.root, tmp_path / "served"
-    served.mkdir()
+    root, served_dir = layout.root, tmp_path / "served"
+    served_dir.mkdir()
     places, devkit = root / "places365", f"{PLACES365_BASE_URL}filelist_places365-standard.tar"
-    with tarfile.open(served / "devkit.tar", "w") as tar:
+    test_images = f"{PLACES365_BASE_URL}test_256.tar"
+    with tarfile.open(served_dir / "devkit.tar", "w") as tar:
         for name in ("categories_places365.txt", "places365_test.txt"):
             tar.add(places / name, arcname=name)
     archives = {
-        CIFAR10.url: _tar(root / "cifar-10-batches-py", served / "c.tar.gz", "cifar-10-batches-py"),
-        Textures.url: _tar(root / "dtd", served / "t.tar.gz", "dtd"),
-        devkit: served / "devkit.tar",
-        f"{PLACES365_BASE_URL}test_256.tar": _tar(
-            places / "test_256", served / "p.tar", "test_256"
+        CIFAR10.url: _tar(
+            root / "cifar-10-batches-py", served_dir / "c.tar.gz", "cifar-10-batches-py"
         ),
+        Textures.url: _tar(root / "dtd", served_dir / "t.tar.gz", "dtd"),
+        devkit: served_dir / "devkit.tar",
+        test_images: _tar(places / "test_256", served_dir / "p.tar", "test_256"),
     }
+    # the miniatures cannot match the published md5s: the places they are read from
+    monkeypatch.setattr(CIFAR10, "tgz_md5", _md5(archives[CIFAR10.url]))
+    monkeypatch.setattr(
+        places365_module, "PLACES365_DEVKIT", (devkit.rsplit("/")[-1], _md5(archives[devkit]))
+    )
+    monkeypatch.setattr(
+        places365_module, "PLACES365_TEST_IMAGES", ("test_256.tar", _md5(archives[test_images]))
+    )
+    textures = next(s for s in CIFAR10GradNorm.ood_sources if s.name == "Textures")
+    monkeypatch.setattr(
+        textures, "archive", dataclasses.replace(textures.archive, md5=_md5(archives[Textures.url]))
+    )
     for folder in ("cifar-10-batches-py", "dtd", "places365"):
         shutil.rmtree(root / folder)
-    calls = []
+    served = Served({url: path.read_bytes() for url, path in archives.items()})
 
-    def download_url(url, root, filename=None, md5=None, max_redirect_hops=3):
-        calls.append((url, md5))
-        Path(root).mkdir(parents=True, exist_ok=True)  # as torchvision's does
-        shutil.copy(archives[url], Path(root) / filename)
+    with local_server(served, monkeypatch):
+        benchmark = layout.open(download=True, transform=_size)
 
-    monkeypatch.setattr(torchvision.datasets.utils, "download_url", download_url)
-    # forbid_downloads replaced it; the original (imported before) calls the fake download_url
-    monkeypatch.setattr(
-        torchvision.datasets.utils, "download_and_extract_archive", download_and_extract_archive
-    )
-
-    benchmark = layout.open(download=True, transform=_size)
-
-    assert calls == [
-        (CIFAR10.url, CIFAR10.tgz_md5),
-        (devkit, PLACES365_DEVKIT[1]),
-        (f"{PLACES365_BASE_URL}test_256.tar", PLACES365_TEST_IMAGES[1]),
-        (Textures.url, Textures.tgz_md5),
-    ]
+    calls = [url for url, _ in served.requests]
+    assert calls == [CIFAR10.url, devkit, test_images, Textures.url]
     assert [len(d) for d in benchmark.test_oods] == [5, 3, 4, 4]
     assert len(benchmark.test_in) == 6
-    leftovers = {p.name for p in root.iterdir()} - {
+    leftovers = {p.name for p in root.iterdir() if not p.name.startswith(".")} - {
         "cifar-10-batches-py",
         "cifar-100-python",
         "svhn",

@@ -4,6 +4,7 @@ checks of every dataset, missing(), downloads only on request and never over fil
 from __future__ import annotations
 
 import gc
+import io
 import re
 import shutil
 import tarfile
@@ -13,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from download_server import Served, local_server
 from PIL import Image
 from pytorch_ood.detector import MaxSoftmax
 
 import gradood
+from gradood.downloads import UnsafeArchiveError
 from gradood.models import BIT_S_R101X1, Preprocessing
 from gradood.protocols import (
     DatasetNotFoundError,
@@ -245,17 +248,6 @@ def test_no_download_is_attempted_without_download_true(layout):
     assert [m.name for m in layout.missing()] == ["iNaturalist", "Textures"]
 
 
-def _fake_server(monkeypatch, archives: dict[str, Path], calls: list):
-    """Serve local files for ``download_url``, recording (url, md5)."""
-    import torchvision.datasets.utils as tv_utils
-
-    def download_url(url, root, filename=None, md5=None, max_redirect_hops=3):
-        calls.append((url, md5))
-        shutil.copy(archives[url], Path(root) / filename)
-
-    monkeypatch.setattr(tv_utils, "download_url", download_url)
-
-
 def test_download_installs_an_absent_authors_subset(tmp_path, layout, monkeypatch):
     folder = _ood_folder(layout.root, "iNaturalist")
     archive = tmp_path / "iNaturalist.tar.gz"
@@ -263,17 +255,37 @@ def test_download_installs_an_absent_authors_subset(tmp_path, layout, monkeypatc
         tar.add(folder, arcname="iNaturalist")
     shutil.rmtree(folder)
     url = f"{AUTHORS_OOD_URL}iNaturalist.tar.gz"
-    calls = []
-    _fake_server(monkeypatch, {url: archive}, calls)
+    served = Served({url: archive.read_bytes()})
 
-    benchmark = layout.open(download=True, transform=_image_size)
+    with local_server(served, monkeypatch):
+        benchmark = layout.open(download=True, transform=_image_size)
+        assert served.requests == [(url, None)]
+        assert len(benchmark.test_oods[0]) == 3
+        ood_data = layout.root / "ood_data"
+        assert sorted(p.name for p in ood_data.iterdir() if not p.name.startswith(".")) == sorted(
+            [*OOD_NAMES, "iNaturalist.tar.gz", "iNaturalist.tar.gz.sha256"]
+        )  # no checksum is published for the authors' archives: its SHA-256 is recorded
+        layout.open(download=True, transform=_image_size)  # present now: nothing fetched again
+        assert len(served.requests) == 1
 
-    assert calls == [(url, None)]  # no checksum is published for the authors' archives
-    assert len(benchmark.test_oods[0]) == 3
-    ood_data = layout.root / "ood_data"
-    assert sorted(p.name for p in ood_data.iterdir()) == sorted([*OOD_NAMES, "iNaturalist.tar.gz"])
-    layout.open(download=True, transform=_image_size)  # present now: nothing fetched again
-    assert len(calls) == 1
+
+def test_download_refuses_an_archive_member_landing_outside(tmp_path, layout, monkeypatch):
+    shutil.rmtree(_ood_folder(layout.root, "SUN"))
+    archive = tmp_path / "SUN.tar.gz"
+    escape = tarfile.TarInfo("SUN/../../escaped.jpg")
+    escape.size = 4
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.addfile(escape, io.BytesIO(b"evil"))
+    served = Served({f"{AUTHORS_OOD_URL}SUN.tar.gz": archive.read_bytes()})
+
+    with local_server(served, monkeypatch), pytest.raises(UnsafeArchiveError, match="escaped"):
+        layout.open(download=True)
+
+    assert not _ood_folder(layout.root, "SUN").exists()
+    assert not (layout.root / "escaped.jpg").exists()
+    assert not (layout.root.parent / "escaped.jpg").exists()
+    folders = sorted(p.name for p in (layout.root / "ood_data").iterdir() if p.is_dir())
+    assert folders == ["Places", "Textures", "iNaturalist"]  # no extraction left behind
 
 
 def test_download_leaves_an_incomplete_dataset_alone(layout):

@@ -242,8 +242,9 @@ def make_cifar_layout(
 
 
 def forbid_downloads(monkeypatch: Any) -> None:
-    """Make torchvision's download functions, and any network connection, fail the test
-    (``monkeypatch`` is pytest's fixture; it undoes this after the test)."""
+    """Make torchvision's download functions, and any network connection (so gradood's
+    downloads too), fail the test (``monkeypatch`` is pytest's fixture; it undoes this after
+    the test)."""
     import torchvision.datasets.cifar
     import torchvision.datasets.svhn
     import torchvision.datasets.utils

@@ -18,6 +18,8 @@ plugins'):
   feature cache of :mod:`gradood.features`.
 - ``--gradood-report-dir`` (``GRADOOD_REPORT_DIR``, default ``<rootdir>/reports``): each run
   writes its report into a new time-stamped folder there.
+- ``--gradood-download`` (``GRADOOD_DOWNLOAD=1``): download the public datasets and checkpoints
+  the run needs (:mod:`gradood.harness.downloading`).
 - ``--gradood-enforce-speed`` (``GRADOOD_ENFORCE_SPEED=1``): a missed speed target fails its
   test on the CPU too; otherwise CPU verdicts are reported only, as a shared CPU's timings say
   little.
@@ -111,6 +113,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help=f"fail missed speed targets on the CPU too (environment: {_ENFORCE_VARIABLE}=1)",
     )
+    group.addoption(
+        flag("download"),
+        dest="gradood_download",
+        action="store_true",
+        default=False,
+        help="download the public datasets and checkpoints the run needs that are absent "
+        "(never ImageNet; nothing is overwritten; environment: GRADOOD_DOWNLOAD=1; see "
+        "gradood.harness.downloading)",
+    )
 
 
 def uses_gpu(config: pytest.Config) -> bool:
@@ -190,6 +201,12 @@ def pytest_configure(config: pytest.Config) -> None:
                 f"there: {problem}"
             )
     config.stash[_FOLDER] = _choose_report_folder(option_path(config, "report_dir"))
+    from .downloading import DownloadHooks
+
+    folders = (option_path(config, "data_root"), option_path(config, "checkpoint_dir"))
+    config.pluginmanager.register(
+        DownloadHooks(*folders, report_folder(config)), "gradood-download"
+    )
 
 
 #: input directory -> the option (dest) that would create it: it may be absent then
@@ -274,13 +291,16 @@ def gradood_report(request: pytest.FixtureRequest):
 @pytest.hookimpl(trylast=True)
 def pytest_gradood_open_protocol(config: pytest.Config, name: str):
     from ..protocols import make_protocol, missing
+    from .downloading import missing_line
 
     root = option_path(config, "data_root")
     problems = missing(name, root)
     if problems:
         reason = f"{len(problems)} dataset{'s' if len(problems) > 1 else ''} missing"
         where = f"Under {root} ({flag('data_root', config)}):"
-        details = "\n".join([where, *(f"- {p}" for p in problems)])
+        details = "\n".join(
+            [where, *(missing_line(name, p, root, flag("download", config)) for p in problems)]
+        )
         run_report(config).add_missing(name, "data", reason, details)
         if len(config.hook.pytest_gradood_load_model.get_hookimpls()) == 1:  # ours: list it too
             _missing_checkpoint(config, name)

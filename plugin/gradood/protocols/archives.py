@@ -2,62 +2,83 @@
 
 from __future__ import annotations
 
+import glob
+import json
 import os
 import shutil
 import tempfile
-import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import torchvision.datasets.utils as tv_utils
+from ..downloads import (
+    ChecksumError,
+    NoSpaceError,
+    RemoteFile,
+    check_record,
+    digests,
+    extract_tar,
+    is_no_space,
+    recorded_sha256,
+    write_record,
+)
+from ..files import atomic_write_text, exclusive_lock
 
-__all__ = ["Archive"]
+__all__ = ["Archive", "archive_verification", "installed_from"]
+
+#: the suffix of a folder being extracted into (never taken for data)
+_PARTIAL = ".gradood-partial"
 
 
 @dataclass(frozen=True)
 class Archive:
-    """An archive at ``url`` whose folder ``member`` is the dataset.
+    """An archive at ``url`` whose folder (or files) ``member`` is the dataset.
 
     :param url: where to download it
     :param filename: the name it is saved under, beside the dataset's folder
-    :param md5: its published checksum; ``None`` where none is published (then the archive is
-        not verified, and only the dataset's image count checks the result)
+    :param md5: its published checksum; ``None`` where none is published (then its SHA-256 is
+        recorded at the first download and checked on every later use, and the dataset's image
+        count checks the result)
     :param member: the folder inside the archive to install, e.g. ``"dtd/images"``
+    :param size: its size in bytes, where known (for plans)
     """
 
     url: str
     filename: str
     md5: str | None
     member: str
+    size: int | None = None
 
-    def install(self, destination: Path) -> None:
+    @property
+    def remote(self) -> RemoteFile:
+        return RemoteFile(self.url, self.md5, self.size)
+
+    def pending(self, folder: Path) -> list[tuple[RemoteFile, Path]]:
+        """``[(remote file, where it goes)]`` if the archive is not in ``folder`` yet, else
+        ``[]``."""
+        path = Path(folder) / self.filename
+        return [] if path.exists() else [(self.remote, path)]
+
+    def install(self, destination: Path, progress: bool = True) -> None:
         """Make ``destination`` the archive's ``member`` folder.
 
         The archive is downloaded to ``destination.parent / filename`` (a copy already there is
-        used if it passes the md5, or as is where no md5 is known), extracted into a fresh
-        temporary folder beside ``destination`` and ``member`` is moved into place; the rest
-        of the extraction is removed, the archive kept.
+        used if it passes the md5, or the recorded SHA-256 where no md5 is published), extracted
+        into a fresh temporary folder beside ``destination`` (every member checked:
+        :func:`gradood.downloads.extract_tar`) and ``member`` is moved into place; the rest of
+        the extraction is removed, the archive kept. How it was installed is noted beside it
+        (:func:`installed_from`).
 
         :raises FileExistsError: if ``destination`` exists, or a copy of the archive there fails
-            the md5 (neither is ever overwritten)
+            its checksum (neither is ever overwritten)
         :raises FileNotFoundError: if the archive has no folder ``member``
+        :raises gradood.downloads.UnsafeArchiveError: for a member landing outside
         """
         if destination.exists():
             raise FileExistsError(f"{destination} exists; it is never overwritten")
-        folder = destination.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        archive = folder / self.filename
-        if archive.exists():
-            if self.md5 is not None and not tv_utils.check_integrity(str(archive), self.md5):
-                raise FileExistsError(
-                    f"{archive} exists but fails its md5 {self.md5}; it is never overwritten: "
-                    "remove or replace it"
-                )
-        else:
-            self._download(archive)
-        staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=folder))
-        try:
-            tv_utils.extract_archive(str(archive), str(staging))
+        archive, sha256 = self.obtain(destination.parent, progress)
+        with self._extracted(archive, destination.name, progress) as staging:
             extracted = staging / self.member
             if not extracted.is_dir():
                 raise FileNotFoundError(
@@ -65,14 +86,109 @@ class Archive:
                     f"{sorted(p.name for p in staging.iterdir())}"
                 )
             os.rename(extracted, destination)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        self._note(destination, sha256)
 
-    def _download(self, archive: Path) -> None:
-        """Download to a temporary name (md5-checked by torchvision when known), then rename."""
-        partial = archive.with_name(f".{archive.name}.{uuid.uuid4().hex}.part")
-        try:
-            tv_utils.download_url(self.url, str(archive.parent), partial.name, self.md5)
-            os.rename(partial, archive)
-        finally:
-            partial.unlink(missing_ok=True)
+    def install_files(self, folder: Path, names: Sequence[str], progress: bool = True) -> None:
+        """Put the files ``names`` of the archive's ``member`` folder (``"."``: its top) into
+        ``folder``, as :meth:`install` does.
+
+        :raises FileExistsError: if one of them exists in ``folder`` (nothing is moved then)
+        """
+        existing = [str(folder / name) for name in names if (folder / name).exists()]
+        if existing:
+            raise FileExistsError(f"{', '.join(existing)} exist; they are never overwritten")
+        archive, sha256 = self.obtain(folder, progress)
+        with self._extracted(archive, Path(self.filename).stem, progress) as staging:
+            absent = [name for name in names if not (staging / self.member / name).is_file()]
+            if absent:
+                raise FileNotFoundError(f"{archive} has no files {absent} in {self.member}")
+            for name in names:
+                os.rename(staging / self.member / name, folder / name)
+        for name in names:
+            self._note(folder / name, sha256)
+
+    def obtain(self, folder: Path, progress: bool = True) -> tuple[Path, str | None]:
+        """The archive in ``folder`` (downloaded and checked if absent, checked if present) and
+        its SHA-256 where it was computed (``None`` for a fresh download with a published md5).
+        """
+        folder.mkdir(parents=True, exist_ok=True)
+        archive = folder / self.filename
+        if not archive.exists():
+            self.remote.fetch(archive, progress)  # checks the md5, or records the SHA-256
+            return archive, recorded_sha256(archive)
+        md5, sha256 = digests(archive)
+        if self.md5 is not None and md5 != self.md5:
+            raise FileExistsError(
+                f"{archive} exists but fails its md5 {self.md5}; it is never overwritten: "
+                "remove or replace it"
+            )
+        if self.md5 is None:
+            try:
+                check_record(archive, sha256)
+            except ChecksumError as error:
+                raise FileExistsError(f"{error}; it is never overwritten") from error
+            write_record(archive, sha256)  # an archive put there by hand: recorded at first use
+        return archive, sha256
+
+    @contextmanager
+    def _extracted(self, archive: Path, name: str, progress: bool) -> Iterator[Path]:
+        """A temporary folder beside ``archive`` holding its extraction, removed afterwards.
+
+        One process at a time extracts for ``name`` there (a lock), so that the extractions
+        left by a process that was killed can be removed first."""
+        folder = archive.parent
+        with exclusive_lock(folder / f".{name}.extracting.lock"):
+            for stale in folder.glob(f".{glob.escape(name)}.*{_PARTIAL}"):
+                shutil.rmtree(stale, ignore_errors=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=_PARTIAL, dir=folder))
+            try:
+                extract_tar(archive, staging, progress)
+                yield staging
+            except OSError as error:
+                if not is_no_space(error):
+                    raise
+                raise NoSpaceError(
+                    f"no space left on the device of {folder} while extracting {archive}; the "
+                    "partial extraction was removed: free space there and run again"
+                ) from error
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def _note(self, installed: Path, sha256: str | None) -> None:
+        note = {"url": self.url, "archive": self.filename, "md5": self.md5}
+        if sha256 is not None:
+            note["sha256"] = sha256
+        atomic_write_text(_note_path(installed), json.dumps(note, indent=1) + "\n")
+
+
+def archive_verification(archive: Archive | None, installed: Path) -> tuple[bool, str]:
+    """Whether ``installed`` (a dataset's folder or file) was checked against a published
+    checksum, and how, in words (see :meth:`gradood.protocols.source.DataSource.verification`)."""
+    note = installed_from(installed)
+    if archive is None:
+        return False, "checked by count only (no published checksum)"
+    if note is None:
+        published = f"; its archive's published md5 {archive.md5} was never checked" * bool(
+            archive.md5
+        )
+        return False, f"installed by hand, checked by count only{published}"
+    if archive.md5 is not None and note.get("md5") == archive.md5:
+        return True, f"installed by gradood from {archive.filename}, matching its published md5"
+    return False, (
+        f"no published checksum: installed by gradood from {archive.filename}, whose SHA-256 "
+        f"{note.get('sha256')} was recorded at its first download (checked on every later use)"
+    )
+
+
+def _note_path(installed: Path) -> Path:
+    return installed.with_name(f".{installed.name}.installed.json")
+
+
+def installed_from(installed: str | os.PathLike) -> dict | None:
+    """How ``installed`` (a folder or file) was installed by :class:`Archive`: its ``url``,
+    ``archive``, published ``md5`` (or ``None``) and ``sha256``; ``None`` if not by gradood
+    (e.g. by hand)."""
+    note = _note_path(Path(installed))
+    if not note.is_file():
+        return None
+    return json.loads(note.read_text(encoding="utf-8"))

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..decoding import DECODERS, Decoding, decoding
+from ..downloads import RemoteFile
 from ..models.preprocessing import Preprocessing
 from ..paper import GRADNORM_PAPER
 from .errors import DatasetNotFoundError, MissingDataset
@@ -36,8 +37,10 @@ class GradNormProtocol(Benchmark):
     :param root: the data root (layouts in docs/datasets.md)
     :param transform: applied to every image; defaults to :meth:`default_transform`
     :param download: download the datasets that are entirely absent (where the protocol can:
-        torchvision's and pytorch-ood's sources with their md5 checksums, the authors'
-        archives without one). Nothing on disk is ever overwritten.
+        torchvision's and pytorch-ood's sources with their published md5s, the authors'
+        archives without one, whose SHA-256 is then recorded beside them and checked on every
+        later use), with :mod:`gradood.downloads`: resumable, a progress bar per file, every
+        archive member checked before extraction. Nothing on disk is ever overwritten.
     :param expected: the counts required of each dataset; defaults to the paper's
         (:attr:`paper_expected`). Miniatures (:mod:`gradood.testing`) pass their own.
     :param decoder: how image files become inputs (:mod:`gradood.decoding`): ``"pil"`` (the
@@ -68,6 +71,8 @@ class GradNormProtocol(Benchmark):
     checkpoint_file: ClassVar[str]
     #: the decoders (:data:`gradood.decoding.DECODERS`) that compute its default transform
     decoders: ClassVar[tuple[str, ...]] = DECODERS
+    #: where the model's checkpoint is published (then ``--gradood-download`` fetches it)
+    checkpoint_download: ClassVar[RemoteFile | None] = None
 
     @classmethod
     def load_model(cls, path: str | PathLike) -> nn.Module:

@@ -10,7 +10,8 @@ from typing import Any
 import torchvision.datasets.folder as tv_folder
 from torchvision.datasets import ImageFolder
 
-from .archives import Archive
+from ..downloads import RemoteFile
+from .archives import Archive, archive_verification
 from .errors import read_image
 from .expected import Expected
 from .source import DataSource, count_problem
@@ -138,8 +139,16 @@ class ImageFolderSource(DataSource):
     def is_present(self, root: Path) -> bool:
         return (Path(root) / self.installed_as).exists()
 
-    def download(self, root: Path) -> None:
+    def download(self, root: Path, progress: bool = True) -> None:
         if self.archive is None:
             super().download(root)
             return
-        self.archive.install(Path(root) / self.installed_as)
+        self.archive.install(Path(root) / self.installed_as, progress)
+
+    def downloads(self, root: Path) -> list[tuple[RemoteFile, Path]]:
+        if self.archive is None or self.is_present(root):
+            return []
+        return self.archive.pending((Path(root) / self.installed_as).parent)
+
+    def verification(self, root: Path) -> tuple[bool, str]:
+        return archive_verification(self.archive, Path(root) / self.installed_as)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pytorch_ood.dataset.img import Textures
 
+from ..downloads import RemoteFile
 from ..models.bit import BIT_S_R101X1_URL, bit_s_r101x1
 from ..models.preprocessing import BIT_S_R101X1
 from .archives import Archive
@@ -63,6 +64,7 @@ class ImageNetGradNorm(GradNormProtocol):
     detector_preset = "imagenet"
     preprocessing = BIT_S_R101X1
     checkpoint_file = "BiT-S-R101x1-flat-finetune.pth.tar"
+    checkpoint_download = RemoteFile(BIT_S_R101X1_URL)  # no checksum is published
 
     @classmethod
     def load_model(cls, path):
@@ -71,7 +73,10 @@ class ImageNetGradNorm(GradNormProtocol):
 
     @classmethod
     def how_to_get_model(cls, path) -> str:
-        return f"download the authors' fine-tuned checkpoint {BIT_S_R101X1_URL} to {path}"
+        return (
+            f"download the authors' fine-tuned checkpoint {BIT_S_R101X1_URL} to {path} (the "
+            "harness does with --gradood-download)"
+        )
 
     id_test_source = ImageFolderSource(
         "ImageNet-1k val", "id_data/ILSVRC-2012/val", _IMAGENET.format(split="val")

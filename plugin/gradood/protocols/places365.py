@@ -26,6 +26,8 @@ from torch.utils.data import Subset
 from torchvision.datasets import VisionDataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
 
+from ..downloads import RemoteFile
+from .archives import Archive, archive_verification
 from .errors import read_image
 from .expected import Expected
 from .source import DataSource, count_problem
@@ -56,14 +58,8 @@ PLACES365_CATEGORIES = ("categories_places365.txt", "06c963b85866bd0649f97cb43dd
 #: (file, md5) of the test file list (in the devkit): one image file name per line
 PLACES365_TEST_LIST = ("places365_test.txt", "2fce8233fe493576d724142e45d93653")
 
-# the list files of the Places365 folder that extracting a devkit writes (over any there)
-_DEVKIT_LISTS = (
-    PLACES365_CATEGORIES[0],
-    "places365_train_standard.txt",
-    "places365_train_challenge.txt",
-    "places365_val.txt",
-    PLACES365_TEST_LIST[0],
-)
+#: the folder of the test images, in ``test_256.tar`` and under the Places365 folder
+_TEST_FOLDER = PLACES365_TEST_IMAGES[0].removesuffix(".tar")
 
 
 class Places365TestImages(VisionDataset):
@@ -83,7 +79,7 @@ class Places365TestImages(VisionDataset):
     ):
         super().__init__(str(root), transform=transform, target_transform=target_transform)
         self.loader = loader
-        self.images_dir = os.path.join(self.root, PLACES365_TEST_IMAGES[0].removesuffix(".tar"))
+        self.images_dir = os.path.join(self.root, _TEST_FOLDER)
         self.names = _read_names(Path(self.root) / PLACES365_TEST_LIST[0])
         self.imgs: list[tuple[str, None]] = [
             (os.path.join(self.images_dir, name), None) for name in self.names
@@ -155,7 +151,7 @@ class Places365SampleSource(DataSource):
         return [PLACES365_CATEGORIES, PLACES365_TEST_LIST]
 
     def _images_dir(self, root: Path) -> Path:
-        return self.path(root) / PLACES365_TEST_IMAGES[0].removesuffix(".tar")
+        return self.path(root) / _TEST_FOLDER
 
     def open(
         self,
@@ -218,12 +214,15 @@ class Places365SampleSource(DataSource):
         lists = all((folder / name).exists() for name, _ in self._lists())
         return lists and self._images_dir(root).exists()
 
-    def download(self, root: Path) -> None:
+    def download(self, root: Path, progress: bool = True) -> None:
         folder = self.path(root)
-        lists_ok = all(tv_utils.check_integrity(str(folder / f), md5) for f, md5 in self._lists())
-        refused = []
-        if not lists_ok:
-            refused += [folder / name for name in _DEVKIT_LISTS if (folder / name).exists()]
+        refused = [
+            folder / name
+            for name, md5 in self._lists()
+            if (folder / name).exists() and not tv_utils.check_integrity(str(folder / name), md5)
+        ]
+        absent_lists = [name for name, _ in self._lists() if not (folder / name).exists()]
+        if absent_lists:
             refused += self._failing(folder, *PLACES365_DEVKIT)
         if not self._images_dir(root).exists():
             refused += self._failing(folder, *PLACES365_TEST_IMAGES)
@@ -232,21 +231,36 @@ class Places365SampleSource(DataSource):
                 f"{self.name}: downloading would overwrite {', '.join(map(str, refused))}, and "
                 "download=True never overwrites files: move them away first"
             )
-        if not lists_ok:
-            self._fetch(folder, *PLACES365_DEVKIT)
+        if absent_lists:
+            _archive(*PLACES365_DEVKIT, member=".").install_files(folder, absent_lists, progress)
         if not self._images_dir(root).exists():
-            self._fetch(folder, *PLACES365_TEST_IMAGES)
+            _archive(*PLACES365_TEST_IMAGES, member=_TEST_FOLDER).install(
+                self._images_dir(root), progress
+            )
 
-    @staticmethod
-    def _fetch(folder: Path, archive: str, md5: str) -> None:
-        url = urljoin(PLACES365_BASE_URL, archive)
-        tv_utils.download_and_extract_archive(url, str(folder), filename=archive, md5=md5)
+    def downloads(self, root: Path) -> list[tuple[RemoteFile, Path]]:
+        folder, pending = self.path(root), []
+        if not all((folder / name).exists() for name, _ in self._lists()):
+            pending += _archive(*PLACES365_DEVKIT, member=".").pending(folder)
+        if not self._images_dir(root).exists():
+            pending += _archive(*PLACES365_TEST_IMAGES, member=_TEST_FOLDER).pending(folder)
+        return pending
+
+    def verification(self, root: Path) -> tuple[bool, str]:
+        archive = _archive(*PLACES365_TEST_IMAGES, member=_TEST_FOLDER)
+        verified, how = archive_verification(archive, self._images_dir(root))
+        return verified, f"the file lists against their published md5s at every open; {how}"
 
     @staticmethod
     def _failing(folder: Path, archive: str, md5: str) -> list[Path]:
         """``[folder / archive]`` if it exists and fails ``md5``, else ``[]``."""
         path = folder / archive
         return [path] if path.exists() and not tv_utils.check_integrity(str(path), md5) else []
+
+
+def _archive(filename: str, md5: str, member: str) -> Archive:
+    url = urljoin(PLACES365_BASE_URL, filename)
+    return Archive(url, filename, md5, member)
 
 
 def _count_images(folder: Path) -> int:

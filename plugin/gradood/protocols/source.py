@@ -10,6 +10,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from ..downloads import RemoteFile
 from .errors import DatasetNotFoundError, MissingDataset
 from .expected import Expected
 
@@ -63,12 +64,24 @@ class DataSource(ABC):
         """Whether anything of the dataset is on disk (then :meth:`download` leaves it alone)."""
         return self.path(root).exists()
 
-    def download(self, root: Path) -> None:
-        """Fetch the dataset into ``root``; never overwrites a file.
+    def download(self, root: Path, progress: bool = True) -> None:
+        """Fetch the dataset into ``root`` (a progress bar per file); never overwrites a file.
 
         :raises FileExistsError: if a file the download would write exists and fails its check
+        :raises gradood.downloads.DownloadError: if a download fails (HTTP error, HTML page,
+            failed checksum, no space left)
         """
         raise NotImplementedError(f"{self.name} cannot be downloaded: {self.how_to_get}")
+
+    def downloads(self, root: Path) -> list[tuple[RemoteFile, Path]]:
+        """The files :meth:`download` would fetch now, with where each goes (``[]`` if the
+        dataset is present or cannot be downloaded)."""
+        return []
+
+    def verification(self, root: Path) -> tuple[bool, str]:
+        """Whether the data under ``root`` was checked against a published checksum, and how,
+        in words."""
+        return False, "checked by count only (no published checksum)"
 
     def missing(
         self,

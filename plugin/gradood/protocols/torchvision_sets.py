@@ -1,6 +1,6 @@
 """Datasets in torchvision's own format (CIFAR-10/100, SVHN), opened by torchvision's classes,
-which verify the published md5 checksums, and downloaded with torchvision's download functions
-and the URLs and checksums its classes publish."""
+which verify the published md5 checksums, and downloaded (:mod:`gradood.downloads`) from the
+URLs and with the checksums its classes publish."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torchvision.datasets.utils as tv_utils
 from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, CIFAR100, SVHN, VisionDataset
 
+from ..downloads import RemoteFile
+from .archives import Archive
 from .expected import Expected
 from .source import DataSource, count_problem
 
@@ -40,6 +41,14 @@ class CIFAR100WithoutChecksums(CIFAR100):
 class SVHNWithoutChecksums(SVHN):
     split_list = {split: [url, name, None] for split, (url, name, _) in SVHN.split_list.items()}
 
+
+#: published sizes in bytes (for plans; the transfer uses the server's)
+_SIZES = {
+    CIFAR10.filename: 170_498_071,
+    CIFAR100.filename: 169_001_437,
+    SVHN.split_list["test"][1]: 64_275_384,
+    SVHN.split_list["train"][1]: 182_040_794,
+}
 
 _WITHOUT_CHECKSUMS = {CIFAR10: CIFAR10WithoutChecksums, CIFAR100: CIFAR100WithoutChecksums}
 
@@ -94,6 +103,9 @@ class _TorchvisionSource(DataSource):
     def can_download(self) -> bool:
         return True
 
+    def verification(self, root: Path) -> tuple[bool, str]:
+        return True, "its files are checked against torchvision's published md5s at every open"
+
 
 class CifarSource(_TorchvisionSource):
     """A split of CIFAR-10 or CIFAR-100 (``cifar_class``), at ``root / cifar_class.base_folder``.
@@ -123,17 +135,17 @@ class CifarSource(_TorchvisionSource):
         cls = self.cifar_class if verify_checksums else _WITHOUT_CHECKSUMS[self.cifar_class]
         return cls(str(root), train=self.train, **kwargs)
 
-    def download(self, root: Path) -> None:
+    def archive(self) -> Archive:
+        """The published archive (torchvision's URL and md5), whose folder is the dataset."""
         cls = self.cifar_class
-        archive = Path(root) / cls.filename
-        if archive.exists() and not tv_utils.check_integrity(str(archive), cls.tgz_md5):
-            raise FileExistsError(
-                f"{archive} exists but fails its md5 {cls.tgz_md5}; it is never overwritten: "
-                "remove or replace it"
-            )
-        tv_utils.download_and_extract_archive(
-            cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5
-        )
+        size = _SIZES.get(cls.filename)
+        return Archive(cls.url, cls.filename, cls.tgz_md5, member=cls.base_folder, size=size)
+
+    def download(self, root: Path, progress: bool = True) -> None:
+        self.archive().install(self.path(root), progress)
+
+    def downloads(self, root: Path) -> list[tuple[RemoteFile, Path]]:
+        return [] if self.is_present(root) else self.archive().pending(Path(root))
 
 
 class SvhnSource(_TorchvisionSource):
@@ -163,6 +175,14 @@ class SvhnSource(_TorchvisionSource):
         cls = SVHN if verify_checksums else SVHNWithoutChecksums
         return cls(str(self.path(root)), split=self.split, **kwargs)
 
-    def download(self, root: Path) -> None:
+    def remote(self) -> RemoteFile:
+        """The published file (torchvision's URL and md5)."""
         url, filename, md5 = SVHN.split_list[self.split]
-        tv_utils.download_url(url, str(self.path(root)), filename, md5)
+        return RemoteFile(url, md5, _SIZES.get(filename))
+
+    def download(self, root: Path, progress: bool = True) -> None:
+        self.remote().fetch(self.path(root) / self.files()[0], progress)
+
+    def downloads(self, root: Path) -> list[tuple[RemoteFile, Path]]:
+        path = self.path(root) / self.files()[0]
+        return [] if path.exists() else [(self.remote(), path)]

@@ -1,0 +1,298 @@
+"""``--gradood-download``: fetch the public datasets and checkpoints the run's protocols need,
+and say in the report which data was never checked against a published checksum.
+
+With the option (or ``GRADOOD_DOWNLOAD=1``), the first time a protocol is opened every dataset
+of it that is entirely absent from the data root is downloaded and installed (as the Python
+API's ``download=True`` does: :mod:`gradood.downloads`, nothing overwritten), and a missing
+published checkpoint (the authors' BiT-S-R101x1) is downloaded into the checkpoint folder.
+ImageNet itself needs a login and is never downloaded. :func:`planned_downloads` says
+beforehand what that would fetch.
+
+The hooks wrap the default (or a project's own) implementations, which then open the data
+and load the model. At the end the report folder gets ``data-provenance.md``: per dataset and
+checkpoint of the protocols opened, whether it was checked against a published checksum and
+how.
+
+Imports only pytest and the standard library at the top, as :mod:`.plugin` does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+__all__ = [
+    "DOWNLOAD_VARIABLE",
+    "OPTION",
+    "PROVENANCE",
+    "DownloadHooks",
+    "PlannedDownload",
+    "missing_line",
+    "planned_downloads",
+    "provenance",
+    "wants_download",
+]
+
+#: the option (registered by :mod:`.plugin`)
+OPTION = "--gradood-download"
+#: the environment variable of ``--gradood-download`` (``1``: on)
+DOWNLOAD_VARIABLE = "GRADOOD_DOWNLOAD"
+#: the report's file of what was checked against published checksums
+PROVENANCE = "data-provenance.md"
+
+
+def wants_download(config: pytest.Config) -> bool:
+    """Whether this run downloads what is missing (``--gradood-download``)."""
+    return bool(config.getoption("gradood_download", False)) or (
+        os.environ.get(DOWNLOAD_VARIABLE) == "1"
+    )
+
+
+@dataclass(frozen=True)
+class PlannedDownload:
+    """One file that ``--gradood-download`` would fetch.
+
+    :param what: the datasets or model it is for, e.g. ``"cifar10: CIFAR-10 test, CIFAR-10
+        train"``
+    :param size: bytes, where known (published, or the server's answer with ``probe=True``)
+    :param published_checksum: whether an md5 is published for it (else its SHA-256 is
+        recorded at the download)
+    """
+
+    what: str
+    url: str
+    path: Path
+    size: int | None
+    published_checksum: bool
+
+
+def planned_downloads(
+    protocols: Iterable[str],
+    data_root: str | os.PathLike,
+    checkpoint_dir: str | os.PathLike,
+    include_train: bool = True,
+    probe: bool = False,
+) -> list[PlannedDownload]:
+    """What ``--gradood-download`` would fetch now for ``protocols``: the archives and files of
+    every dataset entirely absent under ``data_root`` (the training sets too, with
+    ``include_train``) and the published checkpoints absent from ``checkpoint_dir``; each file
+    once, in the protocols' order. Archives already downloaded are not listed (they are only
+    extracted).
+
+    :param probe: ask the servers (HTTP ``HEAD``) for the sizes not known beforehand
+    """
+    from ..protocols import protocol_class
+
+    planned: dict[Path, PlannedDownload] = {}
+    for name in protocols:
+        cls = protocol_class(name)
+        for source in cls.sources(include_train):
+            for remote, path in source.downloads(Path(data_root)):
+                _add(planned, f"{name}: {source.name}", remote, path)
+        remote = cls.checkpoint_download
+        checkpoint = Path(checkpoint_dir) / cls.checkpoint_file
+        if remote is not None and not checkpoint.exists():
+            _add(planned, f"{name}: model", remote, checkpoint)
+    downloads = list(planned.values())
+    if probe:
+        downloads = [_probed(download) for download in downloads]
+    return downloads
+
+
+def _add(planned: dict, what: str, remote, path: Path) -> None:
+    if path in planned:
+        known = planned[path]
+        planned[path] = PlannedDownload(
+            f"{known.what}, {what}", known.url, path, known.size, known.published_checksum
+        )
+    else:
+        planned[path] = PlannedDownload(what, remote.url, path, remote.size, remote.md5 is not None)
+
+
+def _probed(download: PlannedDownload) -> PlannedDownload:
+    if download.size is not None:
+        return download
+    from ..downloads import RemoteFile
+
+    size = RemoteFile(download.url).published_size()
+    return PlannedDownload(
+        download.what, download.url, download.path, size, download.published_checksum
+    )
+
+
+def missing_line(protocol: str, problem, root: str | os.PathLike, option: str = OPTION) -> str:
+    """The line of ``missing-data.md`` for a dataset of ``protocol`` missing under ``root`` (a
+    :class:`gradood.protocols.MissingDataset`): what and where, how to get it, and for a
+    dataset that can be downloaded, the option that does it (``option``, as this run spells
+    it)."""
+    from ..protocols import protocol_class
+
+    sources = {source.name: source for source in protocol_class(protocol).sources()}
+    source = sources.get(problem.name)
+    line = f"- {problem}"
+    if source is None or not source.can_download:
+        return line
+    if source.is_present(Path(root)):
+        return f"{line} With the harness: move it away, then run with {option}."
+    return f"{line} With the harness: run with {option}."
+
+
+def provenance(
+    protocols: Iterable[str],
+    data_root: str | os.PathLike,
+    checkpoint_dir: str | os.PathLike,
+    verify_checksums: bool = True,
+) -> list[tuple[str, bool, str]]:
+    """Per dataset and published checkpoint of ``protocols`` that is present: ``(what,
+    checked against a published checksum, how in words)``.
+
+    :param verify_checksums: whether the protocols were opened with the published checksums
+        checked (a miniature is not)
+    """
+    from ..downloads import recorded_sha256
+    from ..protocols import protocol_class
+
+    rows: dict[str, tuple[str, bool, str]] = {}
+    for name in protocols:
+        cls = protocol_class(name)
+        for source in cls.sources():
+            if source.is_present(Path(data_root)):
+                verified, how = source.verification(Path(data_root))
+                if verified and not verify_checksums:
+                    verified, how = False, "opened with verify_checksums=False: not checked"
+                rows.setdefault(source.name, (source.name, verified, how))
+        checkpoint = Path(checkpoint_dir) / cls.checkpoint_file
+        if cls.checkpoint_download is not None and checkpoint.exists():
+            sha256 = recorded_sha256(checkpoint)
+            how = (
+                f"no published checksum: SHA-256 {sha256} recorded at its download, checked at "
+                "every load"
+                if sha256
+                else "no published checksum, and not downloaded by gradood: never checked"
+            )
+            rows.setdefault(checkpoint.name, (f"{name} model {checkpoint.name}", False, how))
+    return list(rows.values())
+
+
+def _provenance_markdown(rows: list[tuple[str, bool, str]]) -> str:
+    never = [what for what, verified, _ in rows if not verified]
+    lines = [
+        "# Data provenance",
+        "",
+        "Never verified against a published checksum: " + (", ".join(never) or "none") + ".",
+        "",
+        "| data | published checksum checked | how |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {what} | {'yes' if ok else 'no'} | {how} |" for what, ok, how in rows]
+    return "\n".join(lines) + "\n"
+
+
+class DownloadHooks:
+    """The hooks of ``--gradood-download`` and of the provenance report (registered by
+    :mod:`.plugin` with the run's folders: data root, checkpoint folder, report folder)."""
+
+    def __init__(self, data_root: Path, checkpoint_dir: Path, report_folder: Path) -> None:
+        self.data_root, self.checkpoint_dir = Path(data_root), Path(checkpoint_dir)
+        self.report_folder = Path(report_folder)
+        #: protocol -> the error its download raised (raised again, never retried in a run)
+        self.failed: dict[str, BaseException] = {}
+        #: protocol -> (data root, checksums verified) of the benchmark the hooks returned
+        self.opened: dict[str, tuple[Path, bool]] = {}
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_gradood_open_protocol(self, config: pytest.Config, name: str):
+        """Download first (with the option); remember where the benchmark returned reads."""
+        if wants_download(config):
+            self._download(config, name)
+        benchmark = yield
+        root, expected = getattr(benchmark, "root", None), getattr(benchmark, "expected", None)
+        if root is not None:
+            verified = bool(getattr(expected, "verify_checksums", True))
+            self.opened.setdefault(name, (Path(root), verified))
+        return benchmark
+
+    def _download(self, config: pytest.Config, name: str) -> None:
+        if name in self.failed:
+            raise self.failed[name]
+        try:
+            with _uncaptured(config):
+                _download_data(config, name, self.data_root)
+        except Exception as error:
+            self.failed[name] = error
+            raise
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_gradood_load_model(self, config: pytest.Config, protocol: str) -> None:
+        from ..downloads import check_record, digests, recorded_sha256
+        from ..protocols import protocol_class
+
+        cls = protocol_class(protocol)
+        path = self.checkpoint_dir / cls.checkpoint_file
+        remote = cls.checkpoint_download
+        if remote is not None and not path.exists() and wants_download(config):
+            with _uncaptured(config):
+                _say(config, f"gradood: downloading {remote.url} to {path}")
+                remote.fetch(path)
+        elif path.is_file() and recorded_sha256(path) is not None:
+            check_record(path, digests(path)[1])  # a downloaded checkpoint, at every load
+        return None
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_terminal_summary(self, terminalreporter, config: pytest.Config) -> None:
+        if not self.opened:
+            return
+        from ..files import atomic_write_text
+
+        found: dict[str, tuple[str, bool, str]] = {}
+        for name, (root, verified) in self.opened.items():
+            for row in provenance([name], root, self.checkpoint_dir, verified):
+                found.setdefault(row[0], row)
+        rows = list(found.values())
+        if not rows:
+            return
+        path = self.report_folder / PROVENANCE
+        try:
+            atomic_write_text(path, _provenance_markdown(rows))
+        except OSError as error:
+            terminalreporter.write_line(f"gradood: {PROVENANCE} could not be written: {error}")
+            return
+        never = [what for what, verified, _ in rows if not verified]
+        if never:
+            terminalreporter.write_line(
+                f"gradood: never verified against a published checksum: {', '.join(never)} "
+                f"(see {path})"
+            )
+
+
+def _download_data(config: pytest.Config, name: str, root: Path) -> None:
+    from ..protocols import protocol_class
+
+    for source in protocol_class(name).sources():
+        if source.can_download and not source.is_present(root):
+            _say(config, f"gradood: downloading {source.name} ({name}) into {root}")
+            source.download(root)
+
+
+def _say(config: pytest.Config, message: str) -> None:
+    """A progress line (output capture is off here)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and config.get_verbosity() >= 0:
+        reporter.ensure_newline()
+        reporter.write_line(message)
+
+
+@contextmanager
+def _uncaptured(config: pytest.Config) -> Iterator[None]:
+    """pytest's output capture off (the progress bars show), where there is one."""
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if capture is None:
+        yield
+        return
+    with capture.global_and_fixture_disabled():
+        yield

@@ -1,0 +1,194 @@
+"""--gradood-download: what it plans to fetch, the missing-data lines that name it, a run that
+downloads against a local server (127.0.0.1), and the provenance report."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+from download_server import Served, local_server
+from pytorch_ood.dataset.img import LSUNCrop, Textures
+from torchvision.datasets import CIFAR10, CIFAR100, SVHN
+
+from gradood.harness.downloading import missing_line, planned_downloads
+from gradood.models.bit import BIT_S_R101X1_URL
+from gradood.protocols import MissingDataset
+from gradood.protocols.imagenet import AUTHORS_OOD_URL
+from gradood.protocols.places365 import PLACES365_BASE_URL
+from gradood.testing import make_imagenet_layout
+
+AUTHORS = [f"{AUTHORS_OOD_URL}{name}.tar.gz" for name in ("iNaturalist", "SUN", "Places")]
+
+
+def test_the_plan_lists_each_public_file_once_and_never_imagenet(tmp_path):
+    data, checkpoints = tmp_path / "data", tmp_path / "checkpoints"
+    planned = planned_downloads(["cifar10", "cifar100", "imagenet"], data, checkpoints)
+
+    assert [p.url for p in planned] == [
+        CIFAR10.url,
+        SVHN.split_list["test"][0],
+        LSUNCrop.url,
+        f"{PLACES365_BASE_URL}filelist_places365-standard.tar",
+        f"{PLACES365_BASE_URL}test_256.tar",
+        Textures.url,
+        CIFAR100.url,
+        *AUTHORS,
+        Textures.url,  # ood_data/Textures of the ImageNet protocol: another place
+        BIT_S_R101X1_URL,
+    ]
+    assert len({p.path for p in planned}) == len(planned)
+    by_url = {p.url: p for p in planned}
+    assert by_url[CIFAR10.url].what == "cifar10: CIFAR-10 test, cifar10: CIFAR-10 train"
+    assert by_url[CIFAR10.url].size == 170_498_071
+    assert by_url[BIT_S_R101X1_URL].path == checkpoints / "BiT-S-R101x1-flat-finetune.pth.tar"
+    assert not by_url[BIT_S_R101X1_URL].published_checksum
+    assert [by_url[url].published_checksum for url in AUTHORS] == [False] * 3
+    assert by_url[CIFAR10.url].published_checksum
+
+
+def test_the_plan_leaves_out_what_is_there(tmp_path):
+    layout = make_imagenet_layout(tmp_path / "data")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "BiT-S-R101x1-flat-finetune.pth.tar").write_bytes(b"mine")
+    assert planned_downloads(["imagenet"], layout.root, tmp_path / "checkpoints") == []
+
+    shutil.rmtree(layout.root / "ood_data" / "SUN")
+    planned = planned_downloads(["imagenet"], layout.root, tmp_path / "checkpoints")
+    assert [(p.url, p.path) for p in planned] == [
+        (AUTHORS[1], layout.root / "ood_data" / "SUN.tar.gz")
+    ]
+
+
+def test_the_plan_asks_the_server_for_unknown_sizes(tmp_path, monkeypatch):
+    served = Served({AUTHORS[0]: b"x" * 1234})
+    with local_server(served, monkeypatch):
+        planned = planned_downloads(["imagenet"], tmp_path, tmp_path, probe=True)
+    sizes = {p.url: p.size for p in planned}
+    assert sizes[AUTHORS[0]] == 1234
+    assert sizes[AUTHORS[1]] is None  # the server does not have it (404)
+
+
+def _problem(name: str, path: Path) -> MissingDataset:
+    return MissingDataset(name, path, 0, 10, "images", "not found", "how")
+
+
+def test_missing_data_names_the_option_for_downloadable_data_only(tmp_path):
+    inaturalist = missing_line("imagenet", _problem("iNaturalist", tmp_path / "x"), tmp_path)
+    imagenet = missing_line("imagenet", _problem("ImageNet-1k val", tmp_path / "x"), tmp_path)
+    assert inaturalist.endswith("With the harness: run with --gradood-download.")
+    assert "--gradood-download" not in imagenet and "image-net.org" not in imagenet
+    assert imagenet == f"- {_problem('ImageNet-1k val', tmp_path / 'x')}"
+    (tmp_path / "ood_data" / "iNaturalist").mkdir(parents=True)  # incomplete: never replaced
+    incomplete = missing_line("imagenet", _problem("iNaturalist", tmp_path / "x"), tmp_path)
+    assert "move it away, then run with --gradood-download" in incomplete
+
+
+def _archive(folder: Path, name: str) -> bytes:
+    archive = folder.parent / f"{name}.served.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=name)
+    return archive.read_bytes()
+
+
+def test_a_run_with_the_option_downloads_records_and_reports(pytester, tmp_path, monkeypatch):
+    layout = make_imagenet_layout(tmp_path / "data")
+    subset = layout.root / "ood_data" / "iNaturalist"
+    content = _archive(subset, "iNaturalist")
+    shutil.rmtree(subset)
+    served = Served({AUTHORS[0]: content, BIT_S_R101X1_URL: b"checkpoint bytes"})
+    pytester.makeconftest(
+        f"""
+        from gradood.protocols import Expected, ExpectedData, make_protocol
+
+        def pytest_gradood_open_protocol(config, name):  # the miniature's counts
+            expected = ExpectedData({dict(layout.expected.counts)!r}, verify_checksums=False)
+            return make_protocol(name, {str(layout.root)!r}, expected=expected)
+        """
+    )
+    pytester.makepyfile(
+        """
+        def test_open(request):
+            hook = request.config.hook
+            try:  # the bytes served are no checkpoint: the default hook cannot load them
+                hook.pytest_gradood_load_model(config=request.config, protocol="imagenet")
+            except ValueError as error:
+                if "recorded at its first download" in str(error):
+                    raise
+            hook.pytest_gradood_open_protocol(config=request.config, name="imagenet")
+        """
+    )
+    checkpoints, reports = tmp_path / "checkpoints", tmp_path / "reports"
+    options = [
+        f"--gradood-data-root={layout.root}",
+        f"--gradood-checkpoint-dir={checkpoints}",
+        f"--gradood-report-dir={reports}",
+        "-p",
+        "no:cacheprovider",
+    ]
+    with local_server(served, monkeypatch):
+        result = pytester.runpytest_inprocess("--gradood-download", *options)
+
+    result.assert_outcomes(passed=1)
+    assert [url for url, _ in served.requests] == [BIT_S_R101X1_URL, AUTHORS[0]]
+    assert sorted(p.name for p in subset.rglob("*.jpg")) != []
+    digest = hashlib.sha256(b"checkpoint bytes").hexdigest()
+    checkpoint = checkpoints / "BiT-S-R101x1-flat-finetune.pth.tar"
+    assert (checkpoints / f"{checkpoint.name}.sha256").read_text().split()[0] == digest
+    (provenance,) = reports.glob("*/data-provenance.md")
+    text = provenance.read_text()
+    first = text.splitlines()[2]
+    assert first.startswith("Never verified against a published checksum: ")
+    assert "iNaturalist" in first and "imagenet model" in first and "Textures" in first
+    assert "| iNaturalist | no | no published checksum: installed by gradood" in text
+    assert "| ImageNet-1k val | no | checked by count only" in text
+    assert "never verified against a published checksum" in result.stdout.str()
+
+    checkpoint.write_bytes(b"changed")  # later use: the record is checked at every load
+    result = pytester.runpytest_inprocess(*options)
+    result.assert_outcomes(failed=1)
+    assert "recorded at its first download" in result.stdout.str()
+    assert len(served.requests) == 2  # without the option nothing is fetched
+
+
+@pytest.mark.parametrize("variable", ["1", None])
+def test_the_option_has_an_environment_variable(pytester, monkeypatch, variable):
+    if variable is None:
+        monkeypatch.delenv("GRADOOD_DOWNLOAD", raising=False)
+    else:
+        monkeypatch.setenv("GRADOOD_DOWNLOAD", variable)
+    pytester.makepyfile(
+        """
+        from gradood.harness.downloading import wants_download
+
+        def test_wants(request):
+            print("WANTS", wants_download(request.config))
+        """
+    )
+    result = pytester.runpytest_inprocess("-s", "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines([f"*WANTS {variable == '1'}*"])
+
+
+def test_a_failed_download_fails_the_checks_naming_the_url_once(pytester, tmp_path, monkeypatch):
+    layout = make_imagenet_layout(tmp_path / "data")
+    shutil.rmtree(layout.root / "ood_data" / "SUN")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("attempt", [1, 2])
+        def test_open(request, attempt):
+            request.config.hook.pytest_gradood_open_protocol(config=request.config, name="imagenet")
+        """
+    )
+    served = Served()  # answers 404 to everything
+    with local_server(served, monkeypatch):
+        result = pytester.runpytest_inprocess(
+            "--gradood-download", f"--gradood-data-root={layout.root}", "-p", "no:cacheprovider"
+        )
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines([f"*DownloadError: {AUTHORS[1]} answered HTTP 404*SUN.tar.gz*"])
+    assert len(served.requests) == 1  # a 404 is not retried, nor asked again within the run
+    assert not (layout.root / "ood_data" / "SUN").exists()
