@@ -288,6 +288,15 @@ def gradood_report(request: pytest.FixtureRequest):
 # -- default hook implementations ------------------------------------------------------------
 
 
+def _only_gradood_implements(hook) -> bool:
+    """Whether every implementation of ``hook`` is gradood's own (no project overrides it)."""
+
+    def module_of(plugin) -> str:
+        return getattr(plugin, "__name__", None) or type(plugin).__module__
+
+    return all(module_of(impl.plugin).startswith("gradood.") for impl in hook.get_hookimpls())
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_gradood_open_protocol(config: pytest.Config, name: str):
     from ..protocols import make_protocol, missing
@@ -302,7 +311,7 @@ def pytest_gradood_open_protocol(config: pytest.Config, name: str):
             [where, *(missing_line(name, p, root, flag("download", config)) for p in problems)]
         )
         run_report(config).add_missing(name, "data", reason, details)
-        if len(config.hook.pytest_gradood_load_model.get_hookimpls()) == 1:  # ours: list it too
+        if _only_gradood_implements(config.hook.pytest_gradood_load_model):  # ours: list it too
             _missing_checkpoint(config, name)
         pytest.skip(f"{name}: {reason} ({details_hint(config)})")
     return make_protocol(name, root)
