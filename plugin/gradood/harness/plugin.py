@@ -97,12 +97,37 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             help=f"{what} (environment: {variable}; default: <rootdir>/{default})",
         )
     group.addoption(
+        flag("train"),
+        dest="gradood_train",
+        action="store_true",
+        default=False,
+        help="train a protocol's missing ResNet-20 checkpoint with the paper's recipe on the "
+        "run's device (see gradood.harness.training)",
+    )
+    group.addoption(
+        flag("train_epochs"),
+        dest="gradood_train_epochs",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="use (and with --gradood-train, train) ResNet-20s of a shortened N-epoch schedule, "
+        "named apart from the paper recipe's",
+    )
+    group.addoption(
         flag("enforce_speed"),
         dest="gradood_enforce_speed",
         action="store_true",
         default=False,
         help=f"fail missed speed targets on the CPU too (environment: {_ENFORCE_VARIABLE}=1)",
     )
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"an integer >= 1, got {text!r}")
+    return int(text)
 
 
 def uses_gpu(config: pytest.Config) -> bool:
@@ -267,16 +292,18 @@ def details_hint(config: pytest.Config) -> str:
 
 @pytest.hookimpl(trylast=True)
 def pytest_gradood_load_model(config: pytest.Config, protocol: str):
-    from ..protocols import protocol_class
+    from .training import load_or_train
 
-    cls = protocol_class(protocol)
-    path = option_path(config, "checkpoint_dir") / cls.checkpoint_file
-    if not path.is_file():
-        reason = f"model {path.name} missing"
-        details = f"- {path} is missing: {cls.how_to_get_model(path)}"
-        run_report(config).add_missing(protocol, "model", reason, details)
-        pytest.skip(f"{protocol}: {reason} ({details_hint(config)})")
-    return cls.load_model(path)
+    return load_or_train(config, protocol)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The plan (what is measured, what is missing, an estimate), before the first test."""
+    if session.config.option.collectonly:
+        return
+    from .plan import announce
+
+    announce(session.config, session.items)
 
 
 # -- the report ------------------------------------------------------------------------------
@@ -288,7 +315,7 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config):
     result = yield
     report = config.stash.get(_REPORT, None)
     if report is None or not (
-        report.tables or report.comparisons or report.speed or report.skipped
+        report.tables or report.comparisons or report.speed or report.skipped or report.plan
     ):
         return result
     from ..files import atomic_write_text

@@ -1,0 +1,220 @@
+"""The run's plan, printed before the first measurement: what it measures (tables, rows,
+protocols, datasets, models), what is missing and what it will fetch or train, and an estimate
+of each stage's time on this device from a short timed probe of the models
+(:mod:`gradood.harness.probe`): images to process divided by images per second.
+
+The estimate counts the models' computation only (a forward pass per scored image; a training
+step per training image and epoch; a forward and backward pass per image for the fitted
+detectors' groups); decoding, the feature cache and the fits themselves are left out, so the
+actual times (in the report beside it) say how far the models' compute bounds the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pytest
+
+from .checks import FORWARD, PaperCheck
+from .environment import environment
+from .inputs import load_model, open_benchmark
+from .plugin import flag, run_report, say, uses_gpu
+from .stages import Stage, seconds
+from .summary import MAX_WIDTH
+from .training import checkpoint_path, recipe, train_epochs, wants_training
+
+__all__ = ["ProtocolPlan", "announce", "selected_checks"]
+
+
+@dataclass
+class ProtocolPlan:
+    """What the run does with one protocol."""
+
+    name: str
+    checks: list[PaperCheck]
+    data: str = "found"
+    model: str = "found"
+    runs: bool = True
+    data_missing: bool = False
+    trains: bool = False
+    stages: list[Stage] = field(default_factory=list)
+
+    @property
+    def tables(self) -> list[str]:
+        return list(dict.fromkeys(check.table for check in self.checks))
+
+    def line(self) -> str:
+        tables = ", ".join(t.replace("table", "Table ") for t in self.tables)
+        head = f"{self.name}: {len(self.checks)} rows of {tables}"
+        if self.data_missing:
+            return f"{head}; not run: {self.data}"
+        return f"{head}; data {self.data}; {self.model}"
+
+
+def selected_checks(items: Sequence[pytest.Item]) -> list[PaperCheck]:
+    """The paper checks among the collected ``items``."""
+    checks = []
+    for item in items:
+        check = getattr(getattr(item, "callspec", None), "params", {}).get("check")
+        if isinstance(check, PaperCheck):
+            checks.append(check)
+    return checks
+
+
+def announce(config: pytest.Config, items: Sequence[pytest.Item]) -> None:
+    """Make the plan of the paper checks among ``items``, print it in a few lines, keep it (and
+    its stages' estimates) in the run's report; nothing if no paper check is selected."""
+    checks = selected_checks(items)
+    if not checks:
+        return
+    protocols = dict.fromkeys(check.protocol for check in checks)
+    plans = [_protocol_plan(config, p, [c for c in checks if c.protocol == p]) for p in protocols]
+    report = run_report(config)
+    for plan in plans:
+        for stage in plan.stages:
+            report.stages.plan(stage)
+    device = _device_name(config)
+    lines = [f"gradood plan ({len(checks)} paper rows, on {device}):"]
+    lines += [f"  {plan.line()}"[:MAX_WIDTH] for plan in plans]
+    planned = [stage for plan in plans for stage in plan.stages]
+    if planned:
+        total = report.stages.total("estimate")
+        shown = ", ".join(f"{s.name} {seconds(s.estimate)}" for s in planned)
+        lines.append(f"  estimate: {seconds(total)} ({shown})"[:MAX_WIDTH])
+    report.plan = lines
+    report.environment = environment(_device(config), config.rootpath)
+    for line in lines:
+        say(config, line)
+
+
+def _device_name(config: pytest.Config) -> str:
+    import torch
+
+    if uses_gpu(config):
+        return torch.cuda.get_device_name(0)
+    return f"the CPU, {torch.get_num_threads()} threads"
+
+
+def _custom(config: pytest.Config, hook: str) -> bool:
+    """Whether an implementation of ``hook`` other than this plugin's default is registered."""
+    from . import plugin
+
+    impls = getattr(config.pluginmanager.hook, hook).get_hookimpls()
+    return any(impl.plugin is not plugin for impl in impls)
+
+
+def _protocol_plan(config: pytest.Config, name: str, checks: list[PaperCheck]) -> ProtocolPlan:
+    from ..protocols import protocol_class
+
+    cls = protocol_class(name)
+    plan = ProtocolPlan(name, checks)
+    benchmark = _open_or_describe(config, cls, plan)
+    _describe_model(config, cls, plan)
+    if plan.runs:
+        plan.stages = _stages(config, cls, benchmark, plan)
+    return plan
+
+
+def _open_or_describe(config: pytest.Config, cls, plan: ProtocolPlan):
+    """The benchmark if it opens now; else ``None``, with what is missing (and fetched) said in
+    ``plan``. With ``--gradood-download`` and the default hook, what is missing is listed first
+    (opening would fetch it before the plan is shown)."""
+    download = config.getoption("gradood_download", default=False)
+    if download and not _custom(config, "pytest_gradood_open_protocol"):
+        from ..protocols import missing
+        from .plugin import option_path
+
+        absent = missing(cls.name, option_path(config, "data_root"))
+        if absent:
+            plan.data = f"to fetch: {', '.join(m.name for m in absent)}"
+            return None
+    try:
+        return open_benchmark(config, cls.name)
+    except Exception as error:  # the measurement raises it again, where it belongs
+        plan.data = f"cannot be opened: {type(error).__name__}"
+        plan.runs, plan.data_missing = False, True
+        return None
+    except pytest.skip.Exception as skipped:
+        reason = str(skipped.msg).removeprefix(f"{cls.name}: ").split(" (")[0]
+        default = not _custom(config, "pytest_gradood_open_protocol")
+        hint = f" (not fetched: no {flag('download')})" if default and not download else ""
+        plan.data = f"{reason}{hint}"
+        plan.runs = False
+        plan.data_missing = True
+        return None
+
+
+def _describe_model(config: pytest.Config, cls, plan: ProtocolPlan) -> None:
+    if _custom(config, "pytest_gradood_load_model"):
+        try:
+            load_model(config, cls.name)
+        except pytest.skip.Exception as skipped:
+            plan.model = f"model: {skipped.msg}"
+            plan.runs = False
+        except Exception as error:  # the measurement raises it again, where it belongs
+            plan.model = f"model cannot be loaded: {type(error).__name__}"
+            plan.runs = False
+        else:
+            plan.model = "model from a pytest_gradood_load_model hook"
+        return
+    path = checkpoint_path(config, cls)
+    complete = path.is_file() and (not cls.trainable or _complete(path))
+    if complete:
+        plan.model = f"model {path.name} found"
+    elif cls.trainable and wants_training(config):
+        epochs = recipe(cls.name, train_epochs(config)).epochs
+        verb = "resume training" if path.is_file() else "train"
+        plan.trains = True
+        plan.model = f"will {verb} {path.name} ({epochs} epochs)"
+    else:
+        plan.model = f"model {path.name} missing"
+        if cls.trainable:
+            plan.model += f" (no {flag('train')})"
+        plan.runs = False
+
+
+def _complete(path) -> bool:
+    from ..models.resnet20 import read_checkpoint
+
+    try:
+        return bool(read_checkpoint(path)["complete"])
+    except ValueError:
+        return False
+
+
+def _stages(config: pytest.Config, cls, benchmark, plan: ProtocolPlan) -> list[Stage]:
+    """The protocol's stages with their estimates from a probe of its architecture."""
+    from ..registry import detector_spec
+    from .checks import SURROGATE_FIT_SAMPLES
+    from .probe import probe
+
+    expected = cls.paper_expected if benchmark is None else benchmark.expected
+    scored = sum(expected[source.name].images for source in cls.sources(include_train=False))
+    train_images = expected[cls.id_train_source.name].images
+    try:
+        custom = _custom(config, "pytest_gradood_load_model")
+        model = load_model(config, cls.name) if custom else cls.architecture()
+        speed = probe(model, cls.preprocessing.size, _device(config))
+    except Exception as error:  # an architecture that cannot be built here (e.g. no timm)
+        note = f"no probe: {type(error).__name__}: {error}"
+        return [Stage(f"{cls.name} {FORWARD}", scored, note=note)]
+    stages = []
+    if plan.trains:
+        epochs = recipe(cls.name, train_epochs(config)).epochs
+        test_images = expected[cls.id_test_source.name].images
+        seconds_ = epochs * (train_images / speed.training + test_images / speed.forward)
+        stages.append(Stage(f"{cls.name} train", epochs * (train_images + test_images), seconds_))
+    for group in dict.fromkeys(check.group for check in plan.checks):
+        if group == FORWARD:
+            stages.append(Stage(f"{cls.name} {group}", scored, scored / speed.forward))
+            continue
+        fit = detector_spec(group).fit
+        fitted = min(train_images, SURROGATE_FIT_SAMPLES) if fit == "surrogate" else train_images
+        images = scored + (fitted if "train" in fit or fit == "surrogate" else 0)
+        stages.append(Stage(f"{cls.name} {group}", images, images / speed.training))
+    return stages
+
+
+def _device(config: pytest.Config) -> str:
+    return "cuda" if uses_gpu(config) else "cpu"
