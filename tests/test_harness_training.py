@@ -56,15 +56,15 @@ def test_trains_the_missing_checkpoint_then_reuses_it(project, tmp_path):
     # (and fail), none is skipped for want of a model
     outcomes = first.parseoutcomes()
     assert outcomes.get("failed", 0) + outcomes.get("passed", 0) == 20, text[-3000:]
-    assert "gradood plan (40 paper rows" in text
-    assert "will train resnet20-cifar10-1epochs.pt (1 epochs)" in text
+    assert "gradood plan: 40 paper rows on the CPU" in text
+    assert "model: will train resnet20-cifar10-1epochs.pt (1 epochs)" in text
     checkpoint = tmp_path / "checkpoints" / "resnet20-cifar10-1epochs.pt"
     content = read_checkpoint(checkpoint)
     assert content["complete"] and content["config"]["epochs"] == 1
     assert content["config"]["augmentation"] == "device"
     assert not (tmp_path / "checkpoints" / "resnet20-cifar10.pt").exists()
     assert "cifar10   20 of 20 rows run" in text
-    assert "cifar100: 20 rows of Table 6; not run: only the CIFAR-10 miniature" in text
+    assert "cifar100  20 rows (Table 6); not run; data: only the CIFAR-10 miniature" in text
     assert "stages: " in text and "cifar10 train" in text
     (folder,) = (tmp_path / "reports").iterdir()
     document = (folder / "paper.md").read_text()
@@ -79,7 +79,7 @@ def test_trains_the_missing_checkpoint_then_reuses_it(project, tmp_path):
     text = second.stdout.str()
     outcomes = second.parseoutcomes()
     assert outcomes.get("failed", 0) + outcomes.get("passed", 0) == 20, text[-3000:]
-    assert "model resnet20-cifar10-1epochs.pt found" in text
+    assert "model: resnet20-cifar10-1epochs.pt found" in text
     assert "cifar10 train" not in text
     assert checkpoint.stat().st_mtime_ns == written
     reports = sorted((tmp_path / "reports").iterdir())
@@ -89,7 +89,7 @@ def test_trains_the_missing_checkpoint_then_reuses_it(project, tmp_path):
 def test_without_the_option_the_missing_model_says_how_to_get_it(project, tmp_path):
     result = _run(project, tmp_path)
     text = result.stdout.str()
-    assert "model resnet20-cifar10.pt missing (no --gradood-train)" in text
+    assert "model: resnet20-cifar10.pt missing (no --gradood-train)" in text
     result.assert_outcomes(skipped=40)
     (folder,) = (tmp_path / "reports").iterdir()
     assert "or pass --gradood-train to train it" in (folder / "missing-data.md").read_text()

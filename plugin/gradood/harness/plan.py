@@ -36,7 +36,6 @@ class ProtocolPlan:
     data: str = "found"
     model: str = "found"
     runs: bool = True
-    data_missing: bool = False
     trains: bool = False
     stages: list[Stage] = field(default_factory=list)
 
@@ -44,12 +43,15 @@ class ProtocolPlan:
     def tables(self) -> list[str]:
         return list(dict.fromkeys(check.table for check in self.checks))
 
-    def line(self) -> str:
-        tables = ", ".join(t.replace("table", "Table ") for t in self.tables)
-        head = f"{self.name}: {len(self.checks)} rows of {tables}"
-        if self.data_missing:
-            return f"{head}; not run: {self.data}"
-        return f"{head}; data {self.data}; {self.model}"
+    def lines(self) -> list[str]:
+        """Two lines: the rows and the data; the model."""
+        numbers = [t.removeprefix("table") for t in self.tables]
+        tables = f"Table{'s' if len(numbers) > 1 else ''} {', '.join(numbers)}"
+        verdict = "" if self.runs else "; not run"
+        return [
+            f"{self.name:<9} {len(self.checks)} rows ({tables}){verdict}; data: {self.data}",
+            f"{'':<9} model: {self.model}",
+        ]
 
 
 def selected_checks(items: Sequence[pytest.Item]) -> list[PaperCheck]:
@@ -75,17 +77,17 @@ def announce(config: pytest.Config, items: Sequence[pytest.Item]) -> None:
         for stage in plan.stages:
             report.stages.plan(stage)
     device = _device_name(config)
-    lines = [f"gradood plan ({len(checks)} paper rows, on {device}):"]
-    lines += [f"  {plan.line()}"[:MAX_WIDTH] for plan in plans]
+    lines = [f"gradood plan: {len(checks)} paper rows on {device}"]
+    lines += [f"  {line}" for plan in plans for line in plan.lines()]
     planned = [stage for plan in plans for stage in plan.stages]
     if planned:
         total = report.stages.total("estimate")
         shown = ", ".join(f"{s.name} {seconds(s.estimate)}" for s in planned)
-        lines.append(f"  estimate: {seconds(total)} ({shown})"[:MAX_WIDTH])
+        lines.append(f"  estimate: {seconds(total)} ({shown})")
     report.plan = lines
     report.environment = environment(_device(config), config.rootpath)
     for line in lines:
-        say(config, line)
+        say(config, line[:MAX_WIDTH])
 
 
 def _device_name(config: pytest.Config) -> str:
@@ -133,15 +135,14 @@ def _open_or_describe(config: pytest.Config, cls, plan: ProtocolPlan):
         return open_benchmark(config, cls.name)
     except Exception as error:  # the measurement raises it again, where it belongs
         plan.data = f"cannot be opened: {type(error).__name__}"
-        plan.runs, plan.data_missing = False, True
+        plan.runs = False
         return None
     except pytest.skip.Exception as skipped:
         reason = str(skipped.msg).removeprefix(f"{cls.name}: ").split(" (")[0]
         default = not _custom(config, "pytest_gradood_open_protocol")
-        hint = f" (not fetched: no {flag('download')})" if default and not download else ""
+        hint = f" (no {flag('download')})" if default and not download else ""
         plan.data = f"{reason}{hint}"
         plan.runs = False
-        plan.data_missing = True
         return None
 
 
@@ -150,25 +151,25 @@ def _describe_model(config: pytest.Config, cls, plan: ProtocolPlan) -> None:
         try:
             load_model(config, cls.name)
         except pytest.skip.Exception as skipped:
-            plan.model = f"model: {skipped.msg}"
+            plan.model = str(skipped.msg).removeprefix(f"{cls.name}: ")
             plan.runs = False
         except Exception as error:  # the measurement raises it again, where it belongs
-            plan.model = f"model cannot be loaded: {type(error).__name__}"
+            plan.model = f"cannot be loaded: {type(error).__name__}"
             plan.runs = False
         else:
-            plan.model = "model from a pytest_gradood_load_model hook"
+            plan.model = "from a pytest_gradood_load_model hook"
         return
     path = checkpoint_path(config, cls)
     complete = path.is_file() and (not cls.trainable or _complete(path))
     if complete:
-        plan.model = f"model {path.name} found"
+        plan.model = f"{path.name} found"
     elif cls.trainable and wants_training(config):
         epochs = recipe(cls.name, train_epochs(config)).epochs
         verb = "resume training" if path.is_file() else "train"
         plan.trains = True
         plan.model = f"will {verb} {path.name} ({epochs} epochs)"
     else:
-        plan.model = f"model {path.name} missing"
+        plan.model = f"{path.name} missing"
         if cls.trainable:
             plan.model += f" (no {flag('train')})"
         plan.runs = False
