@@ -79,13 +79,27 @@ def _plan_and_stages(report) -> list[str]:
     stages = list(report.stages.by_name.values())
     if not stages:
         return parts
-    parts += ["## Stage times", "", "| stage | images | estimate | actual |", "|---|---|---|---|"]
+    scaled = any(s.paper_images and s.paper_images != s.images for s in stages)
+    head = "| stage | images | estimate | actual |"
+    head += " paper's images | actual scaled to them |" if scaled else ""
+    parts += ["## Stage times", "", head, "|---" * head.count(" | ") + "|---|"]
     for stage in stages:
         estimate = seconds(stage.estimate) + (f" ({stage.note})" if stage.note else "")
         actual = "not run" if stage.actual is None else seconds(stage.actual)
-        parts.append(f"| {stage.name} | {stage.images:,} | {estimate} | {actual} |")
-    total = [seconds(report.stages.total(which)) for which in ("estimate", "actual")]
-    parts += [f"| total | | {total[0]} | {total[1]} |", ""]
+        row = f"| {stage.name} | {stage.images:,} | {estimate} | {actual} |"
+        if scaled:
+            row += f" {stage.paper_images:,} | {seconds(stage.at_paper_size)} |"
+        parts.append(row)
+    total = [seconds(report.stages.total(w)) for w in ("estimate", "actual", "at_paper_size")]
+    last = f" | {total[2]} |" if scaled else ""
+    parts += [f"| total | | {total[0]} | {total[1]} |{last}".replace("||", "| |"), ""]
+    if scaled:
+        parts += [
+            "The last column scales each stage's time by the paper's image count (and its "
+            "100 training epochs) over this run's: the full run's price, as far as the time "
+            "grows with the images.",
+            "",
+        ]
     parts += [
         "The estimate counts the models' computation only (images / images per second of a "
         "timed probe); decoding, the feature cache and the detectors' fits come on top.",
@@ -110,7 +124,9 @@ def _tables(frame: pd.DataFrame) -> list[str]:
     for table, rows in frame.groupby("table", sort=False):
         within = int(rows["within tolerance"].sum())
         parts += [
-            f"## {table.replace('table', 'Table ')}: {reported.describe(table)}",
+            f"## {table.replace('table', 'Table ')}",
+            "",
+            reported.describe(table),
             "",
             f"{len(rows)} rows measured, {within} within tolerance.",
             "",

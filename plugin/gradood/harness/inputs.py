@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-__all__ = ["load_model", "open_benchmark"]
+__all__ = ["hook_model", "load_model", "open_benchmark"]
 
 _OPENED = pytest.StashKey[dict]()
 _LOADED = pytest.StashKey[dict]()
@@ -39,6 +39,28 @@ def load_model(config: pytest.Config, protocol: str):
         protocol,
         lambda: config.hook.pytest_gradood_load_model(config=config, protocol=protocol),
     )
+
+
+def hook_model(config: pytest.Config, protocol: str):
+    """The model of ``protocol`` from an implementation of ``pytest_gradood_load_model`` other
+    than the harness's default (which may train), kept for :func:`load_model`; ``None`` if none
+    returns one."""
+    from . import plugin
+
+    caller = config.pluginmanager.subset_hook_caller(
+        "pytest_gradood_load_model", remove_plugins=[plugin]
+    )
+    loaded = config.stash.setdefault(_LOADED, {})
+    if protocol in loaded:
+        return _once(config, _LOADED, protocol, lambda: None)
+    try:
+        model = caller(config=config, protocol=protocol)
+    except pytest.skip.Exception as skipped:
+        loaded[protocol] = _Skipped(str(skipped.msg))
+        raise
+    if model is not None:
+        loaded[protocol] = model
+    return model
 
 
 def _once(config: pytest.Config, key: pytest.StashKey[dict], name: str, make: Callable):

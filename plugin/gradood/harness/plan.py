@@ -18,11 +18,11 @@ import pytest
 
 from .checks import FORWARD, PaperCheck
 from .environment import environment
-from .inputs import load_model, open_benchmark
+from .inputs import hook_model, open_benchmark
 from .plugin import flag, run_report, say, uses_gpu
 from .stages import Stage, seconds
 from .summary import MAX_WIDTH
-from .training import checkpoint_path, recipe, train_epochs, wants_training
+from .training import PAPER_EPOCHS, checkpoint_path, recipe, train_epochs, wants_training
 
 __all__ = ["ProtocolPlan", "announce", "selected_checks"]
 
@@ -37,6 +37,8 @@ class ProtocolPlan:
     model: str = "found"
     runs: bool = True
     trains: bool = False
+    #: the model a hook gave (probed instead of the protocol's architecture)
+    model_object: object = None
     stages: list[Stage] = field(default_factory=list)
 
     @property
@@ -147,17 +149,18 @@ def _open_or_describe(config: pytest.Config, cls, plan: ProtocolPlan):
 
 
 def _describe_model(config: pytest.Config, cls, plan: ProtocolPlan) -> None:
-    if _custom(config, "pytest_gradood_load_model"):
-        try:
-            load_model(config, cls.name)
-        except pytest.skip.Exception as skipped:
-            plan.model = str(skipped.msg).removeprefix(f"{cls.name}: ")
-            plan.runs = False
-        except Exception as error:  # the measurement raises it again, where it belongs
-            plan.model = f"cannot be loaded: {type(error).__name__}"
-            plan.runs = False
-        else:
-            plan.model = "from a pytest_gradood_load_model hook"
+    try:
+        plan.model_object = hook_model(config, cls.name)
+    except pytest.skip.Exception as skipped:
+        plan.model = str(skipped.msg).removeprefix(f"{cls.name}: ")
+        plan.runs = False
+        return
+    except Exception as error:  # the measurement raises it again, where it belongs
+        plan.model = f"cannot be loaded: {type(error).__name__}"
+        plan.runs = False
+        return
+    if plan.model_object is not None:
+        plan.model = "from a pytest_gradood_load_model hook"
         return
     path = checkpoint_path(config, cls)
     complete = path.is_file() and (not cls.trainable or _complete(path))
@@ -185,35 +188,52 @@ def _complete(path) -> bool:
 
 
 def _stages(config: pytest.Config, cls, benchmark, plan: ProtocolPlan) -> list[Stage]:
-    """The protocol's stages with their estimates from a probe of its architecture."""
-    from ..registry import detector_spec
-    from .checks import SURROGATE_FIT_SAMPLES
+    """The protocol's stages with their estimates from a probe of its model (or architecture),
+    and their images at the paper's counts (to scale a miniature's times up)."""
     from .probe import probe
 
     expected = cls.paper_expected if benchmark is None else benchmark.expected
-    scored = sum(expected[source.name].images for source in cls.sources(include_train=False))
-    train_images = expected[cls.id_train_source.name].images
+    epochs = recipe(cls.name, train_epochs(config)).epochs if plan.trains else 0
+    counts = _stage_images(cls, expected, plan, epochs)
+    paper_counts = _stage_images(cls, cls.paper_expected, plan, PAPER_EPOCHS if epochs else 0)
     try:
-        custom = _custom(config, "pytest_gradood_load_model")
-        model = load_model(config, cls.name) if custom else cls.architecture()
+        model = plan.model_object if plan.model_object is not None else cls.architecture()
         speed = probe(model, cls.preprocessing.size, _device(config))
     except Exception as error:  # an architecture that cannot be built here (e.g. no timm)
         note = f"no probe: {type(error).__name__}: {error}"
-        return [Stage(f"{cls.name} {FORWARD}", scored, note=note)]
+        return [Stage(name, images, note=note) for name, (images, _) in counts.items()]
     stages = []
-    if plan.trains:
-        epochs = recipe(cls.name, train_epochs(config)).epochs
+    for name, (images, training) in counts.items():
+        if name.endswith(" train"):  # a training step per training image, a forward per test
+            test_images = expected[cls.id_test_source.name].images * epochs
+            estimate = (images - test_images) / speed.training + test_images / speed.forward
+        else:
+            estimate = images / (speed.training if training else speed.forward)
+        stages.append(Stage(name, images, estimate, paper_images=paper_counts[name][0]))
+    return stages
+
+
+def _stage_images(cls, expected, plan: ProtocolPlan, epochs: int) -> dict[str, tuple[int, bool]]:
+    """Stage name -> (images it processes, whether with a backward pass), for the counts of
+    ``expected``: training ``epochs`` (training and test set each epoch); the forward group
+    scores the test sets; a fitted group also passes its fit's images with input gradients."""
+    from ..registry import detector_spec
+    from .checks import SURROGATE_FIT_SAMPLES
+
+    scored = sum(expected[source.name].images for source in cls.sources(include_train=False))
+    train_images = expected[cls.id_train_source.name].images
+    stages = {}
+    if epochs:
         test_images = expected[cls.id_test_source.name].images
-        seconds_ = epochs * (train_images / speed.training + test_images / speed.forward)
-        stages.append(Stage(f"{cls.name} train", epochs * (train_images + test_images), seconds_))
+        stages[f"{cls.name} train"] = (epochs * (train_images + test_images), True)
     for group in dict.fromkeys(check.group for check in plan.checks):
         if group == FORWARD:
-            stages.append(Stage(f"{cls.name} {group}", scored, scored / speed.forward))
+            stages[f"{cls.name} {group}"] = (scored, False)
             continue
         fit = detector_spec(group).fit
         fitted = min(train_images, SURROGATE_FIT_SAMPLES) if fit == "surrogate" else train_images
-        images = scored + (fitted if "train" in fit or fit == "surrogate" else 0)
-        stages.append(Stage(f"{cls.name} {group}", images, images / speed.training))
+        extra = fitted if "train" in fit or fit == "surrogate" else 0
+        stages[f"{cls.name} {group}"] = (scored + extra, True)
     return stages
 
 

@@ -22,6 +22,15 @@ class Stage:
     actual: float | None = None
     #: why there is no estimate (e.g. the model cannot be probed)
     note: str = ""
+    #: the images of the same stage at the paper's dataset counts and schedule
+    paper_images: int = 0
+
+    @property
+    def at_paper_size(self) -> float | None:
+        """The actual time scaled to :attr:`paper_images` (for a run on a miniature)."""
+        if self.actual is None or not self.images or not self.paper_images:
+            return None
+        return self.actual * self.paper_images / self.images
 
 
 @dataclass
@@ -48,7 +57,8 @@ class Stages:
         return [stage for stage in self.by_name.values() if stage.actual is not None]
 
     def total(self, which: str) -> float | None:
-        """The sum of the ``"estimate"`` or ``"actual"`` seconds of the stages that have one."""
+        """The sum of the ``"estimate"``, ``"actual"`` or ``"at_paper_size"`` seconds of the
+        stages that have one."""
         values = [getattr(s, which) for s in self.by_name.values()]
         values = [v for v in values if v is not None]
         return sum(values) if values else None
