@@ -150,3 +150,33 @@ def test_a_diverging_training_is_reported_and_its_last_good_epoch_kept(project, 
     assert "diverged in epoch 2" in details and "last good epoch stays at" in details
     content = read_checkpoint(tmp_path / "checkpoints" / "resnet20-cifar10-2epochs.pt")
     assert (content["epoch"], content["complete"]) == (1, False)
+
+
+FAILING = """
+
+import gradood.models.train as recipe
+
+_TRAIN = recipe.train
+
+
+def _broken(*args, **kwargs):
+    with open("train-calls", "a") as calls:
+        calls.write("call\\n")
+    raise RuntimeError("out of memory, say")
+
+
+def pytest_configure(config):
+    recipe.train = _broken
+
+
+def pytest_unconfigure(config):
+    recipe.train = _TRAIN
+"""
+
+
+def test_a_training_that_fails_otherwise_fails_every_row_and_runs_once(project, tmp_path):
+    project.makeconftest(HOOKS + FAILING)
+    result = _run(project, tmp_path, "--gradood-train", "--gradood-train-epochs", "1")
+    result.assert_outcomes(failed=20, skipped=20)
+    assert result.stdout.str().count("RuntimeError: out of memory, say") >= 20
+    assert (project.path / "train-calls").read_text() == "call\n"

@@ -97,7 +97,8 @@ def _device_name(config: pytest.Config) -> str:
 
     if uses_gpu(config):
         return torch.cuda.get_device_name(0)
-    return f"the CPU, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"the CPU, {threads} thread{'s' if threads > 1 else ''}"
 
 
 def _custom(config: pytest.Config, hook: str) -> bool:
