@@ -57,7 +57,7 @@ def test_dry_run_writes_the_json_and_the_summary(tmp_path):
     assert "features / decode ceiling" in summary
     # the paper flow on the miniature: random and briefly trained models fail the rows (exit
     # status 1), the ResNet-20s are trained, and the plan and stage times follow its summary
-    assert "## paper (exit status 1)" in summary
+    assert "## paper (exit status 1, no benchmark JSON)" in summary
     assert "rows run" in summary and "### Stage times" in summary
     for stage in ("cifar10 train", "cifar100 train", "cifar10 forward", "imagenet forward"):
         assert f"| {stage} |" in summary
