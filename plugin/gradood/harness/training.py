@@ -168,8 +168,9 @@ def _train(config: pytest.Config, protocol: str, cls, path: Path) -> None:
         train_data = to_device_dataset(train_split, device, fill)
         test_data = to_device_dataset(benchmark.test_in, device, fill)
         try:
+            progress = config.get_verbosity() >= 0
             result = train(
-                settings, train_data, test_data, path, device=device, resume=True, progress=True
+                settings, train_data, test_data, path, device=device, resume=True, progress=progress
             )
         except DivergenceError as error:
             reason = "ResNet-20 training diverged"
