@@ -18,14 +18,18 @@ plugins'):
   feature cache of :mod:`gradood.features`.
 - ``--gradood-report-dir`` (``GRADOOD_REPORT_DIR``, default ``<rootdir>/reports``): each run
   writes its report into a new time-stamped folder there.
+- ``--gradood-train``, ``--gradood-train-epochs N``: train a missing CIFAR ResNet-20 in the run
+  (the paper's recipe, or a shortened N-epoch schedule in files of its own); see
+  :mod:`gradood.harness.training`.
 - ``--gradood-enforce-speed`` (``GRADOOD_ENFORCE_SPEED=1``): a missed speed target fails its
   test on the CPU too; otherwise CPU verdicts are reported only, as a shared CPU's timings say
   little.
 
-A report or cache directory given that cannot be written is a usage error before any test
-runs (the defaults are not checked: a project may never use the harness; a report that cannot
-be written there is said at the end). The run ends
-with the summary of :mod:`gradood.harness.summary` (after pytest's own short summary).
+Before the first test, the run prints its plan (:mod:`gradood.harness.plan`). A report or
+cache directory given that cannot be written is a usage error before any test runs (the
+defaults are not checked: a project may never use the harness; a report that cannot be written
+there is said at the end). The run ends with the summary of :mod:`gradood.harness.summary`
+(after pytest's own short summary).
 
 Marker: ``gradood_gpu`` (needs CUDA; skipped without ``--gradood-gpu``). Fixtures: ``device``
 (``"cuda"`` with ``--gradood-gpu``, else ``"cpu"``), ``gradood_report`` (the run's
