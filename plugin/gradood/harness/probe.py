@@ -30,7 +30,7 @@ def _batch_size(device: torch.device, pixels: int) -> int:
     small = pixels <= 64 * 64
     if device.type == "cuda":
         return 128 if small else 16
-    return 8 if small else 1
+    return 32 if small else 1
 
 
 def _synchronize(device: torch.device) -> None:
