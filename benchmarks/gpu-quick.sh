@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmarks that matter most, on a GPU machine without network, in at most 6 minutes.
+# The benchmarks that matter most, on a GPU machine without network, in at most 9 minutes.
 #
 #   bash benchmarks/gpu-quick.sh [--dry-run] [--out DIR] [--wheels DIR]
 #
@@ -17,8 +17,12 @@
 #      and BiT-S-R101x1 at 480 px, batches 64 and 256, fp32 and bf16, with peak memory, 130 s;
 #   3. benchmarks/test_input_pipeline.py --gradood-gpu: extract_features against the decode ceiling
 #      for each decoder (PIL, torchvision on the CPU, nvJPEG), nvJPEG's inputs against PIL's, 80 s;
+#   4. the paper's whole flow on a generated miniature at the paper's image sizes
+#      (benchmarks/paper_miniature.py): the plan with its estimate, both ResNet-20s trained
+#      (--gradood-train --gradood-train-epochs 2), every row of Tables 1 and 6-9 measured, each
+#      stage's time scaled to the paper's image counts, 200 s;
 # - writes DIR/<gpu-name>.json (pytest-benchmark's JSON, all parts) and DIR/<gpu-name>.md (the
-#   runs' gradood summaries, then images/s per case). DIR: --out, else $GRADOOD_GPU_QUICK_OUT,
+#   runs' gradood summaries, the paper flow's plan and stage times, then images/s per case). DIR: --out, else $GRADOOD_GPU_QUICK_OUT,
 #   else benchmarks/results.
 #
 # --dry-run: the same steps on the CPU, without --gradood-gpu, on a tiny selection (seconds), into a
@@ -79,6 +83,9 @@ if ((dry_run)); then
     targets_k="resnet20-32px-b64-gradnorm-vs-msp-throughput"
     throughput_k="test_detector_throughput and resnet20-32px-b64-fp32 and (msp or gradnorm)"
     pipeline_k="test_extraction_at_the_decode_limit and tensor"
+    paper_k="(table6 or table7) and not Mahalanobis"
+    paper_limit=$limit
+    tiny=(--tiny)
 else
     name=$("$PYTHON" -c "import torch, re; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name(0).lower()).strip('-'))")
     device=(--gradood-gpu)
@@ -87,13 +94,17 @@ else
     targets_k=""
     throughput_k="test_detector_throughput and (resnet50-224px or bit-s-r101x1-480px) and (-b64- or -b256-)"
     pipeline_k=""
+    paper_k=""
+    paper_limit=${GRADOOD_GPU_QUICK_LIMIT_S:-200}
+    tiny=()
 fi
+extra=()
 
 run_part() {  # run_part PART FILE K [LIMIT]: one pytest run under the limit, its JSON and output
     local part=$1 file=$2 selection=$3 part_limit=${4:-$limit}
     local args=("$file" "${device[@]}" "${plugin[@]}" -p no:cacheprovider -q
         --gradood-report-dir "$work/reports" --gradood-cache-dir "$work/cache"
-        --benchmark-json "$work/$part.json")
+        --benchmark-json "$work/$part.json" "${extra[@]}")
     [[ -n $selection ]] && args+=(-k "$selection")
     echo "== $part: pytest ${args[*]} (limit ${part_limit} s)"
     local status=0
@@ -106,5 +117,15 @@ run_part targets benchmarks/test_speed_targets.py "$targets_k"
 run_part throughput benchmarks/test_throughput.py "$throughput_k"
 run_part pipeline benchmarks/test_input_pipeline.py "$pipeline_k" "$pipeline_limit"
 
-"$PYTHON" benchmarks/gpu_quick.py "$work" "$out/$name" targets throughput pipeline
+echo "== paper: writing the miniature"
+GRADOOD_MINIATURE=$("$PYTHON" benchmarks/paper_miniature.py "$work/miniature" "${tiny[@]}")
+export GRADOOD_MINIATURE
+extra=(-p paper_miniature --gradood-train --gradood-train-epochs 2
+    --gradood-checkpoint-dir "$work/checkpoints" --gradood-report-dir "$work/paper-reports")
+run_part paper benchmarks/test_paper_tables.py "$paper_k" "$paper_limit"
+for report in "$work"/paper-reports/*/paper.md; do
+    [[ -f $report ]] && cp "$report" "$work/paper.md"
+done
+
+"$PYTHON" benchmarks/gpu_quick.py "$work" "$out/$name" targets throughput pipeline paper
 echo "wrote $out/$name.json and $out/$name.md"

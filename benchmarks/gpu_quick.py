@@ -5,7 +5,9 @@ file, and a Markdown summary (each part's gradood summary, then images/s per cas
 
 reads ``WORK/<part>.json``, ``WORK/<part>.log`` (pytest's output) and ``WORK/<part>.status``
 (its exit status; 130 or 124 after the time limit) and writes ``STEM.json`` and ``STEM.md``.
-A part that wrote no JSON (interrupted before any benchmark, nothing selected) is noted.
+A part that wrote no JSON (interrupted before any benchmark, nothing selected) is noted. Where
+a part left its reproduction report as ``WORK/<part>.md`` (the paper flow's ``paper.md``), its
+plan, stage times and checkpoints follow the part's summary.
 """
 
 from __future__ import annotations
@@ -38,6 +40,21 @@ def summary_section(log: str) -> list[str]:
     return [line for line in lines[start + 1 :] if not line.startswith("report: ")]
 
 
+#: the sections of a reproduction report that the summary repeats
+REPORT_SECTIONS = ("## Plan", "## Stage times", "## Checkpoints")
+
+
+def report_sections(document: str) -> list[str]:
+    """The :data:`REPORT_SECTIONS` of a ``paper.md``, one heading level down."""
+    lines, keep = [], False
+    for line in document.splitlines():
+        if line.startswith("## "):
+            keep = line.startswith(REPORT_SECTIONS)
+        if keep:
+            lines.append("#" + line if line.startswith("## ") else line)
+    return lines
+
+
 def throughput_rows(document: dict) -> list[str]:
     """A Markdown table row per benchmark with images/s (and peak memory where measured)."""
     rows = []
@@ -53,8 +70,11 @@ def throughput_rows(document: dict) -> list[str]:
     return rows
 
 
-def markdown(stem: str, parts: dict[str, tuple[dict | None, str, int]]) -> str:
-    """The summary: each part's status and gradood summary, then the images/s table."""
+def markdown(
+    stem: str, parts: dict[str, tuple[dict | None, str, int]], reports: dict[str, str] | None = None
+) -> str:
+    """The summary: each part's status and gradood summary (and ``reports[part]``'s
+    :func:`report_sections`), then the images/s table."""
     lines = [f"# {Path(stem).name}", ""]
     documents = [doc for doc, _log, _status in parts.values() if doc is not None]
     if documents:
@@ -72,6 +92,8 @@ def markdown(stem: str, parts: dict[str, tuple[dict | None, str, int]]) -> str:
         if document is None:
             state += ", no benchmark JSON"
         lines += [f"## {part} ({state})", "", "```", *summary_section(log), "```", ""]
+        if (reports or {}).get(part):
+            lines += [*report_sections(reports[part]), ""]
         rows += throughput_rows(document or {})
     if rows:
         lines += [
@@ -97,10 +119,13 @@ def _read_part(work: Path, part: str) -> tuple[dict | None, str, int]:
 def main(argv: list[str]) -> int:
     work, stem, names = Path(argv[0]), argv[1], argv[2:]
     parts = {name: _read_part(work, name) for name in names}
+    reports = {
+        name: (work / f"{name}.md").read_text() for name in names if (work / f"{name}.md").is_file()
+    }
     documents = [doc for doc, _log, _status in parts.values() if doc is not None]
     if documents:
         Path(f"{stem}.json").write_text(json.dumps(merge(documents), indent=2))
-    Path(f"{stem}.md").write_text(markdown(stem, parts))
+    Path(f"{stem}.md").write_text(markdown(stem, parts, reports))
     return 0 if documents else 1
 
 

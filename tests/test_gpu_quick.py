@@ -35,7 +35,8 @@ def test_dry_run_writes_the_json_and_the_summary(tmp_path):
     document = json.loads((out / "cpu-dry-run.json").read_text())
     timed = {bench["name"]: bench for bench in document["benchmarks"]}
     # one side-by-side ratio (first part), two detectors' throughput (second part) and the
-    # tensor decoder's pipeline against its ceiling (third part), merged
+    # tensor decoder's pipeline against its ceiling (third part), merged; the paper flow (fourth
+    # part) times no benchmark
     pipeline = "extract_features / ceiling, tensor"
     assert set(timed) == {"GradNorm / MSP throughput", "msp", "gradnorm", pipeline}
     assert timed[pipeline]["extra_info"]["verdict"] in {"met", "missed", "inconclusive"}
@@ -54,4 +55,11 @@ def test_dry_run_writes_the_json_and_the_summary(tmp_path):
     assert "## throughput (exit status 0)" in summary
     assert "## pipeline (exit status 0)" in summary
     assert "features / decode ceiling" in summary
+    # the paper flow on the miniature: random and briefly trained models fail the rows (exit
+    # status 1), the ResNet-20s are trained, and the plan and stage times follow its summary
+    assert "## paper (exit status 1, no benchmark JSON)" in summary
+    assert "rows run" in summary and "### Stage times" in summary
+    for stage in ("cifar10 train", "cifar100 train", "cifar10 forward", "imagenet forward"):
+        assert f"| {stage} |" in summary
+    assert "shortened schedule (2 epochs, not the paper's 100)" in summary
     assert sorted(p.name for p in out.iterdir()) == ["cpu-dry-run.json", "cpu-dry-run.md"]

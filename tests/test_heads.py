@@ -8,7 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
-from gradood.heads import find_head, forward_with_features, penultimate_encoder
+from gradood.heads import check_deferred, find_head, forward_with_features, penultimate_encoder
 from gradood.testing import BigTransferStyleNet, SmallCNN
 
 
@@ -107,3 +107,40 @@ def test_a_cast_after_the_head_keeps_its_values():
     assert logits.dtype == torch.float64
     torch.testing.assert_close(logits, model(x), rtol=0, atol=0)
     torch.testing.assert_close(features, model.net.features(x), rtol=0, atol=0)
+
+
+class _ScaledSometimes(SmallCNN):
+    """Scales its logits in place on the calls listed in ``scaled`` (0-based)."""
+
+    def __init__(self, scaled: set[int]):
+        super().__init__(num_classes=4)
+        self.scaled, self.calls = scaled, 0
+
+    def forward(self, x):
+        out = super().forward(x)
+        if self.calls in self.scaled:
+            out *= 1.5
+        self.calls += 1
+        return out
+
+
+@pytest.mark.parametrize("scaled", [set(), {0}, {2}])
+def test_deferred_head_checks_raise_once_for_all_batches(scaled):
+    torch.manual_seed(0)
+    model = _ScaledSometimes(scaled).eval()
+    head = find_head(model)
+    deferred: list[torch.Tensor] = []
+    with torch.no_grad():
+        for _ in range(3):  # no batch raises while deferred
+            forward_with_features(model, head, torch.randn(2, 3, 8, 8), deferred)
+    assert len(deferred) == 3
+    if scaled:
+        with pytest.raises(ValueError, match="not the output of its head 'fc'"):
+            check_deferred(model, head, deferred, 4)
+    else:
+        check_deferred(model, head, deferred, 4)
+    assert deferred == []
+    model.calls = min(scaled, default=0)  # and undeferred, the same batch raises at once
+    if scaled:
+        with pytest.raises(ValueError, match="not the output of its head 'fc'"):
+            forward_with_features(model, head, torch.randn(2, 3, 8, 8))

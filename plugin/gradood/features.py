@@ -83,7 +83,7 @@ from .capture import layer_outputs
 from .distributed import Ranks, current_ranks, resolve_device
 from .files import atomic_torch_save, exclusive_lock
 from .fingerprint import Fingerprint, keyed_by_attributes, qualified_name
-from .heads import Head, find_head, forward_logits, forward_with_features
+from .heads import Head, check_deferred, find_head, forward_logits, forward_with_features
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -447,11 +447,14 @@ def _run(
         tqdm(total=total, desc=plan.desc, unit="sample", disable=not plan.progress) as bar,
     ):
         for start, stop in ranges:
-            parts = []
+            parts, deferred = [], []
             for _ in range(math.ceil((stop - start) / size)):
                 inputs, labels = _pair(next(batch_iterator))
-                parts.append(_forward(model, head, inputs, labels, captured, plan))
+                parts.append(_forward(model, head, inputs, labels, captured, plan, deferred))
                 bar.update(len(labels))
+            _wait_for_copies(plan.device)  # the host waits for the device once per chunk
+            if head is not None:
+                check_deferred(model, head, deferred, parts[0].logits.shape[1])
             on_chunk(start, stop, Features.cat(parts))
 
 
@@ -473,6 +476,7 @@ def _forward(
     labels: Tensor,
     captured: dict[str, list[Tensor]],
     plan: _Plan,
+    deferred: list[Tensor],
 ) -> Features:
     for outputs in captured.values():
         outputs.clear()
@@ -487,7 +491,7 @@ def _forward(
             logits = forward_logits(model, inputs)
             features = logits.new_empty(logits.shape[0], 0)
         else:
-            logits, features = forward_with_features(model, head, inputs)
+            logits, features = forward_with_features(model, head, inputs, deferred)
         extras = {
             name: _reduce(name, outputs, plan.reduction) for name, outputs in captured.items()
         }
@@ -522,9 +526,21 @@ def _reduce(name: str, outputs: list[Tensor], reduction: Reduction) -> Tensor:
 
 
 def _stored(tensor: Tensor) -> Tensor:
+    """``tensor`` on the host (float32 for half precision). From CUDA, copied into pinned
+    memory without waiting: valid after :func:`_wait_for_copies`."""
     if tensor.dtype in (torch.float16, torch.bfloat16):
         tensor = tensor.float()
-    return tensor.detach().cpu()
+    tensor = tensor.detach()
+    if tensor.device.type != "cuda":
+        return tensor.cpu()
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    return host.copy_(tensor, non_blocking=True)
+
+
+def _wait_for_copies(device: torch.device) -> None:
+    """Wait for the device's queued work, the copies of :func:`_stored` included."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 # -- the cache key ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from .shared import shared_for
 __all__ = [
     "Head",
     "PenultimateEncoder",
+    "check_deferred",
     "check_output_is_head_output",
     "find_head",
     "forward_logits",
@@ -165,9 +166,17 @@ def capture_head(head: Head) -> Iterator[list[dict[str, Tensor]]]:
 
 
 def check_output_is_head_output(
-    model: nn.Module, head: Head, logits: Tensor, head_output: Tensor
+    model: nn.Module,
+    head: Head,
+    logits: Tensor,
+    head_output: Tensor,
+    deferred: list[Tensor] | None = None,
 ) -> None:
     """Raise unless the model's logits equal, value for value, what its head returned.
+
+    With ``deferred``, the values are compared on their device without waiting: a 0-dim
+    boolean tensor (true where they differ) is appended to it, for :func:`check_deferred` to
+    raise on after many batches (one host synchronization instead of one per batch).
 
     :raises ValueError: naming the head and both shapes if they differ (a wrongly guessed head,
         or a layer or an in-place operation after the head that changes the logits), and the
@@ -180,14 +189,30 @@ def check_output_is_head_output(
             "registered nn.Linear or 1x1 nn.Conv2d, which need not be the last one applied; "
             "pass the correct head=..."
         )
-    # a cast after the head (e.g. autocast's bf16 to float32) keeps the values
-    if not torch.equal(head_output.reshape(logits.shape).to(logits.dtype), logits.detach()):
-        raise ValueError(
-            f"the model's output is not the output of its head '{head.name}' (a layer or an "
-            "in-place operation after the head changes the logits); pass the correct head=..., "
-            "or select parameters with params=... for exact per-sample gradients through it"
-            + _several_heads(model, logits.shape[1])
-        )
+    # a cast after the head (e.g. autocast's bf16 to float32) keeps the values; NaN differs
+    differs = (head_output.reshape(logits.shape).to(logits.dtype) != logits.detach()).any()
+    if deferred is not None:
+        deferred.append(differs)
+    elif differs:
+        raise _values_differ(model, head, logits.shape[1])
+
+
+def check_deferred(model: nn.Module, head: Head, deferred: list[Tensor], width: int) -> None:
+    """Raise as :func:`check_output_is_head_output` if a deferred comparison found a difference
+    (``width``: the number of logits); empties ``deferred``."""
+    differs = bool(torch.stack(deferred).any()) if deferred else False
+    deferred.clear()
+    if differs:
+        raise _values_differ(model, head, width)
+
+
+def _values_differ(model: nn.Module, head: Head, width: int) -> ValueError:
+    return ValueError(
+        f"the model's output is not the output of its head '{head.name}' (a layer or an "
+        "in-place operation after the head changes the logits); pass the correct head=..., "
+        "or select parameters with params=... for exact per-sample gradients through it"
+        + _several_heads(model, width)
+    )
 
 
 def _several_heads(model: nn.Module, width: int) -> str:
@@ -201,8 +226,12 @@ def _several_heads(model: nn.Module, width: int) -> str:
     )
 
 
-def forward_with_features(model: nn.Module, head: Head, x: Tensor) -> tuple[Tensor, Tensor]:
-    """One forward pass: the model's logits (B x C) and the head's pooled input (B x D).
+def forward_with_features(
+    model: nn.Module, head: Head, x: Tensor, deferred: list[Tensor] | None = None
+) -> tuple[Tensor, Tensor]:
+    """One forward pass: the model's logits (B x C) and the head's pooled input (B x D); with
+    ``deferred``, the check of the logits against the head's output is left to
+    :func:`check_deferred` (see :func:`check_output_is_head_output`).
 
     :raises ValueError: if the head did not run, or if the model's output is not, by value, the
         head's output (then the logits cannot be recomputed from the features)
@@ -213,7 +242,7 @@ def forward_with_features(model: nn.Module, head: Head, x: Tensor) -> tuple[Tens
         raise ValueError(f"the head '{head.name}' was not called in the model's forward pass")
     record = calls[-1]  # the call whose output the model returns, if any
     features = head.pooled_features(record["input"])
-    check_output_is_head_output(model, head, logits, record["output"])
+    check_output_is_head_output(model, head, logits, record["output"], deferred)
     return logits, features
 
 

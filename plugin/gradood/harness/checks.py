@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .. import reported
 from ..evaluate import evaluate
+from ..features import default_num_workers
 from ..registry import build_and_fit, create_detector, detector_spec
 
 __all__ = [
@@ -321,7 +322,7 @@ def measure(
     preset: str,
     device: str | torch.device | None = None,
     batch_size: int = 64,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     cache_dir: Any = None,
     progress: bool = True,
 ) -> dict[tuple, dict[str, float]]:
@@ -329,11 +330,15 @@ def measure(
     detectors with the protocol's ``preset``, fit those that need it, and score them all with
     one :func:`gradood.evaluate` call. Returns :func:`measured_rows`.
 
+    :param num_workers: DataLoader workers for the fits and the forward passes; ``None``: as
+        :func:`gradood.features.default_num_workers` chooses (on CUDA, decoding in parallel
+        workers keeps the device busy; on the CPU, none)
     :raises DatasetNotFoundError: if a fit needs the ID training set and it is missing
     """
+    workers = default_num_workers(device or "cpu") if num_workers is None else num_workers
 
     def loader(dataset: Dataset) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+        return DataLoader(dataset, batch_size=batch_size, num_workers=workers)
 
     if device is not None:
         model.to(device)

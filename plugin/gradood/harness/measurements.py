@@ -9,6 +9,7 @@ import pytest
 
 from ..protocols import DatasetNotFoundError, protocol_class
 from .checks import Comparison, PaperCheck, compare, measure, measurement_plan
+from .inputs import load_model, open_benchmark
 from .plugin import details_hint, option_path, run_report
 
 __all__ = ["PaperMeasurements"]
@@ -52,23 +53,23 @@ class PaperMeasurements:
         return value
 
     def _inputs(self, protocol: str) -> tuple:
-        hook = self.config.hook
         return (
-            hook.pytest_gradood_open_protocol(config=self.config, name=protocol),
-            hook.pytest_gradood_load_model(config=self.config, protocol=protocol).eval(),
+            open_benchmark(self.config, protocol),
+            load_model(self.config, protocol).eval(),
         )
 
     def _measure(self, protocol: str, group: str, checks: list[PaperCheck]) -> dict:
         benchmark, model = self._once(("inputs", protocol), lambda: self._inputs(protocol))
-        return measure(
-            benchmark,
-            model,
-            measurement_plan(checks, protocol, group),
-            group=group,
-            preset=protocol_class(protocol).detector_preset,
-            device=self.device,
-            cache_dir=option_path(self.config, "cache_dir"),
-        )
+        with run_report(self.config).stages.timed(f"{protocol} {group}"):
+            return measure(
+                benchmark,
+                model,
+                measurement_plan(checks, protocol, group),
+                group=group,
+                preset=protocol_class(protocol).detector_preset,
+                device=self.device,
+                cache_dir=option_path(self.config, "cache_dir"),
+            )
 
 
 @dataclass(frozen=True)

@@ -20,16 +20,20 @@ plugins'):
   writes its report into a new time-stamped folder there.
 - ``--gradood-download`` (``GRADOOD_DOWNLOAD=1``): download the public datasets and checkpoints
   the run needs (:mod:`gradood.harness.downloading`).
+- ``--gradood-train``, ``--gradood-train-epochs N``: train a missing CIFAR ResNet-20 in the run
+  (the paper's recipe, or a shortened N-epoch schedule in files of its own); see
+  :mod:`gradood.harness.training`.
 - ``--gradood-enforce-speed`` (``GRADOOD_ENFORCE_SPEED=1``): a missed speed target fails its
   test on the CPU too; otherwise CPU verdicts are reported only, as a shared CPU's timings say
   little.
 
-This repository's root ``conftest.py`` adds the short spelling of each (``--gpu``, ...; see
+Before the first test, the run prints its plan (:mod:`gradood.harness.plan`). This
+repository's root ``conftest.py`` adds the short spelling of each (``--gpu``, ...; see
 :mod:`gradood.harness.spelling`). A report or cache directory given that cannot be written, and
 a data root or checkpoint directory given that does not exist, are usage errors before any test
 runs (the defaults are not checked: a project may never use the harness; a report that cannot
-be written there is said at the end). The run ends
-with the summary of :mod:`gradood.harness.summary` (after pytest's own short summary).
+be written there is said at the end). The run ends with the summary of
+:mod:`gradood.harness.summary` (after pytest's own short summary).
 
 Marker: ``gradood_gpu`` (needs CUDA; skipped without ``--gradood-gpu``). Fixtures: ``device``
 (``"cuda"`` with ``--gradood-gpu``, else ``"cpu"``), ``gradood_report`` (the run's
@@ -39,6 +43,7 @@ Marker: ``gradood_gpu`` (needs CUDA; skipped without ``--gradood-gpu``). Fixture
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -49,6 +54,7 @@ __all__ = [
     "details_hint",
     "enforce_speed_targets",
     "flag",
+    "only_gradood_implements",
     "option_path",
     "report_folder",
     "run_report",
@@ -107,6 +113,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             help=f"{what} (environment: {variable}; default: <rootdir>/{default})",
         )
     group.addoption(
+        flag("train"),
+        dest="gradood_train",
+        action="store_true",
+        default=False,
+        help="train a protocol's missing ResNet-20 checkpoint with the paper's recipe on the "
+        "run's device (see gradood.harness.training)",
+    )
+    group.addoption(
+        flag("train_epochs"),
+        dest="gradood_train_epochs",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="use (and with --gradood-train, train) ResNet-20s of a shortened N-epoch schedule, "
+        "named apart from the paper recipe's",
+    )
+    group.addoption(
         flag("enforce_speed"),
         dest="gradood_enforce_speed",
         action="store_true",
@@ -122,6 +145,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(never ImageNet; nothing is overwritten; environment: GRADOOD_DOWNLOAD=1; see "
         "gradood.harness.downloading)",
     )
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"an integer >= 1, got {text!r}")
+    return int(text)
 
 
 def uses_gpu(config: pytest.Config) -> bool:
@@ -291,7 +322,7 @@ def gradood_report(request: pytest.FixtureRequest):
 # -- default hook implementations ------------------------------------------------------------
 
 
-def _only_gradood_implements(hook) -> bool:
+def only_gradood_implements(hook) -> bool:
     """Whether every implementation of ``hook`` is gradood's own (no project overrides it)."""
 
     def module_of(plugin) -> str:
@@ -304,6 +335,7 @@ def _only_gradood_implements(hook) -> bool:
 def pytest_gradood_open_protocol(config: pytest.Config, name: str):
     from ..protocols import make_protocol, missing
     from .downloading import missing_line
+    from .training import record_missing_model
 
     root = option_path(config, "data_root")
     problems = missing(name, root)
@@ -314,8 +346,8 @@ def pytest_gradood_open_protocol(config: pytest.Config, name: str):
             [where, *(missing_line(name, p, root, flag("download", config)) for p in problems)]
         )
         run_report(config).add_missing(name, "data", reason, details)
-        if _only_gradood_implements(config.hook.pytest_gradood_load_model):  # ours: list it too
-            _missing_checkpoint(config, name)
+        if only_gradood_implements(config.hook.pytest_gradood_load_model):  # ours: list it too
+            record_missing_model(config, name)
         pytest.skip(f"{name}: {reason} ({details_hint(config)})")
     return make_protocol(name, root)
 
@@ -328,30 +360,21 @@ def details_hint(config: pytest.Config) -> str:
     return f"see the report's {MISSING_DATA}"
 
 
-def _missing_checkpoint(config: pytest.Config, protocol: str) -> str | None:
-    """Why ``protocol``'s checkpoint cannot be loaded (recorded in the report), or ``None``."""
-    from ..protocols import protocol_class
-
-    cls = protocol_class(protocol)
-    path = option_path(config, "checkpoint_dir") / cls.checkpoint_file
-    if path.is_file():
-        return None
-    reason = f"model {path.name} missing"
-    where = f"({flag('checkpoint_dir', config)})"
-    details = f"- {path} {where} is missing: {cls.how_to_get_model(path)}"
-    run_report(config).add_missing(protocol, "model", reason, details)
-    return reason
-
-
 @pytest.hookimpl(trylast=True)
 def pytest_gradood_load_model(config: pytest.Config, protocol: str):
-    from ..protocols import protocol_class
+    from .training import load_or_train
 
-    reason = _missing_checkpoint(config, protocol)
-    if reason is not None:
-        pytest.skip(f"{protocol}: {reason} ({details_hint(config)})")
-    cls = protocol_class(protocol)
-    return cls.load_model(option_path(config, "checkpoint_dir") / cls.checkpoint_file)
+    return load_or_train(config, protocol)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The plan (what is measured, what is missing, an estimate), before the first test."""
+    # without the paper checks' module, no paper check was collected: torch stays unimported
+    if session.config.option.collectonly or "gradood.harness.paper_tests" not in sys.modules:
+        return
+    from .plan import announce
+
+    announce(session.config, session.items)
 
 
 # -- the report ------------------------------------------------------------------------------
@@ -363,7 +386,7 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config):
     result = yield
     report = config.stash.get(_REPORT, None)
     if report is None or not (
-        report.tables or report.comparisons or report.speed or report.skipped
+        report.tables or report.comparisons or report.speed or report.skipped or report.plan
     ):
         return result
     from ..files import atomic_write_text

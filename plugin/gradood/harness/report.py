@@ -15,23 +15,14 @@ import pandas as pd
 from .. import reported
 from ..files import atomic_write, atomic_write_text
 from .checks import Comparison, PaperCheck
+from .document import markdown_table, reproduction_report
+from .stages import Stages
 from .timing import SpeedCheck
 
 __all__ = ["MISSING_DATA", "Report"]
 
 #: the report's file of what the skipped checks need
 MISSING_DATA = "missing-data.md"
-
-_SIDE_BY_SIDE = [
-    "check",
-    "FPR95 reported",
-    "FPR95 measured",
-    "FPR95 difference",
-    "AUROC reported",
-    "AUROC measured",
-    "AUROC difference",
-    "within tolerance",
-]
 
 
 @dataclass
@@ -53,6 +44,14 @@ class Report:
     missing: dict[str, str] = field(default_factory=dict)
     #: protocol -> why (some of) its checks could not run, in a few words
     unavailable: dict[str, str] = field(default_factory=dict)
+    #: the plan printed before the first measurement (lines), if any
+    plan: list[str] = field(default_factory=list)
+    #: the stages' estimated and actual times
+    stages: Stages = field(default_factory=Stages)
+    #: protocol -> which checkpoint its model came from (recipe, origin, path)
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    #: where the run ran (device, versions, commit), for ``paper.md``
+    environment: dict[str, str] = field(default_factory=dict)
 
     def add_missing(self, protocol: str, what: str, reason: str, details: str) -> None:
         """Record that ``protocol`` lacks ``what``: ``reason`` in a few words (the summary's),
@@ -78,15 +77,14 @@ class Report:
             written.append(atomic_write_text(directory / "speed.txt", "\n".join(lines) + "\n"))
         frame = self.side_by_side()
         if len(frame):
-            written += [
-                atomic_write_text(directory / "paper.csv", frame.to_csv(index=False)),
-                atomic_write_text(directory / "paper.md", _markdown(frame[_SIDE_BY_SIDE])),
-            ]
+            written.append(atomic_write_text(directory / "paper.csv", frame.to_csv(index=False)))
+        if len(frame) or self.plan:
+            written.append(atomic_write_text(directory / "paper.md", reproduction_report(self)))
         for name, table in self.tables.items():
             stem = _file_stem(name)
             written += [
                 atomic_write_text(directory / f"{stem}.csv", table.to_csv(index=False)),
-                atomic_write_text(directory / f"{stem}.md", _markdown(_percent(table))),
+                atomic_write_text(directory / f"{stem}.md", markdown_table(_percent(table))),
             ]
         written += _figures(frame, self.tables, self.defaults, directory)
         return written
@@ -105,18 +103,6 @@ def _percent(table: pd.DataFrame) -> pd.DataFrame:
         if metric in shown.columns:
             shown[metric] = (100 * shown[metric]).round(2)
     return shown
-
-
-def _markdown(frame: pd.DataFrame) -> str:
-    def cell(value: object) -> str:
-        if isinstance(value, float):
-            return "inf" if math.isinf(value) else ("" if math.isnan(value) else f"{value:.2f}")
-        return str(value)
-
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "|" + "---|" * len(frame.columns)
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body]) + "\n"
 
 
 def _file_stem(name: str) -> str:

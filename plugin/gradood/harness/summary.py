@@ -19,6 +19,7 @@ import pandas as pd
 
 from ..evaluate import AVERAGE, METRICS
 from .report import MISSING_DATA, Report
+from .stages import seconds
 
 __all__ = ["MAX_LINES", "MAX_WIDTH", "shown_path", "summary_lines"]
 
@@ -39,6 +40,7 @@ def summary_lines(report: Report, folder: Path | None) -> list[str]:
         lines += _speed_lines(report)
     if report.comparisons or report.skipped:
         lines += _paper_lines(report, folder)
+    lines += _stage_lines(report)
     if folder is not None:
         lines.append(f"report: {shown_path(folder)}")
     return [line[:MAX_WIDTH] for line in lines]
@@ -147,6 +149,27 @@ def _paper_lines(report: Report, folder: Path | None) -> list[str]:
         lines.append(line)
         if compared:
             lines.append(f"            worst: {_deviation(max(compared, key=_excess))}")
+    return [*lines, ""]
+
+
+def _stage_lines(report: Report) -> list[str]:
+    """The stages that ran, actual time (estimate), in at most two lines; the rest is in
+    ``paper.md``."""
+    ran = report.stages.ran()
+    if not ran:
+        return []
+    total = report.stages.total("actual")
+    head = f"stages: {seconds(total)} (estimate {seconds(report.stages.total('estimate'))}): "
+    parts = [f"{s.name} {seconds(s.actual)} ({seconds(s.estimate)})" for s in ran]
+    lines, line = [], head
+    for part in parts:
+        if len(line) + len(part) + 2 > MAX_WIDTH and line.strip():
+            lines.append(line.rstrip(", "))
+            line = "  "
+        line += part + ", "
+    lines.append(line.rstrip(", "))
+    if len(lines) > 2:
+        lines = [*lines[:1], "  ... each stage's time in paper.md"]
     return [*lines, ""]
 
 

@@ -40,6 +40,7 @@ from torchvision.datasets import CIFAR10, CIFAR100
 from tqdm.auto import tqdm
 
 from ..files import atomic_torch_save
+from .device_data import DeviceDataset, augment
 from .preprocessing import CIFAR_RESNET20
 from .resnet20 import (
     CHECKPOINT_FORMAT,
@@ -67,6 +68,10 @@ __all__ = [
 _DATASETS = {"cifar10": (CIFAR10, 10, "CIFAR-10"), "cifar100": (CIFAR100, 100, "CIFAR-100")}
 _CIFAR_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
 _EVAL_BATCH_SIZE = 500
+_AUGMENTATIONS = ("workers", "device")
+#: training batches between two updates of the progress bar's loss and accuracy (each update
+#: waits for the device)
+_SHOWN_EVERY = 20
 
 
 class DatasetError(RuntimeError):
@@ -100,6 +105,9 @@ class TrainConfig:
     batch_size: int = 128
     seed: int = 0
     num_workers: int = 4
+    #: where the augmentation is drawn: ``"workers"`` (the dataset's own transform, in the
+    #: DataLoader's workers) or ``"device"`` (:mod:`gradood.models.device_data`)
+    augmentation: str = "workers"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "milestones", tuple(self.milestones))
@@ -129,6 +137,10 @@ class TrainConfig:
                 "num_workers must be an integer >= 0",
             ),
             (_is_integer(self.seed), "seed must be an integer"),
+            (
+                self.augmentation in _AUGMENTATIONS,
+                f"augmentation must be one of {_AUGMENTATIONS}",
+            ),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:
@@ -297,20 +309,76 @@ def _train_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, test_set: Dataset, device: torch.device, num_workers: int = 0
+    model: nn.Module,
+    test_set: Dataset | DeviceDataset,
+    device: torch.device,
+    num_workers: int = 0,
 ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` (in eval mode) on ``test_set``."""
+    """Mean cross-entropy and accuracy of ``model`` (in eval mode) on ``test_set``; sums on the
+    device, one synchronization at the end."""
     model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
-    for images, labels in _loader(test_set, _EVAL_BATCH_SIZE, num_workers, device):
-        images, labels = images.to(device), labels.to(device)
+    device = torch.device(device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    count = 0
+    if isinstance(test_set, DeviceDataset):
+        n = len(test_set)
+        batches = (
+            (test_set.images[s : s + _EVAL_BATCH_SIZE], test_set.labels[s : s + _EVAL_BATCH_SIZE])
+            for s in range(0, n, _EVAL_BATCH_SIZE)
+        )
+    else:
+        batches = _loader(test_set, _EVAL_BATCH_SIZE, num_workers, device)
+    for images, labels in batches:
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
         logits = model(images)
-        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-        correct += int((logits.argmax(1) == labels).sum())
+        loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
+        correct += (logits.argmax(1) == labels).sum()
         count += len(labels)
     if count == 0:
         raise ValueError("the test set is empty")
-    return loss_sum / count, correct / count
+    return float(loss_sum) / count, int(correct) / count
+
+
+def _train_epoch_on_device(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: DeviceDataset,
+    config: TrainConfig,
+    epoch: int,
+    device: torch.device,
+    progress: bool,
+) -> tuple[float, float]:
+    """One epoch on a dataset held on ``device``, augmented there (:func:`augment`): the
+    order and the augmentation are drawn from a generator on the device seeded from
+    ``(seed, epoch)``; the loss and accuracy are summed on the device and read every
+    :data:`_SHOWN_EVERY` batches (for the bar) and at the end. A non-finite loss shows there."""
+    generator = torch.Generator(device=device).manual_seed(_epoch_seed(config.seed, epoch))
+    n = len(data)
+    order = torch.randperm(n, generator=generator, device=device)
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(epoch, config)
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    starts = range(0, n, config.batch_size)
+    bar = tqdm(starts, desc=f"epoch {epoch + 1}", leave=False, disable=not progress)
+    for batch, start in enumerate(bar):
+        chosen = order[start : start + config.batch_size]
+        images = augment(data.images[chosen], data.fill, generator)
+        labels = data.labels[chosen]
+        logits = model(images)
+        loss = nn.functional.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(chosen)
+        correct += (logits.argmax(1) == labels).sum()
+        if progress and (batch + 1) % _SHOWN_EVERY == 0:
+            seen = min(n, start + config.batch_size)
+            bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{int(correct) / seen:.2%}")
+    return float(loss_sum) / n, int(correct) / n
 
 
 def _check_finite(epoch: int, losses: dict[str, float], model: nn.Module | None = None) -> None:
@@ -346,6 +414,7 @@ def _checkpoint(model, optimizer, config, history, device) -> dict:
 
 def _config_from(saved: dict, path: Path) -> TrainConfig:
     names = {f.name for f in fields(TrainConfig)}
+    saved = {"augmentation": "workers", **saved}  # recorded since the device path exists
     if set(saved) != names:
         raise ValueError(f"'{path}' records another recipe format: {sorted(saved)}")
     return TrainConfig(**saved)
@@ -384,8 +453,8 @@ def _check_out(out: Path | None, overwrite: bool, resume: bool) -> None:
 
 def train(
     config: TrainConfig,
-    train_set: Dataset,
-    test_set: Dataset,
+    train_set: Dataset | DeviceDataset,
+    test_set: Dataset | DeviceDataset,
     out: str | os.PathLike | None = None,
     *,
     device: str | torch.device | None = None,
@@ -394,7 +463,9 @@ def train(
     progress: bool = False,
 ) -> TrainResult:
     """Train a ResNet-20 with ``config`` on ``train_set`` (items ``(image tensor, label)``,
-    augmented by the dataset's own transform) and test it on ``test_set`` after every epoch.
+    augmented by the dataset's own transform; or, with ``augmentation="device"``, a
+    :class:`DeviceDataset` augmented on its device) and test it on ``test_set`` after every
+    epoch.
 
     Seeds the global random generators (see the module docstring). With ``out``, the checkpoint
     is written atomically after every epoch: the model and optimizer states, the recipe, the
@@ -412,6 +483,13 @@ def train(
     """
     out = None if out is None else Path(out)
     _check_out(out, overwrite, resume)
+    on_device = isinstance(train_set, DeviceDataset)
+    if on_device != (config.augmentation == "device"):
+        raise ValueError(
+            f"augmentation={config.augmentation!r} needs "
+            + ("a DeviceDataset" if config.augmentation == "device" else "a Dataset")
+            + f" as train_set, got {type(train_set).__name__}"
+        )
     device = torch.device(default_device() if device is None else device)
     seed_everything(config.seed)
     model = resnet20(config.num_classes).to(device)
@@ -438,9 +516,10 @@ def train(
         desc=f"ResNet-20 on {config.dataset}",
         disable=not progress,
     )
+    train_epoch = _train_epoch_on_device if on_device else _train_epoch
     for epoch in epochs:
         start = time.perf_counter()
-        train_loss, train_accuracy = _train_epoch(
+        train_loss, train_accuracy = train_epoch(
             model, optimizer, train_set, config, epoch, device, progress
         )
         test_loss, test_accuracy = evaluate(model, test_set, device, config.num_workers)

@@ -69,6 +69,8 @@ class GradNormProtocol(Benchmark):
     ood_names: ClassVar[list[str]]
     #: the file name of the protocol's model checkpoint (in the harness's checkpoint folder)
     checkpoint_file: ClassVar[str]
+    #: whether the harness can train the model (``--gradood-train``: a CIFAR ResNet-20)
+    trainable: ClassVar[bool] = False
     #: the decoders (:data:`gradood.decoding.DECODERS`) that compute its default transform
     decoders: ClassVar[tuple[str, ...]] = DECODERS
     #: where the model's checkpoint is published (then ``--gradood-download`` fetches it)
@@ -77,6 +79,11 @@ class GradNormProtocol(Benchmark):
     @classmethod
     def load_model(cls, path: str | PathLike) -> nn.Module:
         """The protocol's model from its checkpoint at ``path`` (evaluation mode)."""
+        raise NotImplementedError
+
+    @classmethod
+    def architecture(cls) -> nn.Module:
+        """The model's architecture, untrained (to time it before its checkpoint exists)."""
         raise NotImplementedError
 
     @classmethod

@@ -26,7 +26,7 @@ from pytorch_ood.dataset.img import LSUNCrop, Textures
 from torchvision.datasets import CIFAR10, CIFAR100
 
 from ..models.preprocessing import CIFAR_RESNET20
-from ..models.resnet20 import load_resnet20
+from ..models.resnet20 import load_resnet20, resnet20
 from .archives import Archive
 from .base import GradNormProtocol
 from .expected import Expected, ExpectedData
@@ -81,6 +81,13 @@ class _CifarProtocol(GradNormProtocol):
     def load_model(cls, path):
         """A ResNet-20 trained by the paper's recipe (:func:`gradood.models.load_resnet20`)."""
         return load_resnet20(path).eval()
+
+    trainable = True
+
+    @classmethod
+    def architecture(cls):
+        """A freshly initialized ResNet-20 with the protocol's classes."""
+        return resnet20(cls.paper_expected[cls.id_test_source.name].classes)
 
     @classmethod
     def how_to_get_model(cls, path) -> str:

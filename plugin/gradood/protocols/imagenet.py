@@ -72,6 +72,11 @@ class ImageNetGradNorm(GradNormProtocol):
         return bit_s_r101x1(path).eval()
 
     @classmethod
+    def architecture(cls):
+        """BiT-S-R101x1, untrained (timm's architecture)."""
+        return bit_s_r101x1()
+
+    @classmethod
     def how_to_get_model(cls, path) -> str:
         return (
             f"download the authors' fine-tuned checkpoint {BIT_S_R101X1_URL} to {path} (the "

@@ -1,0 +1,76 @@
+"""The protocols' benchmarks, opened once per run through the ``pytest_gradood_open_protocol``
+hook, for the plan, the training and the measurements alike."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+__all__ = ["hook_model", "load_model", "open_benchmark"]
+
+_OPENED = pytest.StashKey[dict]()
+_LOADED = pytest.StashKey[dict]()
+
+
+@dataclass(frozen=True)
+class _Skipped:
+    reason: str
+
+
+def open_benchmark(config: pytest.Config, name: str):
+    """The benchmark of protocol ``name`` from the hook, opened on the first call; a skip (what
+    is missing) is remembered and repeated."""
+    return _once(
+        config,
+        _OPENED,
+        name,
+        lambda: config.hook.pytest_gradood_open_protocol(config=config, name=name),
+    )
+
+
+def load_model(config: pytest.Config, protocol: str):
+    """The model of ``protocol`` from the ``pytest_gradood_load_model`` hook, loaded (or
+    trained) on the first call; a skip is remembered and repeated."""
+    return _once(
+        config,
+        _LOADED,
+        protocol,
+        lambda: config.hook.pytest_gradood_load_model(config=config, protocol=protocol),
+    )
+
+
+def hook_model(config: pytest.Config, protocol: str):
+    """The model of ``protocol`` from an implementation of ``pytest_gradood_load_model`` other
+    than the harness's default (which may train), kept for :func:`load_model`; ``None`` if none
+    returns one."""
+    from . import plugin
+
+    caller = config.pluginmanager.subset_hook_caller(
+        "pytest_gradood_load_model", remove_plugins=[plugin]
+    )
+    loaded = config.stash.setdefault(_LOADED, {})
+    if protocol in loaded:
+        return _once(config, _LOADED, protocol, lambda: None)
+    try:
+        model = caller(config=config, protocol=protocol)
+    except pytest.skip.Exception as skipped:
+        loaded[protocol] = _Skipped(str(skipped.msg))
+        raise
+    if model is not None:
+        loaded[protocol] = model
+    return model
+
+
+def _once(config: pytest.Config, key: pytest.StashKey[dict], name: str, make: Callable):
+    done = config.stash.setdefault(key, {})
+    if name not in done:
+        try:
+            done[name] = make()
+        except pytest.skip.Exception as skipped:
+            done[name] = _Skipped(str(skipped.msg))
+    value = done[name]
+    if isinstance(value, _Skipped):
+        pytest.skip(value.reason)
+    return value
