@@ -1,7 +1,16 @@
 """gradood's detectors, one per module, all with pytorch-ood's API."""
 
-from .gradnorm import GradNorm, gradnorm_score
+from .gradnorm import GradNorm, gradnorm_factors, gradnorm_score
+from .gradnorm_factors import GradNormU, GradNormV
 from .lee_alregib import LeeAlRegib
 from .mahalanobis_ensemble import MahalanobisEnsemble
 
-__all__ = ["GradNorm", "LeeAlRegib", "MahalanobisEnsemble", "gradnorm_score"]
+__all__ = [
+    "GradNorm",
+    "GradNormU",
+    "GradNormV",
+    "LeeAlRegib",
+    "MahalanobisEnsemble",
+    "gradnorm_factors",
+    "gradnorm_score",
+]

@@ -43,7 +43,14 @@ from ..heads import (
 from ..paper import GRADNORM_PAPER
 from ..validation import check_finite, check_norm_order, check_positive_int, check_temperature
 
-__all__ = ["PAPER_NORMS", "PAPER_TEMPERATURES", "GradNorm", "gradnorm_score", "uniform_loss"]
+__all__ = [
+    "PAPER_NORMS",
+    "PAPER_TEMPERATURES",
+    "GradNorm",
+    "gradnorm_factors",
+    "gradnorm_score",
+    "uniform_loss",
+]
 
 #: the norms of the paper's Table 7
 PAPER_NORMS: list[float] = [0.3, 0.5, 0.8, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, math.inf]
@@ -64,6 +71,20 @@ def _log_norm(rows: Tensor, p: float) -> Tensor:
     return torch.logsumexp(p * magnitudes.log(), dim=1) / p
 
 
+def gradnorm_factors(
+    logits: Tensor, features: Tensor, p: float = 1.0, temperature: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """GradNorm's two factors, :math:`U = \\lVert h \\rVert_p` and
+    :math:`V = \\lVert g \\rVert_p` with :math:`g = (C \\, \\mathrm{softmax}(z/T) - 1) / T`
+    (see :func:`gradnorm_score`), the split of the paper's Section 5.
+
+    :return: float64 tensors ``(U, V)`` of shape B, without an autograd graph
+    :raises ValueError: if a factor overflows float64 (only for tiny ``p``)
+    """
+    log_u, log_v = _log_factors(logits, features, p, temperature)
+    return _finite_exp(log_u, p, "feature"), _finite_exp(log_v, p, "logit-gradient")
+
+
 def gradnorm_score(
     logits: Tensor, features: Tensor, p: float = 1.0, temperature: float = 1.0
 ) -> Tensor:
@@ -76,14 +97,26 @@ def gradnorm_score(
     :return: float64 scores of shape B, without an autograd graph
     :raises ValueError: if a score overflows float64 (only for tiny ``p``)
     """
+    log_u, log_v = _log_factors(logits, features, p, temperature)
+    return _finite_exp(log_u + log_v, p, "gradient")
+
+
+def _log_factors(
+    logits: Tensor, features: Tensor, p: float, temperature: float
+) -> tuple[Tensor, Tensor]:
+    """``(log U, log V)`` in float64 (see :func:`gradnorm_factors`)."""
     p, temperature = check_norm_order(p), check_temperature(temperature)
     z, h = logits.detach().double(), features.detach().double()
     num_classes = z.shape[1]
     logit_grad = (num_classes * torch.softmax(z / temperature, dim=1) - 1) / temperature
-    scores = torch.exp(_log_norm(logit_grad, p) + _log_norm(h, p))
-    if not bool(torch.isfinite(scores).all()):
-        raise ValueError(f"the L_{p:g} gradient norm overflows float64; use a larger p")
-    return scores
+    return _log_norm(h, p), _log_norm(logit_grad, p)
+
+
+def _finite_exp(log_values: Tensor, p: float, what: str) -> Tensor:
+    values = torch.exp(log_values)
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError(f"the L_{p:g} {what} norm overflows float64; use a larger p")
+    return values
 
 
 class GradNorm(FeaturesDetector):
@@ -207,7 +240,7 @@ class GradNorm(FeaturesDetector):
         with torch.no_grad():
             logits, features = forward_with_features(self.model, self.head, x)
         check_finite(logits, "logits")
-        return -gradnorm_score(logits, features, self.p, self.temperature)
+        return self._score(logits, features)
 
     def predict_features(self, features: Tensor) -> Tensor:
         """Outlier scores :math:`-S(x)` from penultimate features (B x D, or B x D x 1 x 1).
@@ -235,6 +268,10 @@ class GradNorm(FeaturesDetector):
         with torch.no_grad():
             logits = self.head.logits(features)
         check_finite(logits, "logits")
+        return self._score(logits, features)
+
+    def _score(self, logits: Tensor, features: Tensor) -> Tensor:
+        """The outlier score from the head's input and output (subclasses score a factor)."""
         return -gradnorm_score(logits, features, self.p, self.temperature)
 
     def _warn_if_training(self) -> None:
