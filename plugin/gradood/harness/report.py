@@ -5,14 +5,17 @@ the speed verdicts, and what was missing for the checks that were skipped.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from .. import reported
+from ..evaluate import METRICS
 from ..files import atomic_write, atomic_write_text
 from .checks import Comparison, PaperCheck
 from .timing import SpeedCheck
@@ -80,7 +83,9 @@ class Report:
         if len(frame):
             written += [
                 atomic_write_text(directory / "paper.csv", frame.to_csv(index=False)),
-                atomic_write_text(directory / "paper.md", _markdown(frame[_SIDE_BY_SIDE])),
+                atomic_write_text(
+                    directory / "paper.md", _markdown(frame[_SIDE_BY_SIDE], _SIDE_BY_SIDE)
+                ),
             ]
         for name, table in self.tables.items():
             stem = _file_stem(name)
@@ -107,16 +112,31 @@ def _percent(table: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
-def _markdown(frame: pd.DataFrame) -> str:
-    def cell(value: object) -> str:
-        if isinstance(value, float):
-            return "inf" if math.isinf(value) else ("" if math.isnan(value) else f"{value:.2f}")
-        return str(value)
+def _markdown(frame: pd.DataFrame, metrics: Iterable[str] = METRICS) -> str:
+    """``frame`` as a Markdown table: the ``metrics`` columns (percent) with two decimals,
+    every other number exactly as it is (settings: 0.0625, 1024)."""
+    rounded = set(metrics)
+
+    def cell(value: object, column: str) -> str:
+        if isinstance(value, float) and math.isnan(value):
+            return ""
+        if isinstance(value, float) and column in rounded and not math.isinf(value):
+            return f"{value:.2f}"
+        return _exact(value) if isinstance(value, float) else str(value)
 
     header = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "|" + "---|" * len(frame.columns)
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    body = [
+        "| " + " | ".join(cell(v, c) for v, c in zip(row, frame.columns, strict=True)) + " |"
+        for row in frame.itertuples(index=False)
+    ]
     return "\n".join([header, rule, *body]) + "\n"
+
+
+def _exact(value: float) -> str:
+    """A setting as written: the shortest text that reads back as ``value`` (0.0625, 1024,
+    inf)."""
+    return "inf" if math.isinf(value) else repr(float(value)).removesuffix(".0")
 
 
 def _file_stem(name: str) -> str:
@@ -124,6 +144,13 @@ def _file_stem(name: str) -> str:
 
 
 # -- figures ---------------------------------------------------------------------------------
+
+#: chance level of each metric (a score that ignores the input): AUROC 50 %, and FPR95 95 %
+#: (at 95 % ID recall, 95 % of the OOD samples pass)
+CHANCE = {"FPR95": 95.0, "AUROC": 50.0}
+_REFERENCE = "reference"  # the gid of reference lines, labelled beside the panel, not in legends
+_REFERENCE_STYLE = {"ls": "--", "lw": 1, "color": "0.45", "gid": _REFERENCE}
+_CHANCE_STYLE = {"ls": ":", "lw": 1.5, "color": "0.25", "gid": _REFERENCE}
 
 
 def _figures(
@@ -147,14 +174,14 @@ def _figures(
             if sweep is not None:
                 path = directory / f"{_file_stem(name)}_{column}.png"
                 references = _other_averages(table, defaults.get(name))
-                title = f"{name}: GradNorm"
+                title = f"{name}: GradNorm and its factors against {_axis_name(column)}"
                 written.append(_measured_figure(sweep, references, column, path, title))
     return written
 
 
 def _other_averages(table: pd.DataFrame, shown: dict | None) -> pd.DataFrame:
-    """The ``Average`` rows of the methods but GradNorm (of ``shown``'s, where given: the
-    table's detectors of note), one per method and settings."""
+    """The ``Average`` rows of the methods but GradNorm and its factors (of ``shown``'s, where
+    given: the table's detectors of note), one per method and settings."""
     rows = table[(table["ood_data"] == "Average") & ~_is_gradnorm(table)]
     if shown:
         rows = rows[rows["method"].isin(list(shown))]
@@ -162,20 +189,25 @@ def _other_averages(table: pd.DataFrame, shown: dict | None) -> pd.DataFrame:
 
 
 def _is_gradnorm(table: pd.DataFrame) -> pd.Series:
+    """GradNorm and its factors (``gradnorm-u``, ``gradnorm-v``)."""
     return table["method"].str.lower().str.startswith("gradnorm")
+
+
+def _axis_name(column: str) -> str:
+    return "p" if column == "p" else "T"
 
 
 def _axis_values(values: pd.Series) -> tuple[list[int], list[str]]:
     """Positions and labels for p (``inf`` drawn one step past the largest finite p)."""
     finite = sorted(v for v in values.unique() if not math.isinf(v))
-    labels = [f"{v:g}" for v in finite]
+    labels = [_exact(v) for v in finite]
     if any(math.isinf(v) for v in values):
         labels.append("inf")
     return list(range(len(labels))), labels
 
 
 def _position(value: float, labels: list[str]) -> int:
-    return labels.index("inf" if math.isinf(value) else f"{value:g}")
+    return labels.index("inf" if math.isinf(value) else _exact(value))
 
 
 def _sweep_figure(
@@ -184,7 +216,7 @@ def _sweep_figure(
     import matplotlib.pyplot as plt
 
     positions, labels = _axis_values(paper[column])
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     for axis, metric in zip(axes, ("FPR95", "AUROC"), strict=True):
         for index, (ood, rows) in enumerate(paper.groupby("ood_data", sort=False)):
             color = f"C{index}"
@@ -195,14 +227,16 @@ def _sweep_figure(
                 if len(mine):
                     x = [_position(v, labels) for v in mine[column]]
                     axis.plot(x, mine[f"{metric} measured"], "o", color=color, label=f"{ood} (run)")
+        _reference_lines(axis, None, metric)
         _decorate(axis, positions, labels, column, metric)
-    axes[1].legend(fontsize=7, ncol=2)
+    _legend_below(figure, axes[0], ncol=5)
     figure.suptitle(title)
     return _save(figure, path)
 
 
 def _gradnorm_sweep(table: pd.DataFrame, column: str) -> pd.DataFrame | None:
-    """GradNorm rows of ``table`` that vary ``column`` with the other setting fixed."""
+    """GradNorm's (and its factors') rows of ``table`` that vary ``column`` with the other
+    setting fixed."""
     if column not in table.columns or "method" not in table.columns:
         return None
     rows = table[_is_gradnorm(table)]
@@ -217,32 +251,110 @@ def _gradnorm_sweep(table: pd.DataFrame, column: str) -> pd.DataFrame | None:
 def _measured_figure(
     rows: pd.DataFrame, references: pd.DataFrame, column: str, path: Path, title: str
 ) -> Path:
-    """GradNorm's metrics against ``column`` per OOD set, and each of ``references``' Average
-    (the other detectors) as a dashed horizontal line."""
+    """One row of panels per method of ``rows`` (GradNorm, then its factors), its metrics
+    against ``column`` per OOD set; the chance level, and each of ``references``' Average (the
+    other detectors) as a grey dashed line labelled beside the panel."""
     import matplotlib.pyplot as plt
 
     positions, labels = _axis_values(rows[column])
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for axis, metric in zip(axes, ("FPR95", "AUROC"), strict=True):
-        for index, (ood, part) in enumerate(rows.groupby("ood_data", sort=False)):
-            part = part.sort_values(column)
-            x = [_position(v, labels) for v in part[column]]
-            width = 2.5 if ood == "Average" else 1.0
-            axis.plot(x, 100 * part[metric], "o-", lw=width, color=f"C{index}", label=ood)
-        for index, row in enumerate(references.itertuples(index=False)):
-            value = 100 * getattr(row, metric)
-            color = plt.get_cmap("Dark2")(index % 8)
-            axis.axhline(value, ls="--", lw=1, color=color, label=f"{row.method} (Average)")
-        _decorate(axis, positions, labels, column, metric)
-    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    methods = list(dict.fromkeys(rows["method"]))
+    figure, axes = plt.subplots(
+        len(methods), 2, figsize=(12, 0.6 + 3.2 * len(methods)), squeeze=False
+    )
+    for panels, method in zip(axes, methods, strict=True):
+        for axis, metric in zip(panels, ("FPR95", "AUROC"), strict=True):
+            _plot_sweep(axis, rows[rows["method"] == method], column, labels, metric)
+            _reference_lines(axis, references, metric)
+            _decorate(axis, positions, labels, column, metric)
+            axis.set_title(_method_title(method), fontsize=9)
+    _legend_below(figure, axes[-1][0], ncol=6)
     figure.suptitle(title)
     return _save(figure, path)
 
 
+_FACTOR_TITLES = {
+    "gradnorm": "GradNorm = U V",
+    "gradnorm-u": "gradnorm-u: U = ||h||_p (features; T does not change it)",
+    "gradnorm-v": "gradnorm-v: V = ||(C softmax(z/T) - 1) / T||_p (outputs)",
+}
+
+
+def _method_title(method: str) -> str:
+    return _FACTOR_TITLES.get(method, method)
+
+
+def _plot_sweep(axis, rows: pd.DataFrame, column: str, labels: list[str], metric: str) -> None:
+    """``metric`` against ``column`` per OOD set of ``rows``; the Average thick and black."""
+    sets = [ood for ood in dict.fromkeys(rows["ood_data"]) if ood != "Average"]
+    for ood in [*sets, "Average"]:
+        part = rows[rows["ood_data"] == ood].sort_values(column)
+        if not len(part):
+            continue
+        x = [_position(v, labels) for v in part[column]]
+        style = (
+            {"lw": 2.5, "color": "black"}
+            if ood == "Average"
+            else {"lw": 1.0, "color": f"C{sets.index(ood)}"}
+        )
+        axis.plot(x, 100 * part[metric], "o-", ms=3.5, label=ood, **style)
+
+
+def _reference_lines(axis, references: pd.DataFrame | None, metric: str) -> None:
+    """The chance level and each reference's Average, labelled at the panel's right edge
+    (labels pushed apart so that they do not overlap)."""
+    from matplotlib.transforms import blended_transform_factory
+
+    references = references if references is not None else pd.DataFrame(columns=["method"])
+    axis.axhline(CHANCE[metric], label="chance", **_CHANCE_STYLE)
+    for row in references.itertuples(index=False):
+        axis.axhline(
+            100 * getattr(row, metric), label=f"{row.method} (Average)", **_REFERENCE_STYLE
+        )
+    marks = [(CHANCE[metric], "chance")] + [
+        (100 * getattr(row, metric), row.method) for row in references.itertuples(index=False)
+    ]
+    where = blended_transform_factory(axis.transAxes, axis.transData)
+    for y, text in zip(_spread([y for y, _ in marks], gap=7.0), [t for _, t in marks], strict=True):
+        axis.text(1.01, y, text, transform=where, fontsize=7, va="center", color="0.3")
+
+
+def _spread(values: list[float], gap: float) -> list[float]:
+    """``values`` moved apart to at least ``gap`` from each other, in their order of size."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    placed = list(values)
+    for previous, current in itertools.pairwise(order):
+        placed[current] = max(placed[current], placed[previous] + gap)
+    return placed
+
+
+def _legend_below(figure, axis, ncol: int) -> None:
+    """The legend of ``axis``'s data series below the panels, outside every data area."""
+    from matplotlib.lines import Line2D
+
+    handles, labels = axis.get_legend_handles_labels()
+    series = [
+        (handle, label)
+        for handle, label in zip(handles, labels, strict=True)
+        if handle.get_gid() != _REFERENCE
+    ]
+    series.append((Line2D([], [], **_CHANCE_STYLE), "chance"))
+    if sum(handle.get_gid() == _REFERENCE for handle in handles) > 1:  # beyond chance
+        series.append((Line2D([], [], **_REFERENCE_STYLE), "other detectors (Average)"))
+    figure.legend(
+        [handle for handle, _ in series],
+        [label for _, label in series],
+        loc="lower center",
+        ncol=ncol,
+        fontsize=8,
+        frameon=False,
+    )
+
+
 def _decorate(axis, positions: list[int], labels: list[str], column: str, metric: str) -> None:
     axis.set_xticks(positions, labels, rotation=45 if column == "temperature" else 0)
-    axis.set_xlabel("p" if column == "p" else "T")
+    axis.set_xlabel(_axis_name(column))
     axis.set_ylabel(f"{metric} (%)")
+    axis.set_ylim(-3, 103)
     axis.grid(alpha=0.3)
 
 
@@ -250,7 +362,7 @@ def _save(figure, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     try:
-        figure.tight_layout()
+        figure.tight_layout(rect=(0, 0.06, 1, 1))
         return atomic_write(path, lambda file: figure.savefig(file, format="png", dpi=110))
     finally:
         plt.close(figure)
