@@ -184,3 +184,13 @@ def test_the_summary_keeps_to_its_lines_when_sections_grow():
     lines = summary_lines(report, Path("reports/run"))
     assert len(lines) <= MAX_LINES
     assert any(line.strip().startswith("gradnorm p=1") for line in lines)  # pinned rows stay
+
+
+def test_a_protocol_measured_below_chance_says_why_under_its_checks():
+    report = _report()
+    table = _factor_table({"near": 0.6, "far": 0.01}, {"near": 0.9, "far": 0.55})
+    report.add_measured("imagenet", table, DEFAULTS)
+    lines = summary_lines(report, Path("reports/run"))
+    start = lines.index("the paper's checks:")
+    why = "gradnorm AUROC 20.00 % on far: U (feature norm) 1.00 %, V (output norm) 55.00 %"
+    assert " " * 12 + why in lines[start:]

@@ -5,7 +5,6 @@ the speed verdicts, and what was missing for the checks that were skipped.
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 from collections.abc import Iterable
@@ -56,6 +55,19 @@ class Report:
     missing: dict[str, str] = field(default_factory=dict)
     #: protocol -> why (some of) its checks could not run, in a few words
     unavailable: dict[str, str] = field(default_factory=dict)
+    #: protocol -> table of :func:`gradood.evaluate` of what its paper checks measured (every
+    #: detector and setting, GradNorm's factors beside GradNorm); the summary says why a paper
+    #: detector falls below 50 % AUROC there, the report has the tables and figures
+    measured: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def add_measured(self, protocol: str, table: pd.DataFrame, defaults: dict) -> None:
+        """Add ``table`` (one measurement group) to ``protocol``'s measured table; ``defaults``:
+        method -> the paper's settings of it (see :attr:`defaults`)."""
+        previous = self.measured.get(protocol)
+        self.measured[protocol] = (
+            table if previous is None else pd.concat([previous, table], ignore_index=True)
+        )
+        self.defaults.setdefault(protocol, {}).update(defaults)
 
     def add_missing(self, protocol: str, what: str, reason: str, details: str) -> None:
         """Record that ``protocol`` lacks ``what``: ``reason`` in a few words (the summary's),
@@ -87,14 +99,19 @@ class Report:
                     directory / "paper.md", _markdown(frame[_SIDE_BY_SIDE], _SIDE_BY_SIDE)
                 ),
             ]
-        for name, table in self.tables.items():
+        for name, table in self._all_tables().items():
             stem = _file_stem(name)
             written += [
                 atomic_write_text(directory / f"{stem}.csv", table.to_csv(index=False)),
                 atomic_write_text(directory / f"{stem}.md", _markdown(_percent(table))),
             ]
-        written += _figures(frame, self.tables, self.defaults, directory)
+        defaults = {**self.defaults, **{_measured(p): self.defaults.get(p) for p in self.measured}}
+        written += _figures(frame, self._all_tables(), defaults, directory)
         return written
+
+    def _all_tables(self) -> dict[str, pd.DataFrame]:
+        """The benchmark tables, and each protocol's measured table."""
+        return {**self.tables, **{_measured(p): table for p, table in self.measured.items()}}
 
     def missing_markdown(self) -> str:
         """What the skipped paper checks need, as Markdown."""
@@ -102,6 +119,11 @@ class Report:
         for what, details in self.missing.items():
             parts += [f"## {what}", "", details.rstrip(), ""]
         return "\n".join(parts)
+
+
+def _measured(protocol: str) -> str:
+    """The report's name of what ``protocol``'s paper checks measured."""
+    return f"{protocol} measured"
 
 
 def _percent(table: pd.DataFrame) -> pd.DataFrame:
@@ -229,7 +251,7 @@ def _sweep_figure(
                     axis.plot(x, mine[f"{metric} measured"], "o", color=color, label=f"{ood} (run)")
         _reference_lines(axis, None, metric)
         _decorate(axis, positions, labels, column, metric)
-    _legend_below(figure, axes[0], ncol=5)
+    _legend_below(figure, axes[0])
     figure.suptitle(title)
     return _save(figure, path)
 
@@ -267,7 +289,7 @@ def _measured_figure(
             _reference_lines(axis, references, metric)
             _decorate(axis, positions, labels, column, metric)
             axis.set_title(_method_title(method), fontsize=9)
-    _legend_below(figure, axes[-1][0], ncol=6)
+    _legend_below(figure, axes[-1][0])
     figure.suptitle(title)
     return _save(figure, path)
 
@@ -314,21 +336,38 @@ def _reference_lines(axis, references: pd.DataFrame | None, metric: str) -> None
         (100 * getattr(row, metric), row.method) for row in references.itertuples(index=False)
     ]
     where = blended_transform_factory(axis.transAxes, axis.transData)
-    for y, text in zip(_spread([y for y, _ in marks], gap=7.0), [t for _, t in marks], strict=True):
+    for y, text in zip(_spread([y for y, _ in marks], gap=5.5), [t for _, t in marks], strict=True):
         axis.text(1.01, y, text, transform=where, fontsize=7, va="center", color="0.3")
 
 
 def _spread(values: list[float], gap: float) -> list[float]:
-    """``values`` moved apart to at least ``gap`` from each other, in their order of size."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
+    """Label heights near ``values``, at least ``gap`` apart: labels that would overlap are
+    stacked around their mean, so each stays beside its line."""
+    clusters = [[i] for i in sorted(range(len(values)), key=lambda i: values[i])]
+
+    def bottom(cluster: list[int]) -> float:
+        mean = sum(values[i] for i in cluster) / len(cluster)
+        return mean - gap * (len(cluster) - 1) / 2
+
+    merged = True
+    while merged:
+        merged = False
+        for index in range(len(clusters) - 1):
+            lower, upper = clusters[index], clusters[index + 1]
+            if bottom(lower) + gap * len(lower) > bottom(upper):
+                clusters[index : index + 2] = [lower + upper]
+                merged = True
+                break
     placed = list(values)
-    for previous, current in itertools.pairwise(order):
-        placed[current] = max(placed[current], placed[previous] + gap)
+    for cluster in clusters:
+        for rank, i in enumerate(cluster):
+            placed[i] = bottom(cluster) + gap * rank
     return placed
 
 
-def _legend_below(figure, axis, ncol: int) -> None:
-    """The legend of ``axis``'s data series below the panels, outside every data area."""
+def _legend_below(figure, axis) -> None:
+    """The legend of ``axis``'s data series below the panels, outside every data area (the
+    saved image grows to hold it); one column per OOD set where runs and the paper pair."""
     from matplotlib.lines import Line2D
 
     handles, labels = axis.get_legend_handles_labels()
@@ -340,11 +379,13 @@ def _legend_below(figure, axis, ncol: int) -> None:
     series.append((Line2D([], [], **_CHANCE_STYLE), "chance"))
     if sum(handle.get_gid() == _REFERENCE for handle in handles) > 1:  # beyond chance
         series.append((Line2D([], [], **_REFERENCE_STYLE), "other detectors (Average)"))
+    paired = any(label.endswith("(run)") for _, label in series)
     figure.legend(
         [handle for handle, _ in series],
         [label for _, label in series],
-        loc="lower center",
-        ncol=ncol,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=math.ceil(len(series) / 2) if paired else len(series),
         fontsize=8,
         frameon=False,
     )
@@ -362,7 +403,9 @@ def _save(figure, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     try:
-        figure.tight_layout(rect=(0, 0.06, 1, 1))
-        return atomic_write(path, lambda file: figure.savefig(file, format="png", dpi=110))
+        figure.tight_layout()
+        return atomic_write(
+            path, lambda file: figure.savefig(file, format="png", dpi=110, bbox_inches="tight")
+        )
     finally:
         plt.close(figure)

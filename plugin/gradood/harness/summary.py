@@ -282,6 +282,9 @@ def _paper_lines(report: Report, folder: Path | None) -> list[str]:
         lines.append(line)
         if compared:
             lines.append(f"            worst: {_deviation(max(compared, key=_excess))}")
+        if protocol in report.measured:
+            defaults = report.defaults.get(protocol, {})
+            lines += below_chance_lines(report.measured[protocol], defaults, " " * 12)
     return [*lines, ""]
 
 
