@@ -2,11 +2,15 @@
 
 - each benchmark table: one line per detector (its Average over the OOD sets), sorted by AUROC;
   a detector with several settings shows its default (e.g. GradNorm's paper setting) and its
-  best setting;
+  best setting by AUROC; the paper's detectors always, the best others as the line budget
+  allows; then, computed from the table, why a paper detector falls below 50 % AUROC (its
+  factors' AUROC on its worst OOD set, :data:`gradood.registry.FACTORS`);
 - speed: each side-by-side ratio with its target and verdict;
 - the paper's checks: one line per protocol (how many rows ran, within tolerance, the worst
-  deviation, or why they did not run);
+  deviation, or why they did not run), and the same why-lines on the protocol's data;
 - where the report folder is.
+
+A line too wide is shortened at a word, never inside a word or a path.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ MAX_LINES = 40
 MAX_WIDTH = 100
 _NAME_WIDTH = 30
 #: detectors listed per table, by AUROC: those with a default setting (the paper's) and the best
-#: of the others up to this count; the rest are counted
+#: of the others up to this count (fewer where the summary would pass MAX_LINES); the rest are
+#: counted
 _TABLE_ROWS = 10
 
 
