@@ -78,6 +78,7 @@ if ((dry_run)); then
     pipeline_limit=$limit
     targets_k="resnet20-32px-b64-gradnorm-vs-msp-throughput"
     throughput_k="test_detector_throughput and resnet20-32px-b64-fp32 and (msp or gradnorm)"
+    throughput_k="$throughput_k and not gradnorm-u and not gradnorm-v"  # GradNorm's factors
     pipeline_k="test_extraction_at_the_decode_limit and tensor"
 else
     name=$("$PYTHON" -c "import torch, re; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name(0).lower()).strip('-'))")
@@ -86,6 +87,7 @@ else
     pipeline_limit=${GRADOOD_GPU_QUICK_LIMIT_S:-80}
     targets_k=""
     throughput_k="test_detector_throughput and (resnet50-224px or bit-s-r101x1-480px) and (-b64- or -b256-)"
+    throughput_k="$throughput_k and not gradnorm-u and not gradnorm-v"  # as gradnorm costs
     pipeline_k=""
 fi
 
