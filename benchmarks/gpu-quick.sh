@@ -82,6 +82,7 @@ if ((dry_run)); then
     pipeline_limit=$limit
     targets_k="resnet20-32px-b64-gradnorm-vs-msp-throughput"
     throughput_k="test_detector_throughput and resnet20-32px-b64-fp32 and (msp or gradnorm)"
+    throughput_k="$throughput_k and not gradnorm-u and not gradnorm-v"  # GradNorm's factors
     pipeline_k="test_extraction_at_the_decode_limit and tensor"
     paper_k="(table6 or table7) and not Mahalanobis"
     paper_limit=$limit
@@ -93,6 +94,7 @@ else
     pipeline_limit=${GRADOOD_GPU_QUICK_LIMIT_S:-80}
     targets_k=""
     throughput_k="test_detector_throughput and (resnet50-224px or bit-s-r101x1-480px) and (-b64- or -b256-)"
+    throughput_k="$throughput_k and not gradnorm-u and not gradnorm-v"  # as gradnorm costs
     pipeline_k=""
     paper_k=""
     paper_limit=${GRADOOD_GPU_QUICK_LIMIT_S:-200}

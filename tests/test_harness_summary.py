@@ -8,7 +8,7 @@ import pandas as pd
 
 from gradood.harness.checks import Comparison, paper_checks
 from gradood.harness.report import Report
-from gradood.harness.summary import MAX_LINES, MAX_WIDTH, summary_lines
+from gradood.harness.summary import MAX_LINES, MAX_WIDTH, below_chance_lines, summary_lines
 from gradood.harness.timing import PairedRatio, SpeedCheck, Target
 
 
@@ -61,8 +61,9 @@ def test_short_narrow_and_complete():
         for m in ("knn", "msp", "gradnorm", "energy")
     ]
     assert order == sorted(order)  # by AUROC, GradNorm at its default setting (AUROC 65 %)
-    assert "gradnorm p=1" in text and "best of 3: p=0.5 (40.00 / 80.00)" in text
-    assert "toy: a toy model" in text and "Average over 2 OOD sets (near, far)" in text
+    assert "gradnorm p=1" in text and "best AUROC of 3: p=0.5 (40.00 / 80.00)" in text
+    assert "toy: a toy model; OOD: near, far" in text and "Average of 2 OOD sets" in text
+    assert "by AUROC" in lines[1]  # the order that "best" also follows
     assert "GradNorm / MSP" in text and "met" in text
     assert lines[-1] == "report: reports/run"
 
@@ -81,7 +82,7 @@ def test_a_long_table_lists_the_best_and_gradnorm_and_counts_the_rest():
     assert len(lines) <= MAX_LINES
     text = "\n".join(lines)
     assert "d29" in text and "gradnorm p=1" in text and "knn" not in text
-    assert "... 24 more detectors in the report's table" in text  # 34 = 9 best + gradnorm + 24
+    assert "by AUROC; 24 more in the report" in text  # 34 = 9 best + gradnorm + 24
 
 
 def test_paper_lines_count_rows_and_name_the_worst():
@@ -96,3 +97,100 @@ def test_paper_lines_count_rows_and_name_the_worst():
 def test_without_a_folder_nothing_points_to_one():
     lines = summary_lines(_report(), None)
     assert not any("report:" in line or "details:" in line for line in lines)
+
+
+def _factor_table(u_auroc: dict[str, float], v_auroc: dict[str, float]) -> pd.DataFrame:
+    """GradNorm, its factors and MSP on two OOD sets, at p = 1 and p = 2 (AUROC fractions)."""
+    rows = []
+    for p in (1.0, 2.0):
+        for method, aurocs in [
+            ("gradnorm", {"near": 0.7, "far": 0.2}),
+            ("gradnorm-u", u_auroc),
+            ("gradnorm-v", v_auroc),
+        ]:
+            shift = 0.0 if p == 1.0 else 0.25  # other numbers at p = 2: must not be used
+            for ood, auroc in aurocs.items():
+                rows.append({"method": method, "p": p, "ood_data": ood, "AUROC": auroc + shift})
+    for ood, auroc in {"near": 0.45, "far": 0.3}.items():
+        rows.append({"method": "energy", "p": None, "ood_data": ood, "AUROC": auroc})
+    frame = pd.DataFrame(rows)
+    frame["FPR95"] = 0.5
+    averages = frame.groupby(["method", "p"], dropna=False, as_index=False).mean(numeric_only=True)
+    return pd.concat([frame, averages.assign(ood_data="Average")], ignore_index=True)
+
+
+DEFAULTS = {"gradnorm": {"p": 1.0}, "gradnorm-u": {"p": 1.0}, "gradnorm-v": {"p": 1.0}}
+
+
+def test_why_a_detector_is_below_chance_comes_from_the_numbers():
+    table = _factor_table({"near": 0.6, "far": 0.01}, {"near": 0.9, "far": 0.55})
+    lines = below_chance_lines(table, {**DEFAULTS, "energy": {}})
+    assert lines == [
+        "  gradnorm AUROC 20.00 % on far: U (feature norm) 1.00 %, V (output norm) 55.00 %",
+        "  energy 30.00 % AUROC on far: U (feature norm) there 1.00 %",
+    ]
+    other = _factor_table({"near": 0.6, "far": 0.8}, {"near": 0.9, "far": 0.1})
+    assert below_chance_lines(other, DEFAULTS) == [
+        "  gradnorm AUROC 20.00 % on far: U (feature norm) 80.00 %, V (output norm) 10.00 %"
+    ]
+
+
+def test_the_worst_set_is_named():
+    table = _factor_table({"near": 0.6, "far": 0.01}, {"near": 0.9, "far": 0.55})
+    table.loc[(table["method"] == "gradnorm") & (table["ood_data"] == "near"), "AUROC"] = 0.1
+    (line,) = below_chance_lines(table, DEFAULTS)
+    assert (
+        line
+        == "  gradnorm AUROC 10.00 % on near: U (feature norm) 60.00 %, V (output norm) 90.00 %"
+    )
+
+
+def test_no_line_when_every_detector_is_above_chance():
+    table = _factor_table({"near": 0.6, "far": 0.01}, {"near": 0.9, "far": 0.55})
+    table.loc[table["method"] == "gradnorm", "AUROC"] = 0.9
+    assert below_chance_lines(table, DEFAULTS) == []
+
+
+def _two_rows(second: dict) -> Report:
+    rows = [
+        {"method": "mahalanobis", "ood_data": "Average", "FPR95": 0.0491, "AUROC": 0.991862},
+        {"method": "mahalanobis-odin", "ood_data": "Average"} | second,
+    ]
+    return Report(tables={"t": pd.DataFrame(rows)})
+
+
+def test_rows_that_print_alike_get_more_digits_and_identical_rows_are_merged():
+    lines = summary_lines(_two_rows({"FPR95": 0.0491, "AUROC": 0.991934}), None)
+    assert any(line.split()[-2:] == ["4.910", "99.193"] for line in lines)
+    assert any(line.split()[-2:] == ["4.910", "99.186"] for line in lines)
+    lines = summary_lines(_two_rows({"FPR95": 0.0491, "AUROC": 0.991862}), None)
+    assert "  mahalanobis = mahalanobis-odin" in "\n".join(lines)
+
+
+def test_a_long_reason_is_shortened_at_a_word_and_the_path_kept_whole():
+    report = _report()
+    long_reason = "5 datasets missing: " + " ".join(["iNaturalist SUN Places Textures"] * 4)
+    report.unavailable["cifar10"] = long_reason
+    lines = summary_lines(report, Path("reports/run"))
+    line = next(line for line in lines if line.startswith("  cifar10"))
+    assert len(line) <= MAX_WIDTH
+    assert line.endswith("... (details: missing-data.md in the report)")
+    assert line.startswith("  cifar10   0 of 25 rows run: 5 datasets missing")
+
+
+def test_the_summary_keeps_to_its_lines_when_sections_grow():
+    report = _report()
+    report.speed *= 20
+    lines = summary_lines(report, Path("reports/run"))
+    assert len(lines) <= MAX_LINES
+    assert any(line.strip().startswith("gradnorm p=1") for line in lines)  # pinned rows stay
+
+
+def test_a_protocol_measured_below_chance_says_why_under_its_checks():
+    report = _report()
+    table = _factor_table({"near": 0.6, "far": 0.01}, {"near": 0.9, "far": 0.55})
+    report.add_measured("imagenet", table, DEFAULTS)
+    lines = summary_lines(report, Path("reports/run"))
+    start = lines.index("the paper's checks:")
+    why = "gradnorm AUROC 20.00 % on far: U (feature norm) 1.00 %, V (output norm) 55.00 %"
+    assert " " * 12 + why in lines[start:]

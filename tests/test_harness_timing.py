@@ -78,3 +78,17 @@ def test_a_check_line_fits_the_summary():
     assert "160x [150-171]" in line and ">= 20" in line
     memory = SpeedCheck("resnet18 32px b64", "memory", 2.5, Target(2.0, at_least=False))
     assert memory.verdict == MISSED and memory.line().split()[-2:] == ["2", MISSED]
+
+
+def test_figures_never_print_as_the_bound_they_miss():
+    """A median of 1.4999 against >= 1.5 must not read "1.5x ... >= 1.5 inconclusive"."""
+    check = SpeedCheck(
+        "resnet20 32px b64",
+        "Lee-AlRegib speedup vs pytorch-ood",
+        PairedRatio((1.47, 1.47, 1.4999, 1.55, 1.55)),
+        Target(1.5),
+    )
+    assert check.verdict == INCONCLUSIVE
+    assert "1.4999x [1.47-1.55]" in check.line()
+    near_one = SpeedCheck("x", "y", PairedRatio((0.95, 0.95, 0.988, 0.9996, 0.9996)), Target(0.8))
+    assert "0.988x [0.950-1.00]" in near_one.line()  # 3 significant digits, zeros kept

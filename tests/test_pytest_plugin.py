@@ -247,7 +247,9 @@ def test_pytest_benchmarks_on_a_fresh_install(tmp_path):
     summary = lines[start + 1 : -1]
     assert len(lines) - start <= 40 and max(map(len, summary)) <= 100, "\n".join(lines[start:])
     text = "\n".join(summary)
-    assert "bundled digits benchmark: shipped DigitsCNN" in text
+    assert "bundled digits benchmark: DigitsCNN" in text
+    assert "gradnorm-u p=1 T=1" in text and "gradnorm-v p=1 T=1" in text
+    assert "gradnorm AUROC " in text and "U (feature norm)" in text  # why it is below 50 %
     (folder,) = (tmp_path / "r1").iterdir()
     details = folder / "missing-data.md"
     assert "imagenet  0 of 160 rows run: 5 datasets missing (details: missing-data.md" in text

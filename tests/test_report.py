@@ -56,7 +56,7 @@ def test_writes_tables_and_figures(tmp_path):
     assert csv["FPR95 measured"].tolist() == pytest.approx([c.fpr95 for c in report.comparisons])
     markdown = (tmp_path / "run" / "toy-benchmark.md").read_text().splitlines()
     assert markdown[0].startswith("| method | p | temperature | ood_data | FPR95 | AUROC |")
-    assert "| gradnorm | 0.50 | 1.00 | noise | 50.00 | 90.00 |" in markdown
+    assert "| gradnorm | 0.5 | 1 | noise | 50.00 | 90.00 |" in markdown  # settings as they are
     for figure in ("figure4_norms.png", "toy-benchmark_p.png"):
         data = (tmp_path / "run" / figure).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 10_000
@@ -91,4 +91,60 @@ def test_the_bundled_sweeps_show_the_other_detectors(tmp_path, monkeypatch):
     other = table.assign(method="msp", settings="", p=float("nan"))[table["ood_data"] == "Average"]
     Report(tables={"toy": pd.concat([table, other.iloc[:1]])}).write(tmp_path)
     row = other.iloc[0]
-    assert drawn == [(100 * row["FPR95"], "msp (Average)"), (100 * row["AUROC"], "msp (Average)")]
+    assert drawn == [
+        (95.0, "chance"),  # FPR95 of a score that ignores the input
+        (100 * row["FPR95"], "msp (Average)"),
+        (50.0, "chance"),
+        (100 * row["AUROC"], "msp (Average)"),
+    ]
+
+
+def test_settings_are_written_exactly(tmp_path):
+    table = pd.DataFrame(
+        {
+            "method": ["gradnorm"] * 3,
+            "settings": ["", "", ""],
+            "p": [1.0, 0.3, float("inf")],
+            "temperature": [0.0625, 0.125, 1024.0],
+            "ood_data": ["noise"] * 3,
+            "FPR95": [0.123456, 0.5, 0.25],
+            "AUROC": [0.9, 0.95, 0.8],
+        }
+    )
+    Report(tables={"t": table}).write(tmp_path)
+    markdown = (tmp_path / "t.md").read_text()
+    assert "| gradnorm | 1 | 0.0625 | noise | 12.35 | 90.00 |" in markdown
+    assert "| gradnorm | 0.3 | 0.125 |" in markdown and "| gradnorm | inf | 1024 |" in markdown
+
+
+def test_figures_keep_legends_off_the_data_and_reference_lines_grey(tmp_path, monkeypatch):
+    """Every legend lies outside every panel; no reference line takes a data series' colour."""
+    import matplotlib.figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import to_rgba
+
+    figures = []
+    save = matplotlib.figure.Figure.savefig
+
+    def keep(self, *args, **kwargs):
+        figures.append(self)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    table = _report().tables["toy benchmark"]
+    other = table.assign(method="msp", settings="", p=float("nan"))[table["ood_data"] == "Average"]
+    report = _report()
+    report.tables = {"toy": pd.concat([table, other.iloc[:1]])}
+    report.write(tmp_path)
+    assert len(figures) == 2  # Figure 4 of the paper and the toy table's sweep over p
+    for figure in figures:
+        renderer = FigureCanvasAgg(figure).get_renderer()
+        legends = figure.legends + [a.get_legend() for a in figure.axes if a.get_legend()]
+        assert legends
+        for legend in legends:
+            box = legend.get_window_extent(renderer)
+            assert not any(box.overlaps(a.get_window_extent(renderer)) for a in figure.axes)
+        for axis in figure.axes:
+            series = {to_rgba(line.get_color()) for line in axis.lines if line.get_gid() is None}
+            references = [line for line in axis.lines if line.get_gid() == "reference"]
+            assert references and not series & {to_rgba(r.get_color()) for r in references}

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .detectors.gradnorm import GradNorm
+from .detectors.gradnorm_factors import GradNormU, GradNormV
 from .detectors.lee_alregib import LeeAlRegib
 from .detectors.mahalanobis_ensemble import MahalanobisEnsemble
 from .heads import penultimate_encoder
@@ -47,6 +48,7 @@ from .wiring import (
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "FACTORS",
     "FIT_KINDS",
     "REPRESENTATIONS",
     "DetectorSpec",
@@ -140,6 +142,11 @@ _MAHALANOBIS_PAPER_PRESETS = {
 }
 
 _GRADNORM_PRESETS = {name: {"p": 1.0, "temperature": 1.0} for name in _PAPER_PROTOCOLS}
+#: detector -> the registered names of its factors (the paper's split of GradNorm, U V = S;
+#: scored at the detector's settings), with what each factor measures
+FACTORS: dict[str, dict[str, str]] = {
+    "gradnorm": {"gradnorm-u": "U (feature norm)", "gradnorm-v": "V (output norm)"}
+}
 
 _GRADOOD = [
     DetectorSpec(
@@ -193,6 +200,18 @@ _GRADOOD = [
         "weight gradient of KL(uniform || softmax(z / T))",
         "none",
         "features",
+    ),
+    *(
+        DetectorSpec(name, factory, _GRADNORM_PRESETS, summary, "none", "features")
+        for name, factory, summary in [
+            ("gradnorm-u", GradNormU, "gradood GradNorm's feature factor U = ||h||_p"),
+            (
+                "gradnorm-v",
+                GradNormV,
+                "gradood GradNorm's output factor V = "
+                "||(C softmax(z / T) - 1) / T||_p; U V = GradNorm",
+            ),
+        ]
     ),
     DetectorSpec(
         "lee-alregib",
@@ -507,7 +526,9 @@ def available_detectors() -> list[str]:
       ``cifar100``: 0.005, in pixel units with the FGSM examples clamped to the pixel range
       (the CIFAR code is unpublished)
     - ``gradnorm``: :class:`gradood.GradNorm`, L1 at T = 1 (``imagenet``, ``cifar``,
-      ``cifar10``, ``cifar100``)
+      ``cifar10``, ``cifar100``); its factors ``gradnorm-u`` (:math:`\\lVert h \\rVert_p`)
+      and ``gradnorm-v`` (:math:`\\lVert (C \\, \\mathrm{softmax}(z/T) - 1)/T \\rVert_p`),
+      :class:`gradood.detectors.GradNormU` and ``GradNormV``, with the same presets
     - ``lee-alregib``: :class:`gradood.LeeAlRegib` (needs ``fit``), uniform-noise surrogate OOD
       in the model's input space: ``imagenet``: BiT's mean = std = 0.5 (the paper's Table 9);
       ``cifar``, ``cifar10``, ``cifar100``: the CIFAR ResNet-20's normalization

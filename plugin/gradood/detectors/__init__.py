@@ -1,14 +1,18 @@
 """gradood's detectors, one per module, all with pytorch-ood's API."""
 
-from .gradnorm import GradNorm, HeadGradNorm, ParameterGradNorm, gradnorm_score
+from .gradnorm import GradNorm, HeadGradNorm, ParameterGradNorm, gradnorm_factors, gradnorm_score
+from .gradnorm_factors import GradNormU, GradNormV
 from .lee_alregib import LeeAlRegib
 from .mahalanobis_ensemble import MahalanobisEnsemble
 
 __all__ = [
     "GradNorm",
+    "GradNormU",
+    "GradNormV",
     "HeadGradNorm",
     "LeeAlRegib",
     "MahalanobisEnsemble",
     "ParameterGradNorm",
+    "gradnorm_factors",
     "gradnorm_score",
 ]

@@ -56,6 +56,7 @@ __all__ = [
     "GradNorm",
     "HeadGradNorm",
     "ParameterGradNorm",
+    "gradnorm_factors",
     "gradnorm_score",
     "uniform_loss",
 ]
@@ -79,6 +80,20 @@ def _log_norm(rows: Tensor, p: float) -> Tensor:
     return torch.logsumexp(p * magnitudes.log(), dim=1) / p
 
 
+def gradnorm_factors(
+    logits: Tensor, features: Tensor, p: float = 1.0, temperature: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """GradNorm's two factors, :math:`U = \\lVert h \\rVert_p` and
+    :math:`V = \\lVert g \\rVert_p` with :math:`g = (C \\, \\mathrm{softmax}(z/T) - 1) / T`
+    (see :func:`gradnorm_score`), the split of the paper's Section 5.
+
+    :return: float64 tensors ``(U, V)`` of shape B, without an autograd graph
+    :raises ValueError: if a factor overflows float64 (only for tiny ``p``)
+    """
+    log_u, log_v = _log_factors(logits, features, p, temperature)
+    return _finite_exp(log_u, p, "feature"), _finite_exp(log_v, p, "logit-gradient")
+
+
 def gradnorm_score(
     logits: Tensor, features: Tensor, p: float = 1.0, temperature: float = 1.0
 ) -> Tensor:
@@ -91,14 +106,26 @@ def gradnorm_score(
     :return: float64 scores of shape B, without an autograd graph
     :raises ValueError: if a score overflows float64 (only for tiny ``p``)
     """
+    log_u, log_v = _log_factors(logits, features, p, temperature)
+    return _finite_exp(log_u + log_v, p, "gradient")
+
+
+def _log_factors(
+    logits: Tensor, features: Tensor, p: float, temperature: float
+) -> tuple[Tensor, Tensor]:
+    """``(log U, log V)`` in float64 (see :func:`gradnorm_factors`)."""
     p, temperature = check_norm_order(p), check_temperature(temperature)
     z, h = logits.detach().double(), features.detach().double()
     num_classes = z.shape[1]
     logit_grad = (num_classes * torch.softmax(z / temperature, dim=1) - 1) / temperature
-    scores = torch.exp(_log_norm(logit_grad, p) + _log_norm(h, p))
-    if not bool(torch.isfinite(scores).all()):
-        raise ValueError(f"the L_{p:g} gradient norm overflows float64; use a larger p")
-    return scores
+    return _log_norm(h, p), _log_norm(logit_grad, p)
+
+
+def _finite_exp(log_values: Tensor, p: float, what: str) -> Tensor:
+    values = torch.exp(log_values)
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError(f"the L_{p:g} {what} norm overflows float64; use a larger p")
+    return values
 
 
 class GradNorm(Detector):
@@ -266,6 +293,10 @@ class HeadGradNorm(GradNorm, FeaturesDetector):
         with torch.no_grad():
             logits, features = forward_with_features(self.model, self.head, x)
         check_finite(logits, "logits")
+        return self._value(logits, features)
+
+    def _value(self, logits: Tensor, features: Tensor) -> Tensor:
+        """:math:`S(x)` from the head's output and input (a factor's subclass gives its own)."""
         return gradnorm_score(logits, features, self.p, self.temperature)
 
     def predict_features(self, x: Tensor) -> Tensor:
@@ -289,7 +320,7 @@ class HeadGradNorm(GradNorm, FeaturesDetector):
         with torch.no_grad():
             logits = self.head.logits(x)
         check_finite(logits, "logits")
-        return -gradnorm_score(logits, x, self.p, self.temperature)
+        return -self._value(logits, x)
 
 
 class ParameterGradNorm(GradNorm, GradientDetector):

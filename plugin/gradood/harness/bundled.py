@@ -5,8 +5,9 @@ ID = the digits test split; OOD = letters (near), photo crops and uniform noise 
 :func:`gradood.models.digits.load_digits_cnn`. Every detector of the registry (third-party
 plugins included) is built and fitted by its recipe (:func:`gradood.registry.build_and_fit`;
 the ID training split is also the tuning data, as the digits have no held-out split) and scored
-by :func:`gradood.evaluate`; GradNorm at every norm of Table 7 and every temperature of Table 8
-(:data:`GRIDS`).
+by :func:`gradood.evaluate`; GradNorm and its factors U and V
+(:mod:`gradood.detectors.gradnorm_factors`) at every norm of Table 7 and every temperature of
+Table 8 (:data:`GRIDS`).
 
 Some of pytorch-ood's detectors compute in float32 whatever their input (DICE, fDBD, NCI,
 NNGuide, pNML and ViM cast features to float32): their scores carry float32 rounding, about
@@ -35,7 +36,7 @@ from ..detectors.gradnorm import PAPER_NORMS, PAPER_TEMPERATURES
 from ..evaluate import evaluate
 from ..models.digits import load_digits_cnn
 from ..protocols.digits import DigitsBenchmark
-from ..registry import available_detectors, build_and_fit
+from ..registry import FACTORS, available_detectors, build_and_fit
 
 __all__ = [
     "NEAR_TIE_TOLERANCE",
@@ -52,7 +53,7 @@ SEED = 0
 PAPER_SETTING = {"p": 1.0, "temperature": 1.0}
 #: the detectors of the paper's tables, always listed in the summary (GradNorm at its setting)
 PAPER_DETECTORS = {
-    "gradnorm": PAPER_SETTING,
+    **{name: PAPER_SETTING for name in ("gradnorm", *FACTORS["gradnorm"])},
     **{name: {} for name in ("msp", "odin", "energy", "mahalanobis-paper", "lee-alregib")},
 }
 #: the outputs of the CNN's two convolution blocks, for the paper's Mahalanobis ensemble
@@ -71,12 +72,12 @@ NEAR_TIE_TOLERANCE = {
 
 Entry = tuple[str, dict, Detector]
 
-#: the settings the table shows, per detector (default: one, the recipe's): GradNorm at Table
-#: 7's norms (T = 1) and Table 8's temperatures (L1)
-GRIDS: dict[str, list[dict]] = {
-    "gradnorm": [{"p": p, "temperature": 1.0} for p in PAPER_NORMS]
-    + [{"p": 1.0, "temperature": t} for t in PAPER_TEMPERATURES if t != 1.0]
-}
+_GRADNORM_GRID = [{"p": p, "temperature": 1.0} for p in PAPER_NORMS] + [
+    {"p": 1.0, "temperature": t} for t in PAPER_TEMPERATURES if t != 1.0
+]
+#: the settings the table shows, per detector (default: one, the recipe's): GradNorm and its
+#: factors U and V at Table 7's norms (T = 1) and Table 8's temperatures (L1)
+GRIDS: dict[str, list[dict]] = {name: _GRADNORM_GRID for name in ("gradnorm", *FACTORS["gradnorm"])}
 Progress = Callable[[str], None]
 
 

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .. import reported
 from ..evaluate import evaluate
 from ..features import default_num_workers
-from ..registry import build_and_fit, create_detector, detector_spec
+from ..registry import FACTORS, build_and_fit, create_detector, detector_spec
 
 __all__ = [
     "FORWARD",
@@ -48,6 +48,7 @@ __all__ = [
     "Tolerance",
     "compare",
     "measure",
+    "measure_table",
     "measurement_plan",
     "paper_checks",
 ]
@@ -221,6 +222,8 @@ def measured_rows(table: pd.DataFrame, plan: Sequence[Measurement]) -> dict[tupl
     reported_names = {v: k for k, v in _PROTOCOL_OOD_NAMES.items()}
     rows = {}
     for row in table.to_dict("records"):
+        if row["method"] not in names:  # e.g. GradNorm's factors
+            continue
         settings = tuple((name, float(row[name])) for name in names[row["method"]])
         ood = reported_names.get(row["ood_data"], row["ood_data"])
         metrics = {"FPR95": 100 * row["FPR95"], "AUROC": 100 * row["AUROC"]}
@@ -313,7 +316,12 @@ def compare(check: PaperCheck, measured: dict[tuple, dict[str, float]]) -> Compa
     return Comparison(check, row["FPR95"], row["AUROC"])
 
 
-def measure(
+def measure(benchmark: Any, model: nn.Module, plan: Sequence[Measurement], **options: Any) -> dict:
+    """:func:`measured_rows` of :func:`measure_table` (same arguments)."""
+    return measured_rows(measure_table(benchmark, model, plan, **options), plan)
+
+
+def measure_table(
     benchmark: Any,
     model: nn.Module,
     plan: Sequence[Measurement],
@@ -325,10 +333,11 @@ def measure(
     num_workers: int | None = None,
     cache_dir: Any = None,
     progress: bool = True,
-) -> dict[tuple, dict[str, float]]:
+) -> pd.DataFrame:
     """Measure the settings of ``plan`` (one measurement ``group``) on ``benchmark``: build the
     detectors with the protocol's ``preset``, fit those that need it, and score them all with
-    one :func:`gradood.evaluate` call. Returns :func:`measured_rows`.
+    one :func:`gradood.evaluate` call, with the factors of each (:data:`gradood.registry.FACTORS`:
+    GradNorm's U and V at each of GradNorm's settings, from the same pass). Returns its table.
 
     :param num_workers: DataLoader workers for the fits and the forward passes; ``None``: as
         :func:`gradood.features.default_num_workers` chooses (on CUDA, decoding in parallel
@@ -344,12 +353,15 @@ def measure(
         model.to(device)
     entries = []
     for measurement in plan:
+        settings = dict(measurement.settings)
         loaders = _fit_loaders(detector_spec(measurement.detector).fit, benchmark, loader)
-        detector = build_and_fit(
-            measurement.detector, model, preset=preset, **loaders, **dict(measurement.settings)
-        )
-        entries.append((measurement.detector, dict(measurement.settings), detector))
-    table = evaluate(
+        detector = build_and_fit(measurement.detector, model, preset=preset, **loaders, **settings)
+        entries.append((measurement.detector, settings, detector))
+        for factor in FACTORS.get(measurement.detector, {}):
+            entries.append(
+                (factor, settings, build_and_fit(factor, model, preset=preset, **settings))
+            )
+    return evaluate(
         benchmark,
         entries,
         device=device,
@@ -358,7 +370,6 @@ def measure(
         cache_dir=cache_dir,
         progress=progress,
     )
-    return measured_rows(table, plan)
 
 
 def _fit_loaders(

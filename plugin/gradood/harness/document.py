@@ -8,15 +8,17 @@ class and the verdict; the Figures 4 and 5 (reported lines, measured points); wh
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import pandas as pd
 
 from .. import reported
+from ..evaluate import METRICS
 from ..paper import GRADNORM_PAPER
 from .checks import TOLERANCES
 from .stages import seconds
 
-__all__ = ["markdown_table", "reproduction_report"]
+__all__ = ["exact", "markdown_table", "reproduction_report"]
 
 _ROW_COLUMNS = {
     "check": "row",
@@ -29,18 +31,33 @@ _ROW_COLUMNS = {
 }
 
 
-def markdown_table(frame: pd.DataFrame) -> str:
-    """``frame`` as a Markdown table (floats with two decimals; NaN empty)."""
+def markdown_table(frame: pd.DataFrame, rounded: Iterable[str] = METRICS) -> str:
+    """``frame`` as a Markdown table: the ``rounded`` columns (metrics, percent) with two
+    decimals, every other number exactly as it is (settings: 0.0625, 1024); NaN empty."""
+    rounded = set(rounded)
 
-    def cell(value: object) -> str:
-        if isinstance(value, float):
-            return "inf" if math.isinf(value) else ("" if math.isnan(value) else f"{value:.2f}")
-        return str(value)
+    def cell(value: object, column: str) -> str:
+        if not isinstance(value, float):
+            return str(value)
+        if math.isnan(value):
+            return ""
+        if column in rounded and not math.isinf(value):
+            return f"{value:.2f}"
+        return exact(value)
 
     header = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "|" + "---|" * len(frame.columns)
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    body = [
+        "| " + " | ".join(cell(v, c) for v, c in zip(row, frame.columns, strict=True)) + " |"
+        for row in frame.itertuples(index=False)
+    ]
     return "\n".join([header, rule, *body]) + "\n"
+
+
+def exact(value: float) -> str:
+    """A setting as written: the shortest text that reads back as ``value`` (0.0625, 1024,
+    inf)."""
+    return "inf" if math.isinf(value) else repr(float(value)).removesuffix(".0")
 
 
 def reproduction_report(report) -> str:
@@ -135,7 +152,7 @@ def _tables(frame: pd.DataFrame) -> list[str]:
         shown["row"] = shown["row"].str.removeprefix(f"{table}[").str.removesuffix("]")
         shown["tolerance"] = rows["tolerance"]
         shown["verdict"] = rows["within tolerance"].map({True: "within", False: "**outside**"})
-        parts += [markdown_table(shown), ""]
+        parts += [markdown_table(shown, rounded=_ROW_COLUMNS.values()), ""]
     return parts
 
 

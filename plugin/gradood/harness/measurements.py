@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pandas as pd
 import pytest
 
 from ..protocols import DatasetNotFoundError, protocol_class
-from .checks import Comparison, PaperCheck, compare, measure, measurement_plan
+from ..registry import detector_spec
+from .checks import Comparison, PaperCheck, compare, measure_table, measured_rows, measurement_plan
 from .inputs import load_model, open_benchmark
 from .plugin import details_hint, option_path, run_report
 
@@ -60,16 +62,34 @@ class PaperMeasurements:
 
     def _measure(self, protocol: str, group: str, checks: list[PaperCheck]) -> dict:
         benchmark, model = self._once(("inputs", protocol), lambda: self._inputs(protocol))
+        plan = measurement_plan(checks, protocol, group)
+        preset = protocol_class(protocol).detector_preset
         with run_report(self.config).stages.timed(f"{protocol} {group}"):
-            return measure(
+            table = measure_table(
                 benchmark,
                 model,
-                measurement_plan(checks, protocol, group),
+                plan,
                 group=group,
-                preset=protocol_class(protocol).detector_preset,
+                preset=preset,
                 device=self.device,
                 cache_dir=option_path(self.config, "cache_dir"),
             )
+        run_report(self.config).add_measured(protocol, table, _preset_settings(table, preset))
+        return measured_rows(table, plan)
+
+
+def _preset_settings(table: pd.DataFrame, preset: str) -> dict[str, dict[str, float]]:
+    """method -> the settings of the protocol's ``preset`` that ``table`` has columns for (e.g.
+    GradNorm's p = 1 and T = 1): the paper's own setting of each detector."""
+    shown = {}
+    for method, rows in table.groupby("method", sort=False):
+        presets = detector_spec(str(method)).presets.get(preset, {})
+        shown[str(method)] = {
+            name: value
+            for name, value in presets.items()
+            if name in rows.columns and rows[name].notna().any()
+        }
+    return shown
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import pandas as pd
 from .. import reported
 from ..files import atomic_write, atomic_write_text
 from .checks import Comparison, PaperCheck
-from .document import markdown_table, reproduction_report
+from .document import exact, markdown_table, reproduction_report
 from .stages import Stages
 from .timing import SpeedCheck
 
@@ -52,6 +52,19 @@ class Report:
     checkpoints: dict[str, str] = field(default_factory=dict)
     #: where the run ran (device, versions, commit), for ``paper.md``
     environment: dict[str, str] = field(default_factory=dict)
+    #: protocol -> table of :func:`gradood.evaluate` of what its paper checks measured (every
+    #: detector and setting, GradNorm's factors beside GradNorm); the summary says why a paper
+    #: detector falls below 50 % AUROC there, the report has the tables and figures
+    measured: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def add_measured(self, protocol: str, table: pd.DataFrame, defaults: dict) -> None:
+        """Add ``table`` (one measurement group) to ``protocol``'s measured table; ``defaults``:
+        method -> the paper's settings of it (see :attr:`defaults`)."""
+        previous = self.measured.get(protocol)
+        self.measured[protocol] = (
+            table if previous is None else pd.concat([previous, table], ignore_index=True)
+        )
+        self.defaults.setdefault(protocol, {}).update(defaults)
 
     def add_missing(self, protocol: str, what: str, reason: str, details: str) -> None:
         """Record that ``protocol`` lacks ``what``: ``reason`` in a few words (the summary's),
@@ -80,14 +93,19 @@ class Report:
             written.append(atomic_write_text(directory / "paper.csv", frame.to_csv(index=False)))
         if len(frame) or self.plan:
             written.append(atomic_write_text(directory / "paper.md", reproduction_report(self)))
-        for name, table in self.tables.items():
+        for name, table in self._all_tables().items():
             stem = _file_stem(name)
             written += [
                 atomic_write_text(directory / f"{stem}.csv", table.to_csv(index=False)),
                 atomic_write_text(directory / f"{stem}.md", markdown_table(_percent(table))),
             ]
-        written += _figures(frame, self.tables, self.defaults, directory)
+        defaults = {**self.defaults, **{_measured(p): self.defaults.get(p) for p in self.measured}}
+        written += _figures(frame, self._all_tables(), defaults, directory)
         return written
+
+    def _all_tables(self) -> dict[str, pd.DataFrame]:
+        """The benchmark tables, and each protocol's measured table."""
+        return {**self.tables, **{_measured(p): table for p, table in self.measured.items()}}
 
     def missing_markdown(self) -> str:
         """What the skipped paper checks need, as Markdown."""
@@ -95,6 +113,11 @@ class Report:
         for what, details in self.missing.items():
             parts += [f"## {what}", "", details.rstrip(), ""]
         return "\n".join(parts)
+
+
+def _measured(protocol: str) -> str:
+    """The report's name of what ``protocol``'s paper checks measured."""
+    return f"{protocol} measured"
 
 
 def _percent(table: pd.DataFrame) -> pd.DataFrame:
@@ -110,6 +133,13 @@ def _file_stem(name: str) -> str:
 
 
 # -- figures ---------------------------------------------------------------------------------
+
+#: chance level of each metric (a score that ignores the input): AUROC 50 %, and FPR95 95 %
+#: (at 95 % ID recall, 95 % of the OOD samples pass)
+CHANCE = {"FPR95": 95.0, "AUROC": 50.0}
+_REFERENCE = "reference"  # the gid of reference lines, labelled beside the panel, not in legends
+_REFERENCE_STYLE = {"ls": "--", "lw": 1, "color": "0.45", "gid": _REFERENCE}
+_CHANCE_STYLE = {"ls": ":", "lw": 1.5, "color": "0.25", "gid": _REFERENCE}
 
 
 def _figures(
@@ -133,14 +163,14 @@ def _figures(
             if sweep is not None:
                 path = directory / f"{_file_stem(name)}_{column}.png"
                 references = _other_averages(table, defaults.get(name))
-                title = f"{name}: GradNorm"
+                title = f"{name}: GradNorm and its factors against {_axis_name(column)}"
                 written.append(_measured_figure(sweep, references, column, path, title))
     return written
 
 
 def _other_averages(table: pd.DataFrame, shown: dict | None) -> pd.DataFrame:
-    """The ``Average`` rows of the methods but GradNorm (of ``shown``'s, where given: the
-    table's detectors of note), one per method and settings."""
+    """The ``Average`` rows of the methods but GradNorm and its factors (of ``shown``'s, where
+    given: the table's detectors of note), one per method and settings."""
     rows = table[(table["ood_data"] == "Average") & ~_is_gradnorm(table)]
     if shown:
         rows = rows[rows["method"].isin(list(shown))]
@@ -148,20 +178,25 @@ def _other_averages(table: pd.DataFrame, shown: dict | None) -> pd.DataFrame:
 
 
 def _is_gradnorm(table: pd.DataFrame) -> pd.Series:
+    """GradNorm and its factors (``gradnorm-u``, ``gradnorm-v``)."""
     return table["method"].str.lower().str.startswith("gradnorm")
+
+
+def _axis_name(column: str) -> str:
+    return "p" if column == "p" else "T"
 
 
 def _axis_values(values: pd.Series) -> tuple[list[int], list[str]]:
     """Positions and labels for p (``inf`` drawn one step past the largest finite p)."""
     finite = sorted(v for v in values.unique() if not math.isinf(v))
-    labels = [f"{v:g}" for v in finite]
+    labels = [exact(v) for v in finite]
     if any(math.isinf(v) for v in values):
         labels.append("inf")
     return list(range(len(labels))), labels
 
 
 def _position(value: float, labels: list[str]) -> int:
-    return labels.index("inf" if math.isinf(value) else f"{value:g}")
+    return labels.index("inf" if math.isinf(value) else exact(value))
 
 
 def _sweep_figure(
@@ -170,7 +205,7 @@ def _sweep_figure(
     import matplotlib.pyplot as plt
 
     positions, labels = _axis_values(paper[column])
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     for axis, metric in zip(axes, ("FPR95", "AUROC"), strict=True):
         for index, (ood, rows) in enumerate(paper.groupby("ood_data", sort=False)):
             color = f"C{index}"
@@ -181,14 +216,16 @@ def _sweep_figure(
                 if len(mine):
                     x = [_position(v, labels) for v in mine[column]]
                     axis.plot(x, mine[f"{metric} measured"], "o", color=color, label=f"{ood} (run)")
+        _reference_lines(axis, None, metric)
         _decorate(axis, positions, labels, column, metric)
-    axes[1].legend(fontsize=7, ncol=2)
+    _legend_below(figure, axes[0])
     figure.suptitle(title)
     return _save(figure, path)
 
 
 def _gradnorm_sweep(table: pd.DataFrame, column: str) -> pd.DataFrame | None:
-    """GradNorm rows of ``table`` that vary ``column`` with the other setting fixed."""
+    """GradNorm's (and its factors') rows of ``table`` that vary ``column`` with the other
+    setting fixed."""
     if column not in table.columns or "method" not in table.columns:
         return None
     rows = table[_is_gradnorm(table)]
@@ -203,32 +240,129 @@ def _gradnorm_sweep(table: pd.DataFrame, column: str) -> pd.DataFrame | None:
 def _measured_figure(
     rows: pd.DataFrame, references: pd.DataFrame, column: str, path: Path, title: str
 ) -> Path:
-    """GradNorm's metrics against ``column`` per OOD set, and each of ``references``' Average
-    (the other detectors) as a dashed horizontal line."""
+    """One row of panels per method of ``rows`` (GradNorm, then its factors), its metrics
+    against ``column`` per OOD set; the chance level, and each of ``references``' Average (the
+    other detectors) as a grey dashed line labelled beside the panel."""
     import matplotlib.pyplot as plt
 
     positions, labels = _axis_values(rows[column])
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for axis, metric in zip(axes, ("FPR95", "AUROC"), strict=True):
-        for index, (ood, part) in enumerate(rows.groupby("ood_data", sort=False)):
-            part = part.sort_values(column)
-            x = [_position(v, labels) for v in part[column]]
-            width = 2.5 if ood == "Average" else 1.0
-            axis.plot(x, 100 * part[metric], "o-", lw=width, color=f"C{index}", label=ood)
-        for index, row in enumerate(references.itertuples(index=False)):
-            value = 100 * getattr(row, metric)
-            color = plt.get_cmap("Dark2")(index % 8)
-            axis.axhline(value, ls="--", lw=1, color=color, label=f"{row.method} (Average)")
-        _decorate(axis, positions, labels, column, metric)
-    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    methods = list(dict.fromkeys(rows["method"]))
+    figure, axes = plt.subplots(
+        len(methods), 2, figsize=(12, 0.6 + 3.2 * len(methods)), squeeze=False
+    )
+    for panels, method in zip(axes, methods, strict=True):
+        for axis, metric in zip(panels, ("FPR95", "AUROC"), strict=True):
+            _plot_sweep(axis, rows[rows["method"] == method], column, labels, metric)
+            _reference_lines(axis, references, metric)
+            _decorate(axis, positions, labels, column, metric)
+            axis.set_title(_method_title(method), fontsize=9)
+    _legend_below(figure, axes[-1][0])
     figure.suptitle(title)
     return _save(figure, path)
 
 
+_FACTOR_TITLES = {
+    "gradnorm": "GradNorm = U V",
+    "gradnorm-u": "gradnorm-u: U = ||h||_p (features; T does not change it)",
+    "gradnorm-v": "gradnorm-v: V = ||(C softmax(z/T) - 1) / T||_p (outputs)",
+}
+
+
+def _method_title(method: str) -> str:
+    return _FACTOR_TITLES.get(method, method)
+
+
+def _plot_sweep(axis, rows: pd.DataFrame, column: str, labels: list[str], metric: str) -> None:
+    """``metric`` against ``column`` per OOD set of ``rows``; the Average thick and black."""
+    sets = [ood for ood in dict.fromkeys(rows["ood_data"]) if ood != "Average"]
+    for ood in [*sets, "Average"]:
+        part = rows[rows["ood_data"] == ood].sort_values(column)
+        if not len(part):
+            continue
+        x = [_position(v, labels) for v in part[column]]
+        style = (
+            {"lw": 2.5, "color": "black"}
+            if ood == "Average"
+            else {"lw": 1.0, "color": f"C{sets.index(ood)}"}
+        )
+        axis.plot(x, 100 * part[metric], "o-", ms=3.5, label=ood, **style)
+
+
+def _reference_lines(axis, references: pd.DataFrame | None, metric: str) -> None:
+    """The chance level and each reference's Average, labelled at the panel's right edge
+    (labels pushed apart so that they do not overlap)."""
+    from matplotlib.transforms import blended_transform_factory
+
+    references = references if references is not None else pd.DataFrame(columns=["method"])
+    axis.axhline(CHANCE[metric], label="chance", **_CHANCE_STYLE)
+    for row in references.itertuples(index=False):
+        axis.axhline(
+            100 * getattr(row, metric), label=f"{row.method} (Average)", **_REFERENCE_STYLE
+        )
+    marks = [(CHANCE[metric], "chance")] + [
+        (100 * getattr(row, metric), row.method) for row in references.itertuples(index=False)
+    ]
+    where = blended_transform_factory(axis.transAxes, axis.transData)
+    for y, text in zip(_spread([y for y, _ in marks], gap=5.5), [t for _, t in marks], strict=True):
+        axis.text(1.01, y, text, transform=where, fontsize=7, va="center", color="0.3")
+
+
+def _spread(values: list[float], gap: float) -> list[float]:
+    """Label heights near ``values``, at least ``gap`` apart: labels that would overlap are
+    stacked around their mean, so each stays beside its line."""
+    clusters = [[i] for i in sorted(range(len(values)), key=lambda i: values[i])]
+
+    def bottom(cluster: list[int]) -> float:
+        mean = sum(values[i] for i in cluster) / len(cluster)
+        return mean - gap * (len(cluster) - 1) / 2
+
+    merged = True
+    while merged:
+        merged = False
+        for index in range(len(clusters) - 1):
+            lower, upper = clusters[index], clusters[index + 1]
+            if bottom(lower) + gap * len(lower) > bottom(upper):
+                clusters[index : index + 2] = [lower + upper]
+                merged = True
+                break
+    placed = list(values)
+    for cluster in clusters:
+        for rank, i in enumerate(cluster):
+            placed[i] = bottom(cluster) + gap * rank
+    return placed
+
+
+def _legend_below(figure, axis) -> None:
+    """The legend of ``axis``'s data series below the panels, outside every data area (the
+    saved image grows to hold it); one column per OOD set where runs and the paper pair."""
+    from matplotlib.lines import Line2D
+
+    handles, labels = axis.get_legend_handles_labels()
+    series = [
+        (handle, label)
+        for handle, label in zip(handles, labels, strict=True)
+        if handle.get_gid() != _REFERENCE
+    ]
+    series.append((Line2D([], [], **_CHANCE_STYLE), "chance"))
+    if sum(handle.get_gid() == _REFERENCE for handle in handles) > 1:  # beyond chance
+        series.append((Line2D([], [], **_REFERENCE_STYLE), "other detectors (Average)"))
+    paired = any(label.endswith("(run)") for _, label in series)
+    figure.legend(
+        [handle for handle, _ in series],
+        [label for _, label in series],
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=math.ceil(len(series) / 2) if paired else len(series),
+        fontsize=8,
+        frameon=False,
+    )
+
+
 def _decorate(axis, positions: list[int], labels: list[str], column: str, metric: str) -> None:
     axis.set_xticks(positions, labels, rotation=45 if column == "temperature" else 0)
-    axis.set_xlabel("p" if column == "p" else "T")
+    axis.set_xlabel(_axis_name(column))
     axis.set_ylabel(f"{metric} (%)")
+    axis.set_ylim(-3, 103)
     axis.grid(alpha=0.3)
 
 
@@ -237,6 +371,8 @@ def _save(figure, path: Path) -> Path:
 
     try:
         figure.tight_layout()
-        return atomic_write(path, lambda file: figure.savefig(file, format="png", dpi=110))
+        return atomic_write(
+            path, lambda file: figure.savefig(file, format="png", dpi=110, bbox_inches="tight")
+        )
     finally:
         plt.close(figure)

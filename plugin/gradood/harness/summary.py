@@ -2,48 +2,61 @@
 
 - each benchmark table: one line per detector (its Average over the OOD sets), sorted by AUROC;
   a detector with several settings shows its default (e.g. GradNorm's paper setting) and its
-  best setting;
+  best setting by AUROC; the paper's detectors always, the best others as the line budget
+  allows; then, computed from the table, why a paper detector falls below 50 % AUROC (its
+  factors' AUROC on its worst OOD set, :data:`gradood.registry.FACTORS`);
 - speed: each side-by-side ratio with its target and verdict;
 - the paper's checks: one line per protocol (how many rows ran, within tolerance, the worst
-  deviation, or why they did not run);
+  deviation, or why they did not run), and the same why-lines on the protocol's data;
 - where the report folder is.
+
+A line too wide is shortened at a word, never inside a word or a path.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
 from ..evaluate import AVERAGE, METRICS
+from ..registry import FACTORS
 from .report import MISSING_DATA, Report
 from .stages import seconds
 
-__all__ = ["MAX_LINES", "MAX_WIDTH", "shown_path", "summary_lines"]
+__all__ = ["MAX_LINES", "MAX_WIDTH", "below_chance_lines", "shown_path", "summary_lines"]
 
 MAX_LINES = 40
 MAX_WIDTH = 100
-_NAME_WIDTH = 34
+_NAME_WIDTH = 30
 #: detectors listed per table, by AUROC: those with a default setting (the paper's) and the best
-#: of the others up to this count; the rest are counted
+#: of the others up to this count (fewer where the summary would pass MAX_LINES); the rest are
+#: counted
 _TABLE_ROWS = 10
 
 
 def summary_lines(report: Report, folder: Path | None) -> list[str]:
-    """The summary of ``report``, whose files are (or would be) in ``folder``."""
-    lines = []
-    for name, table in report.tables.items():
-        lines += _table_lines(name, table, report.captions.get(name), report.defaults.get(name))
+    """The summary of ``report``, whose files are (or would be) in ``folder``: at most
+    :data:`MAX_LINES` lines (the tables list fewer of their other detectors where needed)."""
+    rest = []
     if report.speed:
-        lines += _speed_lines(report)
+        rest += _speed_lines(report)
     if report.comparisons or report.skipped:
-        lines += _paper_lines(report, folder)
-    lines += _stage_lines(report)
+        rest += _paper_lines(report, folder)
+    rest += _stage_lines(report)
     if folder is not None:
-        lines.append(f"report: {shown_path(folder)}")
-    return [line[:MAX_WIDTH] for line in lines]
+        rest.append(f"report: {shown_path(folder)}")
+    rows = _TABLE_ROWS
+    while True:
+        tables = []
+        for name, table in report.tables.items():
+            tables += _table_lines(name, table, report, rows)
+        if len(tables) + len(rest) <= MAX_LINES or rows == 0:
+            return [_fit(line) for line in tables + rest]
+        rows -= 1
 
 
 def shown_path(path: Path) -> str:
@@ -54,31 +67,86 @@ def shown_path(path: Path) -> str:
         return str(path)
 
 
+def _fit(line: str, width: int = MAX_WIDTH) -> str:
+    """``line`` cut to ``width`` columns at a space, ending in ``...``; never inside a word or
+    a path (a line without such a space stays whole)."""
+    if len(line) <= width:
+        return line
+    cut = line.rfind(" ", 0, width - 2)
+    return line if cut <= len(line) - len(line.lstrip()) else line[:cut].rstrip(" ,;:") + "..."
+
+
 def _settings_label(settings: dict[str, float]) -> str:
     return " ".join(f"{'T' if k == 'temperature' else k}={v:g}" for k, v in settings.items())
 
 
-def _table_lines(
-    name: str, table: pd.DataFrame, caption: str | None, defaults: dict | None
-) -> list[str]:
+@dataclass(frozen=True)
+class _Row:
+    label: str
+    fpr95: float
+    auroc: float
+    note: str
+    pinned: bool
+
+
+def _table_lines(name: str, table: pd.DataFrame, report: Report, count: int) -> list[str]:
+    """The table's Average rows by AUROC: the detectors of ``report.defaults`` (at their
+    settings) and the best others up to ``count`` rows; then why the defaults fall below 50 %
+    AUROC."""
+    defaults = report.defaults.get(name) or {}
     averages = table[table["ood_data"] == AVERAGE]
     ood_sets = [o for o in dict.fromkeys(table["ood_data"]) if o != AVERAGE]
-    rows = []
-    for method, group in averages.groupby("method", sort=False):
-        pinned = method in (defaults or {})
-        rows.append((*_method_row(str(method), group, (defaults or {}).get(method)), pinned))
-    rows.sort(key=lambda row: -row[2])
-    pinned = [row for row in rows if row[4]]
-    others = [row for row in rows if not row[4]][: max(0, _TABLE_ROWS - len(pinned))]
-    shown = sorted(pinned + others, key=lambda row: -row[2])
+    rows = [
+        _method_row(str(method), group, defaults.get(method), method in defaults)
+        for method, group in averages.groupby("method", sort=False)
+    ]
+    rows.sort(key=lambda row: -row.auroc)
+    pinned = [row for row in rows if row.pinned]
+    shown = sorted(
+        pinned + [row for row in rows if not row.pinned][: max(0, count - len(pinned))],
+        key=lambda r: -r.auroc,
+    )
+    caption = report.captions.get(name)
     head = f"{name}" + (f": {caption}" if caption else "")
-    lines = [head, f"  Average over {len(ood_sets)} OOD sets ({', '.join(ood_sets)})"]
-    lines.append(f"  {'detector':<{_NAME_WIDTH}} {'FPR95 %':>8} {'AUROC %':>8}")
-    for label, fpr95, auroc, extra, _pinned in shown:
-        lines.append(f"  {label:<{_NAME_WIDTH}} {fpr95:8.2f} {auroc:8.2f}{extra}")
-    if len(shown) < len(rows):
-        lines.append(f"  ... {len(rows) - len(shown)} more detectors in the report's table")
-    return [*lines, ""]
+    sets = f"OOD: {', '.join(ood_sets)}"
+    lines = [f"{head}; {sets}"] if len(f"{head}; {sets}") <= MAX_WIDTH else [head, f"  {sets}"]
+    more = f"; {len(rows) - len(shown)} more in the report" if len(shown) < len(rows) else ""
+    average = f"Average of {len(ood_sets)} OOD sets"
+    lines.append(f"  {average:<{_NAME_WIDTH}} {'FPR95 %':>8} {'AUROC %':>8}  by AUROC{more}")
+    shown = _merge_identical(shown)
+    for row, (fpr95, auroc) in zip(shown, _distinct_figures(shown), strict=True):
+        lines.append(f"  {row.label:<{_NAME_WIDTH}} {fpr95:>8} {auroc:>8}{row.note}")
+    return [*lines, *below_chance_lines(table, defaults), ""]
+
+
+def _merge_identical(rows: list[_Row]) -> list[_Row]:
+    """Rows of identical metrics as one, named ``a = b`` (e.g. two names of one score)."""
+    merged: list[_Row] = []
+    for row in rows:
+        twin = next((m for m in merged if (m.fpr95, m.auroc) == (row.fpr95, row.auroc)), None)
+        if twin is None:
+            merged.append(row)
+        else:
+            label = f"{twin.label} = {row.label}"
+            merged[merged.index(twin)] = replace(twin, label=label, note=twin.note or row.note)
+    return merged
+
+
+def _distinct_figures(rows: list[_Row]) -> list[tuple[str, str]]:
+    """FPR95 and AUROC of each row with 2 decimals, more (up to 4) where another row with
+    other metrics would print the same figures."""
+
+    def printed(row: _Row, decimals: int) -> tuple[str, str]:
+        return f"{row.fpr95:.{decimals}f}", f"{row.auroc:.{decimals}f}"
+
+    def ambiguous(row: _Row, decimals: int) -> bool:
+        return any(
+            printed(other, decimals) == printed(row, decimals)
+            and (other.fpr95, other.auroc) != (row.fpr95, row.auroc)
+            for other in rows
+        )
+
+    return [printed(row, next((d for d in (2, 3) if not ambiguous(row, d)), 4)) for row in rows]
 
 
 def _setting_columns(group: pd.DataFrame) -> list[str]:
@@ -87,17 +155,24 @@ def _setting_columns(group: pd.DataFrame) -> list[str]:
     return [c for c in group.columns if c not in reserved and group[c].notna().any()]
 
 
+def _at(group: pd.DataFrame, settings: dict[str, float] | None) -> pd.DataFrame:
+    """The rows of ``group`` at ``settings`` (all rows if none are given)."""
+    for column, value in (settings or {}).items():
+        if column in group.columns:
+            group = group[group[column] == value]
+    return group
+
+
 def _method_row(
-    method: str, group: pd.DataFrame, default: dict[str, float] | None
-) -> tuple[str, float, float, str]:
-    """(label, FPR95 %, AUROC %, best-setting note) of one method's Average rows."""
+    method: str, group: pd.DataFrame, default: dict[str, float] | None, pinned: bool
+) -> _Row:
+    """One method's Average rows: at its ``default`` settings, and its best AUROC (the
+    table's order) where it has several."""
     if len(group) == 1:
         row = group.iloc[0]
-        return method, 100 * row["FPR95"], 100 * row["AUROC"], ""
+        return _Row(method, 100 * row["FPR95"], 100 * row["AUROC"], "", pinned)
     columns = _setting_columns(group)
-    shown = group
-    for column, value in (default or {}).items():
-        shown = shown[shown[column] == value]
+    shown = _at(group, default)
     shown_row = shown.iloc[0] if len(shown) else group.iloc[0]
     best = group.loc[group["AUROC"].idxmax()]
 
@@ -106,14 +181,79 @@ def _method_row(
 
     label = f"{method} {_settings_label(settings_of(shown_row))}"
     note = (
-        f"  best of {len(group)}: {_settings_label(settings_of(best))} "
+        f" best AUROC of {len(group)}: {_settings_label(settings_of(best))} "
         f"({100 * best['FPR95']:.2f} / {100 * best['AUROC']:.2f})"
     )
-    return label, 100 * shown_row["FPR95"], 100 * shown_row["AUROC"], note
+    return _Row(label, 100 * shown_row["FPR95"], 100 * shown_row["AUROC"], note, pinned)
 
 
 def _missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+# -- why a detector falls below chance -------------------------------------------------------
+
+
+def below_chance_lines(
+    table: pd.DataFrame, defaults: dict[str, dict], indent: str = "  "
+) -> list[str]:
+    """Why the detectors of ``defaults`` (at those settings) rank an OOD set of ``table`` as
+    more in-distribution than the ID data (AUROC < 50 %), from the table's own numbers: a
+    detector with registered factors (:data:`gradood.registry.FACTORS`, e.g. GradNorm = U V)
+    gets one line with its factors' AUROC on its worst set; the others share one line per set,
+    beside the first factor (U, the feature norm) at its default settings."""
+    per_set = table[table["ood_data"] != AVERAGE]
+    factor_names = {f for factors in FACTORS.values() for f in factors}
+    lines, unfactored = [], {}
+    for method, settings in defaults.items():
+        if method in factor_names:
+            continue
+        rows = _at(per_set[per_set["method"] == method], settings)
+        below = rows[rows["AUROC"] < 0.5].sort_values("AUROC")
+        if not len(below):
+            continue
+        factors = FACTORS.get(method, {})
+        if factors and all(len(_at(per_set[per_set["method"] == f], settings)) for f in factors):
+            lines.append(indent + _factor_line(method, below, per_set, settings, factors))
+        else:
+            first = below.iloc[0]
+            unfactored.setdefault(first["ood_data"], []).append((method, first["AUROC"]))
+    for ood, detectors in unfactored.items():
+        lines.append(indent + _shared_line(ood, detectors, per_set, defaults))
+    return lines
+
+
+def _auroc(per_set: pd.DataFrame, method: str, settings: dict, ood: str) -> float | None:
+    rows = _at(per_set[(per_set["method"] == method) & (per_set["ood_data"] == ood)], settings)
+    return float(rows["AUROC"].iloc[0]) if len(rows) else None
+
+
+def _factor_line(
+    method: str, below: pd.DataFrame, per_set: pd.DataFrame, settings: dict, factors: dict
+) -> str:
+    """E.g. ``gradnorm AUROC 0.10 % on Uniform noise: U (feature norm) 0.00 %, V (output
+    norm) 48.34 %``, on the set of the lowest AUROC."""
+    worst = below.iloc[0]
+    named = [
+        f"{label} {100 * _auroc(per_set, factor, settings, worst['ood_data']):.2f} %"
+        for factor, label in factors.items()
+    ]
+    return f"{method} AUROC {100 * worst['AUROC']:.2f} % on {worst['ood_data']}: {', '.join(named)}"
+
+
+def _shared_line(
+    ood: str, detectors: list[tuple[str, float]], per_set: pd.DataFrame, defaults: dict
+) -> str:
+    """E.g. ``odin 2.76 %, energy 4.50 % AUROC on Uniform noise: U (feature norm) there
+    0.00 %``."""
+    named = ", ".join(f"{method} {100 * auroc:.2f} %" for method, auroc in detectors)
+    line = f"{named} AUROC on {ood}"
+    for method, factors in FACTORS.items():
+        factor, label = next(iter(factors.items()))
+        auroc = _auroc(per_set, factor, defaults.get(factor, defaults.get(method, {})), ood)
+        if auroc is not None:
+            line += f": {label} there {100 * auroc:.2f} %"
+    return line
 
 
 def _speed_lines(report: Report) -> list[str]:
@@ -145,10 +285,13 @@ def _paper_lines(report: Report, folder: Path | None) -> list[str]:
             reason = report.unavailable.get(protocol) or Counter(skipped).most_common(1)[0][0]
             line += f"; {reason}" if compared else f": {reason}"
             if report.missing and folder is not None:
-                line += _details(line, folder)
+                line = _details(line, folder)
         lines.append(line)
         if compared:
             lines.append(f"            worst: {_deviation(max(compared, key=_excess))}")
+        if protocol in report.measured:
+            defaults = report.defaults.get(protocol, {})
+            lines += below_chance_lines(report.measured[protocol], defaults, " " * 12)
     return [*lines, ""]
 
 
@@ -174,10 +317,14 @@ def _stage_lines(report: Report) -> list[str]:
 
 
 def _details(line: str, folder: Path) -> str:
-    """Where the missing data is described: the file's path, or its name where the path would
-    make ``line`` too wide (the last line of the summary names the folder)."""
+    """``line`` and where the missing data is described: the file's path, or its name where the
+    path would make ``line`` too wide (the last line of the summary names the folder); the
+    words of ``line`` are shortened where even that is too wide, never the name."""
     hint = f" (details: {shown_path(folder / MISSING_DATA)})"
-    return hint if len(line + hint) <= MAX_WIDTH else f" (details: {MISSING_DATA} in the report)"
+    if len(line + hint) <= MAX_WIDTH:
+        return line + hint
+    hint = f" (details: {MISSING_DATA} in the report)"
+    return _fit(line, MAX_WIDTH - len(hint)) + hint
 
 
 def _excess(comparison) -> float:

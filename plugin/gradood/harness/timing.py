@@ -178,9 +178,20 @@ class SpeedCheck:
     def line(self) -> str:
         """E.g. ``GradNorm / MSP throughput  resnet18 32px b64  0.97x [0.95-0.99]  >= 0.95  met``
         (the median and the interquartile range of the rounds)."""
-        value = f"{self.median:.3g}x"
+        bound = self.target.bound
+        value = f"{_figure(self.median, bound)}x"
         if isinstance(self.ratio, PairedRatio):
             low, high = self.ratio.iqr
-            value += f" [{low:.3g}-{high:.3g}]"
+            value += f" [{_figure(low, bound)}-{_figure(high, bound)}]"
         target = "-" if self.target.bound is None else str(self.target)
         return f"{self.what:<34} {self.setting:<20} {value:<20} {target:<7} {self.verdict}"
+
+
+def _figure(value: float, bound: float | None) -> str:
+    """``value`` with 3 significant digits, more (up to 6) where it would print as ``bound``
+    without being equal to it: the figures never contradict the verdict."""
+    for digits in range(3, 7):
+        text = f"{value:#.{digits}g}".rstrip(".")
+        if bound is None or value == bound or float(text) != bound:
+            return text
+    return text
