@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from gradood.harness.plugin import enforce_speed_targets, run_report
+from gradood.harness.session import enforce_speed_targets, run_report
 from gradood.harness.speed import SideBySide, steady_allocator
 from gradood.harness.timing import MISSED, SpeedCheck
 
@@ -28,6 +28,28 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SIDE_BY_SIDE] = SideBySide()
     if not config.getoption("benchmark_disable", default=True):
         config.stash[_ALLOCATOR] = steady_allocator()
+
+
+_XDIST = "speed tests deselected under pytest-xdist (-n): the workers share the CPUs"
+
+
+def _under_xdist(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput") or config.getoption("dist", "no") != "no"
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """One line, as pytest-benchmark's, which turns its timing off under xdist."""
+    return f"gradood: {_XDIST}" if _under_xdist(config) else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, the tests that give speed verdicts do not run."""
+    if not _under_xdist(config):
+        return
+    speed = [item for item in items if "speed_check" in getattr(item, "fixturenames", ())]
+    if speed:
+        config.hook.pytest_deselected(items=speed)
+        items[:] = [item for item in items if item not in speed]
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ from gradood.harness.bundled import (
     run_bundled,
     torch_threads,
 )
-from gradood.harness.plugin import say
+from gradood.harness.session import say
 from gradood.protocols.digits import DigitsBenchmark
 
 

@@ -174,7 +174,7 @@ def test_a_long_reason_is_shortened_at_a_word_and_the_path_kept_whole():
     lines = summary_lines(report, Path("reports/run"))
     line = next(line for line in lines if line.startswith("  cifar10"))
     assert len(line) <= MAX_WIDTH
-    assert line.endswith("... (details: missing-data.md in the report)")
+    assert line.endswith("... (details: missing-data.md)")
     assert line.startswith("  cifar10   0 of 25 rows run: 5 datasets missing")
 
 

@@ -13,10 +13,9 @@ from gradood.models.digits import (
     DIGITS_CNN_SHA256,
     DigitsCNN,
     load_digits_cnn,
-    main,
     train_digits_cnn,
 )
-from gradood.protocols.digits import DigitsBenchmark
+from gradood.protocols.digits import DigitsBenchmark, main
 
 
 def _accuracy(model: torch.nn.Module, digits: DigitsBenchmark) -> float:

@@ -3,7 +3,6 @@ here from its printed layout, plus invariants that catch slips, dtypes and error
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import re
@@ -450,11 +449,29 @@ GOOD_ROW = "ImageNet-1k,SUN,GradNorm,1,1,46.48,89.03"
 HEADER = "id_data,ood_data,method,p,temperature,FPR95,AUROC"
 
 
-def parse_csv(*lines: str) -> pd.DataFrame:
-    return reported._parse(io.StringIO("\n".join(lines) + "\n"), "tableX")
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    """Shipped files as written here: ``shipped(name, *lines)`` writes ``name`` into a folder
+    that the reported module reads instead of its own."""
+    monkeypatch.setattr(reported, "_source", lambda filename: tmp_path / filename)
+    for cached in (reported._load, reported._measurement):
+        cached.cache_clear()
+    yield lambda name, *lines: (tmp_path / name).write_text("".join(f"{x}\n" for x in lines))
+    for cached in (reported._load, reported._measurement):
+        cached.cache_clear()
 
 
-def test_parses_comments_inf_and_empty_cells():
+@pytest.fixture
+def parse_csv(shipped):
+    def parse(*lines: str) -> pd.DataFrame:
+        shipped("tableX.csv", *lines)
+        reported._load.cache_clear()
+        return reported._load("tableX")
+
+    return parse
+
+
+def test_parses_comments_inf_and_empty_cells(parse_csv):
     frame = parse_csv(
         "# a comment", HEADER, GOOD_ROW, "ImageNet-1k,SUN,Mahalanobis,,,88.43,65.20"
     ).set_index("method")
@@ -477,12 +494,12 @@ def test_parses_comments_inf_and_empty_cells():
         ([HEADER, GOOD_ROW, GOOD_ROW.replace("46.48", "46.49")], "tableX.csv: repeated rows"),
     ],
 )
-def test_bad_data_files_are_named_errors(lines, message):
+def test_bad_data_files_are_named_errors(parse_csv, lines, message):
     with pytest.raises(ValueError, match=message):
         parse_csv(*lines)
 
 
-def test_repeated_rows_with_not_applicable_settings_are_found():
+def test_repeated_rows_with_not_applicable_settings_are_found(parse_csv):
     row = "ImageNet-1k,SUN,Mahalanobis,,,88.43,65.20"
     with pytest.raises(ValueError, match="repeated rows"):
         parse_csv(HEADER, row, row)
@@ -511,3 +528,46 @@ def test_every_method_of_every_table_says_how_it_is_measured():
                 assert settings.nunique() == len(settings) // settings.value_counts().iloc[0]
     with pytest.raises(ValueError, match="no single entry for KNN of table1"):
         reported.measured_as("table1", "KNN")
+
+
+MEASUREMENT_HEADER = "table,method,detector,tolerance,varies,settings"
+
+
+@pytest.mark.parametrize(
+    ("name", "lines", "message"),
+    [
+        ("table7.csv", [], "table7.csv: the file is empty"),
+        ("table7.csv", ["# only comments"], "table7.csv: the file is empty"),
+        ("table7.csv", [HEADER], "table7.csv: 0 data rows, fewer than 50, the rows the paper"),
+        ("table7.csv", [HEADER, *[GOOD_ROW] * 3], "table7.csv: 3 data rows, fewer than 50"),
+        ("table1.csv", [HEADER.replace(",AUROC", ""), GOOD_ROW], "table1.csv: columns"),
+        ("measurement.csv", [], "measurement.csv: the file is empty"),
+        ("measurement.csv", [MEASUREMENT_HEADER], "measurement.csv: 0 data rows, fewer than 14"),
+        (
+            "measurement.csv",
+            [MEASUREMENT_HEADER.replace(",settings", ""), "table1,MSP,msp,deterministic,"],
+            "measurement.csv: columns .* expected .*'settings'",
+        ),
+    ],
+)
+def test_shipped_files_cut_short_or_emptied_are_errors_naming_their_path(
+    shipped, tmp_path, name, lines, message
+):
+    """A reported table with its header only must not make its checks vanish (row 6), nor an
+    empty or column-less file raise pandas' or a KeyError without the file (row 7)."""
+    shipped(name, *lines)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(tmp_path))}/{message}"):
+        if name == "measurement.csv":
+            reported.measured_as("table1", "MSP")
+        else:
+            reported.table(name.removesuffix(".csv"))
+
+
+def test_the_shipped_files_hold_the_papers_rows_and_their_installed_path_is_named():
+    counts = reported._least_rows()
+    for name in reported.tables():
+        assert len(reported.table(name)) >= counts[f"{name}.csv"]
+    assert len(reported._measurement()) == counts["measurement.csv"]
+    assert str(reported._source("table7.csv")).endswith(
+        os.path.join("gradood", "reported", "table7.csv")
+    )

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ from .features import (
 )
 from .heads import Head, PenultimateEncoder, find_head
 from .metrics import paper_metrics
+from .validation import check_finite_scores, settings_text
 
 __all__ = ["AVERAGE", "METRICS", "CachedScorer", "detector_grid", "evaluate"]
 
@@ -295,7 +295,7 @@ def _check_unique(entries: list[_Entry]) -> None:
         clash = [name for name in entry.settings if name in _RESERVED_COLUMNS]
         if clash:
             raise ValueError(f"{entry.method}: setting names {clash} clash with result columns")
-        label = (entry.method, _settings_text(entry.settings))
+        label = (entry.method, settings_text(entry.settings))
         if label in seen:
             raise ValueError(f"two detectors are named {label[0]} with settings '{label[1]}'")
         seen.add(label)
@@ -490,10 +490,11 @@ def _checked(entry: _Entry, scores: Any, expected: int, dataset: str) -> Tensor:
     if not isinstance(scores, Tensor) or scores.shape != (expected,):
         shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
         raise ValueError(
-            f"{entry.method} ({_settings_text(entry.settings)}) returned scores of shape {shape} "
+            f"{entry.method} ({settings_text(entry.settings)}) returned scores of shape {shape} "
             f"on {expected} samples of '{dataset}'; expected one score per sample"
         )
-    return scores.detach().to("cpu", torch.float64)
+    scores = scores.detach().to("cpu", torch.float64)
+    return check_finite_scores(scores, entry.method, entry.settings)
 
 
 @contextmanager
@@ -503,7 +504,7 @@ def _context(entry: _Entry, dataset: str) -> Iterator[None]:
         yield
     except Exception as error:
         if hasattr(error, "add_note"):
-            settings = _settings_text(entry.settings)
+            settings = settings_text(entry.settings)
             error.add_note(f"while scoring {entry.method} ({settings}) on '{dataset}'")
         raise
 
@@ -525,7 +526,7 @@ def _row(entry: _Entry, ood_name: str, scores: Tensor, labels: Tensor) -> dict[s
     is_id = labels >= 0
     return {
         "method": entry.method,
-        "settings": _settings_text(entry.settings),
+        "settings": settings_text(entry.settings),
         **entry.settings,
         "ood_data": ood_name,
         **paper_metrics(scores, labels),
@@ -548,16 +549,6 @@ def _frame(rows: list[dict[str, Any]], entries: list[_Entry]) -> pd.DataFrame:
     setting_columns = list(dict.fromkeys(name for e in entries for name in e.settings))
     columns = ["method", "settings", *setting_columns, "ood_data", *METRICS, "n_id", "n_ood"]
     return pd.DataFrame(rows, columns=columns)
-
-
-def _settings_text(settings: Mapping[str, Any]) -> str:
-    return ", ".join(f"{name}={_format(value)}" for name, value in settings.items())
-
-
-def _format(value: Any) -> str:
-    if isinstance(value, numbers.Real) and not isinstance(value, (bool, numbers.Integral)):
-        return f"{float(value):g}"
-    return str(value)
 
 
 def _name(benchmark: Any) -> str:

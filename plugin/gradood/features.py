@@ -7,49 +7,9 @@ every logits detector (``predict_logits``), every penultimate-features detector
 (``predict_features``: GradNorm at any ``p`` and ``T``, Mahalanobis, ...) and every detector of
 further layer outputs scores without running the model again.
 
-**The cache.** With ``cache_dir``, the result is stored as ``features-<key>.pt`` in that
-directory. The key is a digest (:mod:`gradood.fingerprint`) of
-
-- the model: its class, every parameter and buffer (bytes), submodule attributes, training
-  flags and forward hooks;
-- the dataset: its class, length and attributes, including the transform (described by its
-  content, not its ``repr``: two ``Lambda`` transforms differ by their function's code and
-  closure), and its data. A dataset that lists its files (``samples`` / ``imgs`` of
-  torchvision's ``ImageFolder``, ``files`` of pytorch-ood's image datasets) is keyed by the
-  path, size and modification time of every file (with ``hash_files=True``, also by the bytes
-  of every file); one that holds its data (``TensorDataset``, CIFAR's ``data``) by those bytes.
-  Any other dataset (a file list under another name, data made on the fly, a listed file that
-  cannot be read) is keyed by the content of **every sample**, read once through the
-  DataLoader (the transform runs, the model does not) before the cache is looked up. This
-  costs one extra read of the data on each call (no forward pass), and is sound: nothing less
-  than every sample determines the result. (Hashing during the extraction instead would save
-  that read on a miss only: a hit must read every sample anyway, to check a recorded hash.)
-- the head, the extra layers and their reduction, bf16 autocast, the device type, the torch
-  version and ``key_extra`` (free material, e.g. a code version).
-
-Any change of these gives a new key, so a stale result is never returned; the cache does not
-see edits of the source code of a model's or a transform's methods (pass ``key_extra``), nor a
-dataset class that lists files or holds arrays but reads something else. The cache is not
-used, with a warning that says why, if an input cannot be described stably (an object whose
-only description is a memory address) or the dataset is random: its transform holds one of
-torchvision's random transforms (``Random*``, ``ColorJitter``, ``RandAugment``,
-``AutoAugment``, ...), or the first, middle or last sample differs between two reads.
-
-**Integrity.** Every cache file records a BLAKE2b checksum of its tensors, verified on every
-read: a file changed on disk (a flipped bit) raises :class:`CacheError` naming it;
-``recompute=True`` extracts again and replaces it.
-
-**Concurrency.** Processes sharing a ``cache_dir`` take turns per key: the extraction holds an
-exclusive ``flock`` on ``features-<key>.lock`` (see :func:`gradood.files.exclusive_lock`; on
-NFS, Linux maps it to a POSIX lock). A second process waits, then finds the final file and
-reads it; both get the same result and no file is left but the final one.
-
-**Resuming.** The dataset is cut into chunks of ``chunk_size`` samples; each finished chunk is
-written at once to ``features-<key>.chunks/``, and a later call skips the chunks that exist.
-When all are there, they are assembled into the final file and removed. Every file is written
-to a temporary file in the same directory and then renamed (``os.replace``), so no partial file
-is ever visible under a final name. Only files with these names (and the lock) are created or
-removed.
+**The cache.** With ``cache_dir``, the result is stored there and served to later calls with
+the same model, data and settings (see :mod:`gradood.cache`: the key, the files, the lock,
+resuming after an interruption).
 
 **Sharding.** Under ``torchrun`` (``torch.distributed`` initialized, or ``RANK`` and
 ``WORLD_SIZE`` set), rank ``r`` of ``W`` extracts chunks ``r, r + W, ...`` into the shared
@@ -62,15 +22,12 @@ The dataset must be index-deterministic: sample ``i`` must not depend on the acc
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
-import re
 import sys
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext, suppress
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,11 +36,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .cache import CacheError, OnChunk, Reading, cache_key, cached_pass, check_same_key
 from .capture import layer_outputs
 from .distributed import Ranks, current_ranks, resolve_device
-from .files import atomic_torch_save, exclusive_lock
-from .fingerprint import Fingerprint, keyed_by_attributes, qualified_name
 from .heads import Head, check_deferred, find_head, forward_logits, forward_with_features
+from .representations import Features
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -99,85 +56,11 @@ __all__ = [
 DEFAULT_CHUNK_SIZE = 2048
 #: how a captured layer output (B x C x H x W) becomes one row per sample
 REDUCTIONS = ("mean", "flatten", "none")
-FORMAT_VERSION = 2  # 2: a checksum of the tensors
 
 Reduction = str | Callable[[Tensor], Tensor]
 #: a batch stage run on the device: ``stage(inputs as collated, device) -> model input``
 DeviceStage = Callable[[Any, torch.device], Tensor]
-_CHUNK_NAME = re.compile(r"chunk-\d{10}-\d{10}\.pt")
 _LOADER_ARGUMENTS_WE_SET = ("batch_size", "shuffle", "sampler", "batch_sampler", "drop_last")
-_AGAIN = "delete it, or pass recompute=True, to extract again"
-
-
-class CacheError(ValueError):
-    """A cache file does not hold what its name says (it was changed by something else)."""
-
-
-@dataclass(frozen=True)
-class Features:
-    """What one forward pass gives for a dataset, one row per sample, in dataset order.
-
-    ``logits`` (N x C), ``features`` (N x D, the penultimate features entering the head),
-    ``labels`` (N; pytorch-ood convention: < 0 for OOD) and ``extras`` (name -> N x ...,
-    the reduced outputs of other layers).
-    """
-
-    logits: Tensor
-    features: Tensor
-    labels: Tensor
-    extras: Mapping[str, Tensor] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        rows = self.labels.shape[0] if self.labels.ndim else -1
-        named = {"logits": self.logits, "features": self.features, **self.extras}
-        wrong = {name: tuple(t.shape) for name, t in named.items() if t.ndim == 0 or len(t) != rows}
-        if rows < 0 or wrong:
-            raise ValueError(
-                f"Features: every tensor needs one row per label ({rows} labels); got {wrong}"
-            )
-
-    def __len__(self) -> int:
-        return self.labels.shape[0]
-
-    def __getitem__(self, index: slice | Tensor | Sequence[int]) -> Features:
-        """The rows selected by a slice, index tensor or boolean mask."""
-        return Features(
-            self.logits[index],
-            self.features[index],
-            self.labels[index],
-            {name: value[index] for name, value in self.extras.items()},
-        )
-
-    @staticmethod
-    def cat(parts: Sequence[Features]) -> Features:
-        """The rows of ``parts``, one after the other (all with the same extras)."""
-        if not parts:
-            raise ValueError("Features.cat needs at least one part")
-        names = list(parts[0].extras)
-        if any(list(part.extras) != names for part in parts):
-            raise ValueError("Features.cat: the parts have different extras")
-        return Features(
-            torch.cat([part.logits for part in parts]),
-            torch.cat([part.features for part in parts]),
-            torch.cat([part.labels for part in parts]),
-            {name: torch.cat([part.extras[name] for part in parts]) for name in names},
-        )
-
-    def to(self, device: str | torch.device) -> Features:
-        return Features(
-            self.logits.to(device),
-            self.features.to(device),
-            self.labels.to(device),
-            {name: value.to(device) for name, value in self.extras.items()},
-        )
-
-    def _tensors(self) -> dict[str, Any]:
-        return {
-            "logits": self.logits,
-            "features": self.features,
-            "labels": self.labels,
-            "extras": dict(self.extras),
-        }
 
 
 @dataclass(frozen=True)
@@ -193,14 +76,6 @@ class _Plan:
     reduction: Reduction
     progress: bool
     desc: str
-
-
-@dataclass(frozen=True)
-class _Key:
-    digest: str
-    parts: dict[str, str]
-    unstable: list[str]
-    summary: dict[str, Any]
 
 
 def extract_features(
@@ -300,7 +175,13 @@ def extract_features(
     if cache_dir is None:
         return _extract(model, found_head, dataset, ranges, plan, ranks)
 
-    key = _cache_key(model, found_head, dataset, plan, key_extra, hash_files)
+    key = cache_key(
+        model,
+        dataset,
+        _key_settings(found_head, plan, key_extra),
+        _reading(plan),
+        hash_files=hash_files,
+    )
     if any(ranks.gather(bool(key.unstable))):  # all ranks take the same path
         warnings.warn(
             "extract_features: not using the cache (the result is computed, not stored), "
@@ -308,20 +189,39 @@ def extract_features(
             stacklevel=2,
         )
         return _extract(model, found_head, dataset, ranges, plan, ranks)
-    _check_same_key(ranks, key)
-    store = _Store(Path(cache_dir).expanduser(), key)
-    with _lock(store, plan) if ranks.main else nullcontext():  # rank 0 speaks for all
-        if recompute and ranks.main:
-            store.clear()
-        return _extract_cached(model, found_head, dataset, ranges, plan, store, ranks)
+    check_same_key(ranks, key)
+    return cached_pass(
+        cache_dir,
+        key,
+        ranges,
+        ranks,
+        lambda mine, on_chunk: _run(model, found_head, dataset, mine, plan, on_chunk),
+        recompute=recompute,
+        on_wait=lambda lock: _tell_waiting(plan, lock),
+    )
 
 
-def _lock(store: _Store, plan: _Plan) -> AbstractContextManager:
-    def tell() -> None:
-        if plan.progress:
-            tqdm.write(f"{plan.desc}: waiting for another process (lock {store.lock})", sys.stderr)
+def _key_settings(head: Head | None, plan: _Plan, key_extra: Any) -> dict[str, Any]:
+    """The settings besides the model and the data that change the result."""
+    return {
+        "head": None if head is None else head.name,
+        "layers": dict(plan.layers),
+        "reduction": plan.reduction,
+        "bf16": plan.bf16,
+        "device": plan.device.type,
+        "collate_fn": plan.loader_kwargs.get("collate_fn"),
+        "device_preprocessing": plan.device_preprocessing,
+        "key_extra": key_extra,
+    }
 
-    return exclusive_lock(store.lock, on_wait=tell)
+
+def _reading(plan: _Plan) -> Reading:
+    return Reading(plan.loader_kwargs, plan.batch_size, plan.progress, plan.desc)
+
+
+def _tell_waiting(plan: _Plan, lock: Path) -> None:
+    if plan.progress:
+        tqdm.write(f"{plan.desc}: waiting for another process (lock {lock})", sys.stderr)
 
 
 def _head_to_capture(
@@ -428,7 +328,7 @@ def _run(
     dataset: Dataset,
     ranges: list[tuple[int, int]],
     plan: _Plan,
-    on_chunk: Callable[[int, int, Features], None],
+    on_chunk: OnChunk,
 ) -> None:
     """Forward the samples of ``ranges`` in order; call ``on_chunk`` after each range."""
     if not ranges:
@@ -541,255 +441,3 @@ def _wait_for_copies(device: torch.device) -> None:
     """Wait for the device's queued work, the copies of :func:`_stored` included."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-# -- the cache key ---------------------------------------------------------------------------
-
-
-def _cache_key(
-    model: nn.Module,
-    head: Head | None,
-    dataset: Dataset,
-    plan: _Plan,
-    key_extra: Any,
-    hash_files: bool,
-) -> _Key:
-    model_print = Fingerprint().add(model, "model")
-    data_print = Fingerprint(hash_files=hash_files).add(len(dataset)).add(dataset, "dataset")
-    reduction = plan.reduction
-    settings_print = Fingerprint().add(
-        {
-            "format": FORMAT_VERSION,
-            "torch": str(torch.__version__),
-            "head": None if head is None else head.name,
-            "layers": dict(plan.layers),
-            "reduction": reduction,
-            "bf16": plan.bf16,
-            "device": plan.device.type,
-            "collate_fn": plan.loader_kwargs.get("collate_fn"),
-            "device_preprocessing": plan.device_preprocessing,
-            "key_extra": key_extra,
-        },
-        "settings",
-    )
-    prints = (model_print, data_print, settings_print)
-    unstable = [reason for found in prints for reason in _reasons(found)]
-    unstable += _differing_reads(dataset)
-    by_samples = not (keyed_by_attributes(dataset) and not data_print.missing_files)
-    if by_samples and not unstable:
-        unstable += _add_samples(dataset, plan, data_print)
-    parts = {
-        "model": model_print.hexdigest(),
-        "dataset": data_print.hexdigest(),
-        "settings": settings_print.hexdigest(),
-    }
-    digest = hashlib.blake2b("|".join(parts.values()).encode(), digest_size=20).hexdigest()
-    summary = {
-        "model": qualified_name(type(model)),
-        "head": None if head is None else head.name,
-        "dataset": qualified_name(type(dataset)),
-        "samples": len(dataset),
-        "dataset_keyed_by": "every sample" if by_samples else "files or data it holds",
-        "hash_files": hash_files,
-        "extra_layers": dict(plan.layers),
-        "reduction": reduction if isinstance(reduction, str) else qualified_name(reduction),
-        "bf16": plan.bf16,
-        "device": plan.device.type,
-        "torch": str(torch.__version__),
-    }
-    return _Key(digest, parts, unstable, summary)
-
-
-def _reasons(fingerprint: Fingerprint) -> list[str]:
-    """Why a fingerprint cannot key a cache: objects without a stable description, randomness."""
-    return [
-        *(f"{where} has no stable description" for where in fingerprint.unstable),
-        *(f"{where} is a random transform" for where in fingerprint.random),
-    ]
-
-
-def _differing_reads(dataset: Dataset) -> list[str]:
-    """Read the first, middle and last sample twice: a random dataset gives other values."""
-    size = len(dataset)
-    return [
-        f"dataset[{index}] of {type(dataset).__name__} differs between two reads (a random "
-        "transform?)"
-        for index in sorted({0, size // 2, size - 1})
-        if _digest(dataset[index]).hexdigest() != _digest(dataset[index]).hexdigest()
-    ]
-
-
-def _digest(sample: Any, where: str = "sample") -> Fingerprint:
-    return Fingerprint().add(sample, where)
-
-
-def _as_list(batch: list) -> list:
-    return batch
-
-
-def _add_samples(dataset: Dataset, plan: _Plan, fingerprint: Fingerprint) -> list[str]:
-    """Feed the digest of every sample, in order, to ``fingerprint`` (one read of the data
-    through the DataLoader, without the model); returns the reasons not to cache, if any."""
-    kwargs = {**plan.loader_kwargs, "collate_fn": _as_list, "pin_memory": False}
-    loader = DataLoader(dataset, batch_size=plan.batch_size, **kwargs)
-    index = 0
-    with tqdm(
-        total=len(dataset), desc=f"{plan.desc}: key", unit="sample", disable=not plan.progress
-    ) as bar:
-        for batch in loader:
-            for sample in batch:
-                digest = _digest(sample, f"dataset[{index}]")
-                if _reasons(digest):  # no cache: the rest need not be read
-                    return _reasons(digest)
-                fingerprint.add(digest.hexdigest())
-                index += 1
-            bar.update(len(batch))
-    return []
-
-
-def _check_same_key(ranks: Ranks, key: _Key) -> None:
-    every = ranks.gather(key.parts)
-    for rank, parts in enumerate(every):
-        differing = [name for name in parts if parts[name] != every[0][name]]
-        if differing:
-            raise ValueError(
-                f"rank {rank} and rank 0 differ in their {' and '.join(differing)} (different "
-                "weights, data or settings per process); every rank must extract the same thing"
-            )
-
-
-# -- the files -------------------------------------------------------------------------------
-
-
-def _checksum(features: Features) -> str:
-    """BLAKE2b of the tensors' dtypes, shapes and bytes."""
-    return Fingerprint().add(features._tensors()).hexdigest()
-
-
-class _Store:
-    """The files of one key in the cache directory, and the only ones this module touches."""
-
-    def __init__(self, directory: Path, key: _Key):
-        self.key = key
-        self.final = directory / f"features-{key.digest}.pt"
-        self.chunk_dir = directory / f"features-{key.digest}.chunks"
-        self.lock = directory / f"features-{key.digest}.lock"
-        directory.mkdir(parents=True, exist_ok=True)
-
-    def chunk(self, start: int, stop: int) -> Path:
-        return self.chunk_dir / f"chunk-{start:010d}-{stop:010d}.pt"
-
-    def save(self, path: Path, features: Features, start: int, stop: int) -> None:
-        payload = {
-            "format": FORMAT_VERSION,
-            "digest": self.key.digest,
-            "summary": self.key.summary,
-            "start": start,
-            "stop": stop,
-            "checksum": _checksum(features),
-            **features._tensors(),
-        }
-        atomic_torch_save(path, payload)
-
-    def load(self, path: Path, start: int, stop: int) -> Features:
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-            features = Features(
-                payload["logits"], payload["features"], payload["labels"], payload["extras"]
-            )
-            expected = (FORMAT_VERSION, self.key.digest, start, stop, stop - start)
-            found = (
-                payload["format"],
-                payload["digest"],
-                payload["start"],
-                payload["stop"],
-                len(features),
-            )
-            recorded = payload["checksum"] if found == expected else None
-        except Exception as error:
-            raise CacheError(
-                f"the cache file {path} cannot be read ({type(error).__name__}: {error}); {_AGAIN}"
-            ) from error
-        if found != expected:
-            raise CacheError(
-                f"the cache file {path} holds (format, key, start, stop, rows) = {found}, not "
-                f"{expected}; {_AGAIN}"
-            )
-        if recorded != _checksum(features):
-            raise CacheError(
-                f"the cache file {path} fails its checksum: its tensors changed on disk (a "
-                f"flipped bit?); {_AGAIN}"
-            )
-        return features
-
-    def load_final(self, size: int) -> Features:
-        return self.load(self.final, 0, size)
-
-    def assemble(self, ranges: list[tuple[int, int]]) -> Features:
-        """Join the chunk files into the final file, then remove them."""
-        missing = [str(self.chunk(*r)) for r in ranges if not self.chunk(*r).exists()]
-        if missing:
-            raise ValueError(
-                f"{len(missing)} of {len(ranges)} chunk files are missing after extraction, e.g. "
-                f"{missing[0]}: in a multi-process run, cache_dir must be a directory that every "
-                "process sees (a shared file system)"
-            )
-        features = Features.cat([self.load(self.chunk(*r), *r) for r in ranges])
-        self.save(self.final, features, 0, ranges[-1][1])
-        self.remove_chunks()
-        return features
-
-    def clear(self) -> None:
-        """Remove the final file and the chunks of this key."""
-        self.final.unlink(missing_ok=True)
-        self.remove_chunks()
-
-    def remove_chunks(self) -> None:
-        if not self.chunk_dir.is_dir():
-            return
-        for path in self.chunk_dir.iterdir():
-            if _CHUNK_NAME.fullmatch(path.name):
-                with suppress(FileNotFoundError):
-                    path.unlink()
-        with suppress(OSError):  # not empty: something else lives there; leave it
-            self.chunk_dir.rmdir()
-
-
-def _extract_cached(
-    model: nn.Module,
-    head: Head | None,
-    dataset: Dataset,
-    ranges: list[tuple[int, int]],
-    plan: _Plan,
-    store: _Store,
-    ranks: Ranks,
-) -> Features:
-    size = ranges[-1][1]
-    if ranks.from_main(store.final.exists()):
-        return store.load_final(size)
-    mine = [
-        r
-        for index, r in enumerate(ranges)
-        if index % ranks.world_size == ranks.rank and not store.chunk(*r).exists()
-    ]
-    _run(
-        model,
-        head,
-        dataset,
-        mine,
-        plan,
-        lambda start, stop, part: store.save(store.chunk(start, stop), part, start, stop),
-    )
-    ranks.barrier()
-    if not ranks.main:
-        problem = ranks.from_main(None)
-        if problem is not None:
-            raise ValueError(f"rank 0 could not assemble the chunks: {problem}")
-        return store.load_final(size)
-    try:
-        features = store.assemble(ranges)
-    except ValueError as error:
-        ranks.from_main(str(error))
-        raise
-    ranks.from_main(None)
-    return features

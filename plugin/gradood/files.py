@@ -1,27 +1,53 @@
-"""Atomic file writes (a reader sees the old file or the complete new one, never a part), and
-exclusive locks between processes."""
+"""Atomic file writes: a reader sees the old file or the complete new one, never a part."""
 
 from __future__ import annotations
 
-import fcntl
+import errno
 import os
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 import torch
 
-__all__ = ["atomic_torch_save", "atomic_write", "atomic_write_text", "exclusive_lock"]
+from .locking import exclusive_lock  # its home before gradood.locking
+
+__all__ = [
+    "WriteError",
+    "atomic_torch_save",
+    "atomic_write",
+    "atomic_write_text",
+    "exclusive_lock",
+    "os_cause",
+]
+
+
+class WriteError(OSError):
+    """A file could not be written: names the file and the cause (the disk full first)."""
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, flush it to disk, then rename
     it to ``path`` (``os.replace``). On any error the temporary file is removed and ``path`` is
     left as it was. The parent directory is created if needed.
+
+    :raises WriteError: if an operating-system error (found in the exception's chain: torch
+        wraps them) stops the write, naming ``path`` and the cause
     """
     path = Path(path)
+    try:
+        return _atomic_write(path, write)
+    except WriteError:
+        raise
+    except Exception as error:
+        cause = os_cause(error)
+        if cause is None:
+            raise
+        raise WriteError(cause.errno, _problem(path, cause)) from error
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -37,6 +63,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     return path
 
 
+def os_cause(error: BaseException) -> OSError | None:
+    """The first operating-system error with an error number in ``error``'s chain."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno is not None:
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _problem(path: Path, cause: OSError) -> str:
+    reason = cause.strerror or os.strerror(cause.errno)
+    if cause.errno == errno.ENOSPC:
+        return f"no space left on the device: {path} could not be written ({reason})"
+    return f"{path} could not be written: {reason}"
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """:func:`atomic_write` of ``text`` in UTF-8."""
     return atomic_write(path, lambda file: file.write(text.encode("utf-8")))
@@ -45,52 +89,3 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_torch_save(path: str | os.PathLike, payload: object) -> Path:
     """:func:`atomic_write` of ``torch.save(payload)``."""
     return atomic_write(path, lambda file: torch.save(payload, file))
-
-
-@contextmanager
-def exclusive_lock(
-    path: str | os.PathLike, on_wait: Callable[[], object] | None = None
-) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if needed) for the ``with`` block;
-    another process asking for it waits (calling ``on_wait`` first, if given). The file is
-    removed on release.
-
-    The lock is the file's inode: a process that waited on a file that its holder removed
-    finds another inode (or none) under ``path`` once it gets the lock, and tries again, so two
-    processes never hold the lock at the same time. The kernel releases it when its holder dies
-    (the file then stays, and is removed by the next holder).
-    """
-    path = Path(path)
-    while True:
-        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            _flock(handle, on_wait)
-            if _is_same_file(handle, path):
-                break
-        except BaseException:
-            os.close(handle)
-            raise
-        os.close(handle)
-    try:
-        yield
-    finally:
-        path.unlink(missing_ok=True)  # before the release: no one else can hold it now
-        os.close(handle)
-
-
-def _flock(handle: int, on_wait: Callable[[], object] | None) -> None:
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        if on_wait is not None:
-            on_wait()
-        fcntl.flock(handle, fcntl.LOCK_EX)
-
-
-def _is_same_file(handle: int, path: Path) -> bool:
-    try:
-        named = os.stat(path)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(handle)
-    return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)

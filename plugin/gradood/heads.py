@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from .capture import layer_outputs
 from .shared import shared_for
+from .validation import check_logits
 
 __all__ = [
     "Head",
@@ -251,9 +252,7 @@ def forward_logits(model: nn.Module, x: Tensor) -> Tensor:
 
     :raises ValueError: if the model does not return one tensor row per input
     """
-    logits = model(x)
-    if not isinstance(logits, Tensor) or logits.ndim == 0 or logits.shape[0] != x.shape[0]:
-        raise ValueError("the model must return a logits tensor with one row per input")
+    logits = check_logits(model(x), x.shape[0])
     return logits.reshape(logits.shape[0], -1)
 
 

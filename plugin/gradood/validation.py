@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -13,10 +13,13 @@ from torch import Tensor
 __all__ = [
     "check_channel_values",
     "check_finite",
+    "check_finite_scores",
+    "check_logits",
     "check_norm_order",
     "check_number",
     "check_positive_int",
     "check_temperature",
+    "settings_text",
 ]
 
 
@@ -78,3 +81,51 @@ def check_finite(tensor: Tensor, what: str) -> None:
         if not bool(finite.all()):
             bad = int((~finite).sum())
             raise ValueError(f"{what} contain {bad} non-finite values (NaN or inf)")
+
+
+def check_logits(output: Any, rows: int | None = None) -> Tensor:
+    """The model's output, which must be a logits tensor of B x ... (``rows`` = B if given).
+
+    :raises ValueError: saying what the model returned instead (e.g. a tuple or a dict)
+    """
+    if not isinstance(output, Tensor):
+        kind = type(output).__name__
+        if isinstance(output, (tuple, list)):
+            kind = f"a {kind} of {len(output)}"
+        elif isinstance(output, dict):
+            kind = f"a dict with keys {', '.join(map(str, output))}"
+        raise ValueError(
+            f"the model must return a logits tensor with one row per input, got {kind}: wrap "
+            "it so that its forward returns the logits alone"
+        )
+    if output.ndim == 0 or (rows is not None and output.shape[0] != rows):
+        raise ValueError(
+            f"the model must return a logits tensor with one row per input, got shape "
+            f"{tuple(output.shape)} for {rows} inputs"
+        )
+    return output
+
+
+def settings_text(settings: Mapping[str, Any]) -> str:
+    """``name=value, ...`` (floats in ``%g``)."""
+    return ", ".join(f"{name}={_format(value)}" for name, value in settings.items())
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, numbers.Integral)):
+        return f"{float(value):g}"
+    return str(value)
+
+
+def check_finite_scores(scores: Tensor, detector: str, settings: Mapping[str, Any]) -> Tensor:
+    """``scores``, if all are finite; else a ``ValueError`` naming the detector, its settings
+    and how many of how many samples: a NaN or inf score is never passed on to the metrics
+    (they would rank it as the most or least OOD)."""
+    finite = torch.isfinite(scores)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ValueError(
+            f"{detector} ({settings_text(settings)}): {bad} of {scores.numel()} scores are not "
+            "finite (NaN or inf); the metrics need finite scores"
+        )
+    return scores

@@ -48,7 +48,15 @@ from ..heads import (
     penultimate_encoder,
 )
 from ..paper import GRADNORM_PAPER
-from ..validation import check_finite, check_norm_order, check_positive_int, check_temperature
+from ..validation import (
+    check_finite,
+    check_finite_scores,
+    check_logits,
+    check_norm_order,
+    check_positive_int,
+    check_temperature,
+    settings_text,
+)
 
 __all__ = [
     "PAPER_NORMS",
@@ -63,6 +71,8 @@ __all__ = [
 
 #: the norms of the paper's Table 7
 PAPER_NORMS: list[float] = [0.3, 0.5, 0.8, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, math.inf]
+#: sums of powers computed without loss of precision: float64's normal range with a margin
+_SAFE_POWERS = (1e-290, 1e290)
 #: the temperatures of the paper's Table 8, 2^-4 ... 2^10
 PAPER_TEMPERATURES: list[float] = [2.0**k for k in range(-4, 11)]
 
@@ -91,23 +101,29 @@ def gradnorm_factors(
     :raises ValueError: if a factor overflows float64 (only for tiny ``p``)
     """
     log_u, log_v = _log_factors(logits, features, p, temperature)
-    return _finite_exp(log_u, p, "feature"), _finite_exp(log_v, p, "logit-gradient")
+    return (
+        _finite_exp(log_u, p, temperature, "feature"),
+        _finite_exp(log_v, p, temperature, "logit-gradient"),
+    )
 
 
 def gradnorm_score(
     logits: Tensor, features: Tensor, p: float = 1.0, temperature: float = 1.0
 ) -> Tensor:
-    """The official GradNorm value :math:`\\lVert g \\rVert_p \\lVert h \\rVert_p` (higher = ID).
+    """The official GradNorm value :math:`\\lVert g \\rVert_p \\lVert h \\rVert_p` (higher = ID),
+    computed in logarithms (:math:`\\log \\lVert C \\mathrm{softmax}(z/T) - 1 \\rVert_p - \\log T
+    + \\log \\lVert h \\rVert_p`): no power over- or underflows, at any ``p`` and ``T``.
 
     :param logits: :math:`z`, shape B x C
     :param features: penultimate features :math:`h` entering the final layer, shape B x D
     :param p: order of the entrywise norm, > 0 or ``math.inf``
     :param temperature: :math:`T > 0`
     :return: float64 scores of shape B, without an autograd graph
-    :raises ValueError: if a score overflows float64 (only for tiny ``p``)
+    :raises ValueError: if :math:`z / T` overflows float64 (a temperature that underflows), or
+        a score does not fit float64 (only for tiny ``p``)
     """
     log_u, log_v = _log_factors(logits, features, p, temperature)
-    return _finite_exp(log_u + log_v, p, "gradient")
+    return _finite_exp(log_u + log_v, p, temperature, "gradient")
 
 
 def _log_factors(
@@ -116,16 +132,35 @@ def _log_factors(
     """``(log U, log V)`` in float64 (see :func:`gradnorm_factors`)."""
     p, temperature = check_norm_order(p), check_temperature(temperature)
     z, h = logits.detach().double(), features.detach().double()
+    _check_temperature_fits(z, temperature)
     num_classes = z.shape[1]
-    logit_grad = (num_classes * torch.softmax(z / temperature, dim=1) - 1) / temperature
-    return _log_norm(h, p), _log_norm(logit_grad, p)
+    centered = num_classes * torch.softmax(z / temperature, dim=1) - 1
+    # log V = log ||centered||_p - log T: no division by a tiny T before the logarithm
+    return _log_norm(h, p), _log_norm(centered, p) - math.log(temperature)
 
 
-def _finite_exp(log_values: Tensor, p: float, what: str) -> Tensor:
+def _check_temperature_fits(z: Tensor, temperature: float) -> None:
+    """A temperature so small that :math:`z / T` overflows float64 is an error saying so."""
+    overflowing = ~torch.isfinite(z / temperature) & torch.isfinite(z)
+    if bool(overflowing.any()):
+        samples = int(overflowing.any(dim=1).sum())
+        raise ValueError(
+            f"the temperature T = {temperature!r} underflows: z / T overflows float64 for "
+            f"{samples} of {len(z)} samples; use a larger temperature"
+        )
+
+
+def _finite_exp(log_values: Tensor, p: float, temperature: float, what: str) -> Tensor:
+    """``exp(log_values)``: an error naming the setting where a value exceeds float64."""
     values = torch.exp(log_values)
-    if not bool(torch.isfinite(values).all()):
-        raise ValueError(f"the L_{p:g} {what} norm overflows float64; use a larger p")
-    return values
+    settings = {"p": p, "temperature": temperature}
+    if bool(torch.isinf(values).any()):
+        bad = int(torch.isinf(values).sum())
+        raise ValueError(
+            f"GradNorm ({settings_text(settings)}): {bad} of {len(values)} {what} norms exceed "
+            f"float64 (above 1.8e308)" + ("; use a larger p" if p < 1 else "")
+        )
+    return check_finite_scores(values, "GradNorm", settings)
 
 
 class GradNorm(Detector):
@@ -330,20 +365,42 @@ class ParameterGradNorm(GradNorm, GradientDetector):
 
     def _gradient_norms(self, x: Tensor) -> Tensor:
         """Exact per-sample :math:`\\lVert \\partial \\mathcal{L} / \\partial \\theta \\rVert_p`
-        over all selected parameters together; one forward and backward pass per micro-batch."""
+        over all selected parameters together; one forward and backward pass per micro-batch.
+
+        Where a sum of powers :math:`\\sum |g_j|^p` leaves float64's normal range (large ``p``),
+        it is computed again with the sample's gradient scaled before the power, as head mode
+        computes in logarithms: :math:`\\lVert g \\rVert_p = m \\lVert g / m \\rVert_p` with
+        :math:`m = \\max_j |g_j|` (scaling the loss scales its gradient)."""
+        settings = {"p": self.p, "temperature": self.temperature}
+        chunks = []
+        for start in range(0, x.shape[0], self.micro_batch_size):
+            inputs = x[start : start + self.micro_batch_size]
+            sums = self._power_sums(inputs, self.p)
+            if math.isinf(self.p):
+                chunks.append(sums)
+                continue
+            norms = sums ** (1 / self.p)
+            unsafe = ~((sums > _SAFE_POWERS[0]) & (sums < _SAFE_POWERS[1]))  # 0: underflow?
+            if bool(unsafe.any()):
+                norms[unsafe] = self._scaled_norms(inputs[unsafe])
+            chunks.append(norms)
+        return check_finite_scores(torch.cat(chunks), "GradNorm", settings)
+
+    def _power_sums(self, x: Tensor, p: float, scale: Tensor | None = None) -> Tensor:
+        """Per sample, :math:`\\sum_j |g_j / s|^p` over the selected parameters (the maximum
+        for ``p = inf``), ``s`` the sample's ``scale`` (1 if ``None``)."""
         temperature = self.temperature
 
         def loss(logits: Tensor) -> Tensor:
-            check_finite(logits, "logits")
-            return uniform_loss(logits, temperature)
+            check_finite(check_logits(logits), "logits")
+            _check_temperature_fits(logits.detach().double(), temperature)
+            values = uniform_loss(logits, temperature)
+            return values if scale is None else values / scale.to(values)
 
-        chunks = []
-        for start in range(0, x.shape[0], self.micro_batch_size):
-            powers = per_sample_gradient_powers(
-                self.model, loss, x[start : start + self.micro_batch_size], self.params, self.p
-            )
-            if math.isinf(self.p):
-                chunks.append(powers.amax(dim=1))
-            else:
-                chunks.append(powers.sum(dim=1) ** (1 / self.p))
-        return torch.cat(chunks)
+        powers = per_sample_gradient_powers(self.model, loss, x, self.params, p)
+        return powers.amax(dim=1) if math.isinf(p) else powers.sum(dim=1)
+
+    def _scaled_norms(self, x: Tensor) -> Tensor:
+        largest = self._power_sums(x, math.inf)
+        scale = torch.where(largest > 0, largest, torch.ones_like(largest))
+        return largest * self._power_sums(x, self.p, scale) ** (1 / self.p)

@@ -60,7 +60,13 @@ from tqdm.auto import tqdm
 from ..gradients import per_sample_squared_norms, resolve_parameter_names
 from ..metrics import paper_metrics
 from ..shared import shared_for
-from ..validation import check_channel_values, check_finite, check_number, check_positive_int
+from ..validation import (
+    check_channel_values,
+    check_finite,
+    check_logits,
+    check_number,
+    check_positive_int,
+)
 
 __all__ = ["GradientFeatures", "LeeAlRegib", "confounding_label_loss", "gradient_feature_encoder"]
 
@@ -69,7 +75,7 @@ _STATE_VERSION = 1
 
 def confounding_label_loss(logits: Tensor) -> Tensor:
     """Per-sample BCE of :math:`\\sigma(z)` against all ones, summed over classes (shape B)."""
-    check_finite(logits, "logits")
+    check_finite(check_logits(logits), "logits")
     if logits.ndim != 2:
         raise ValueError(f"the model must return logits of shape B x C, got {tuple(logits.shape)}")
     return torch.nn.functional.softplus(-logits).sum(dim=1)

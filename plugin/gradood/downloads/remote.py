@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from tqdm.auto import tqdm
 
-from ..files import exclusive_lock
+from ..locking import exclusive_lock
 from .records import ChecksumError, check_record, digests, write_record
 
 __all__ = ["MIRROR_VARIABLE", "DownloadError", "NoSpaceError", "RemoteFile", "resolve_url"]

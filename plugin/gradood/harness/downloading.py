@@ -9,7 +9,7 @@ ImageNet itself needs a login and is never downloaded. :func:`planned_downloads`
 beforehand what that would fetch.
 
 The hooks wrap the default (or a project's own) implementations, which then open the data
-and load the model. At the end the report folder gets ``data-provenance.md``: per dataset and
+and load the model. At the end the run's report gets ``data-provenance.md``: per dataset and
 checkpoint of the protocols opened, whether it was checked against a published checksum and
 how.
 
@@ -195,11 +195,10 @@ def _provenance_markdown(rows: list[tuple[str, bool, str]]) -> str:
 
 class DownloadHooks:
     """The hooks of ``--gradood-download`` and of the provenance report (registered by
-    :mod:`.plugin` with the run's folders: data root, checkpoint folder, report folder)."""
+    :mod:`.plugin` with the run's data root and checkpoint folder)."""
 
-    def __init__(self, data_root: Path, checkpoint_dir: Path, report_folder: Path) -> None:
+    def __init__(self, data_root: Path, checkpoint_dir: Path) -> None:
         self.data_root, self.checkpoint_dir = Path(data_root), Path(checkpoint_dir)
-        self.report_folder = Path(report_folder)
         #: protocol -> the error its download raised (raised again, never retried in a run)
         self.failed: dict[str, BaseException] = {}
         #: protocol -> (data root, checksums verified) of the benchmark the hooks returned
@@ -245,9 +244,10 @@ class DownloadHooks:
 
     @pytest.hookimpl(trylast=True)
     def pytest_terminal_summary(self, terminalreporter, config: pytest.Config) -> None:
+        """Add ``data-provenance.md`` to the run's report (written with it, in its folder)."""
         if not self.opened:
             return
-        from ..files import atomic_write_text
+        from .session import run_report
 
         found: dict[str, tuple[str, bool, str]] = {}
         for name, (root, verified) in self.opened.items():
@@ -256,17 +256,12 @@ class DownloadHooks:
         rows = list(found.values())
         if not rows:
             return
-        path = self.report_folder / PROVENANCE
-        try:
-            atomic_write_text(path, _provenance_markdown(rows))
-        except OSError as error:
-            terminalreporter.write_line(f"gradood: {PROVENANCE} could not be written: {error}")
-            return
+        run_report(config).texts[PROVENANCE] = _provenance_markdown(rows)
         never = [what for what, verified, _ in rows if not verified]
         if never:
             terminalreporter.write_line(
                 f"gradood: never verified against a published checksum: {', '.join(never)} "
-                f"(see {path})"
+                f"(see the report's {PROVENANCE})"
             )
 
 

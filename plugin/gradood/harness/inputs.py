@@ -45,10 +45,11 @@ def hook_model(config: pytest.Config, protocol: str):
     """The model of ``protocol`` from an implementation of ``pytest_gradood_load_model`` other
     than the harness's default (which may train), kept for :func:`load_model`; ``None`` if none
     returns one."""
-    from . import plugin
+    from .session import harness_defaults
 
+    defaults = harness_defaults(config.hook.pytest_gradood_load_model)
     caller = config.pluginmanager.subset_hook_caller(
-        "pytest_gradood_load_model", remove_plugins=[plugin]
+        "pytest_gradood_load_model", remove_plugins=defaults
     )
     loaded = config.stash.setdefault(_LOADED, {})
     if protocol in loaded:

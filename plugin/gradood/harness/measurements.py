@@ -4,6 +4,7 @@ with the data and model the ``pytest_gradood_*`` hooks give."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,7 +13,7 @@ from ..protocols import DatasetNotFoundError, protocol_class
 from ..registry import detector_spec
 from .checks import Comparison, PaperCheck, compare, measure_table, measured_rows, measurement_plan
 from .inputs import load_model, open_benchmark
-from .plugin import details_hint, option_path, run_report
+from .report import Report
 
 __all__ = ["PaperMeasurements"]
 
@@ -22,12 +23,18 @@ class PaperMeasurements:
 
     The protocol's data and model come from the ``pytest_gradood_open_protocol`` and
     ``pytest_gradood_load_model`` hooks, once per protocol; what is missing skips every check
-    that needs it, with the same reason.
+    that needs it, with the same reason, recorded in ``report`` (and ``hint``, where the report
+    says more, in the skip's line). Features are cached in ``cache_dir``.
     """
 
-    def __init__(self, config: pytest.Config, device: str):
+    def __init__(
+        self, config: pytest.Config, device: str, cache_dir: Path, report: Report, hint: str
+    ):
         self.config = config
         self.device = device
+        self.cache_dir = cache_dir
+        self.report = report
+        self.hint = hint
         self._memo: dict[tuple, object] = {}
 
     def compare(self, check: PaperCheck, checks: list[PaperCheck]) -> Comparison:
@@ -47,8 +54,8 @@ class PaperMeasurements:
             except DatasetNotFoundError as error:
                 protocol, group = key[1], key[2]
                 reason = f"{group} needs the ID training set"
-                run_report(self.config).add_missing(protocol, "training set", reason, f"- {error}")
-                self._memo[key] = _Skip(f"{protocol}: {reason} ({details_hint(self.config)})")
+                self.report.add_missing(protocol, "training set", reason, f"- {error}")
+                self._memo[key] = _Skip(f"{protocol}: {reason} ({self.hint})")
         value = self._memo[key]
         if isinstance(value, _Skip):
             pytest.skip(value.reason)
@@ -64,7 +71,7 @@ class PaperMeasurements:
         benchmark, model = self._once(("inputs", protocol), lambda: self._inputs(protocol))
         plan = measurement_plan(checks, protocol, group)
         preset = protocol_class(protocol).detector_preset
-        with run_report(self.config).stages.timed(f"{protocol} {group}"):
+        with self.report.stages.timed(f"{protocol} {group}"):
             table = measure_table(
                 benchmark,
                 model,
@@ -72,9 +79,9 @@ class PaperMeasurements:
                 group=group,
                 preset=preset,
                 device=self.device,
-                cache_dir=option_path(self.config, "cache_dir"),
+                cache_dir=self.cache_dir,
             )
-        run_report(self.config).add_measured(protocol, table, _preset_settings(table, preset))
+        self.report.add_measured(protocol, table, _preset_settings(table, preset))
         return measured_rows(table, plan)
 
 

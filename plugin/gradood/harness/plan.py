@@ -19,7 +19,7 @@ import pytest
 from .checks import FORWARD, PaperCheck
 from .environment import environment
 from .inputs import hook_model, open_benchmark
-from .plugin import flag, run_report, say, uses_gpu
+from .session import flag, run_report, say, uses_gpu
 from .stages import Stage, seconds
 from .summary import MAX_WIDTH
 from .training import PAPER_EPOCHS, checkpoint_path, recipe, train_epochs, wants_training
@@ -103,7 +103,7 @@ def _device_name(config: pytest.Config) -> str:
 
 def _custom(config: pytest.Config, hook: str) -> bool:
     """Whether an implementation of ``hook`` other than gradood's own is registered."""
-    from .plugin import only_gradood_implements
+    from .session import only_gradood_implements
 
     return not only_gradood_implements(getattr(config.pluginmanager.hook, hook))
 
@@ -127,7 +127,7 @@ def _open_or_describe(config: pytest.Config, cls, plan: ProtocolPlan):
     download = config.getoption("gradood_download", default=False)
     if download and not _custom(config, "pytest_gradood_open_protocol"):
         from ..protocols import missing
-        from .plugin import option_path
+        from .session import option_path
 
         absent = missing(cls.name, option_path(config, "data_root"))
         if absent:

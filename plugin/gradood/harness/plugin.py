@@ -49,47 +49,31 @@ from pathlib import Path
 
 import pytest
 
-__all__ = [
-    "GPU_MARKER",
-    "details_hint",
-    "enforce_speed_targets",
-    "flag",
-    "only_gradood_implements",
-    "option_path",
-    "report_folder",
-    "run_report",
-    "say",
-    "uses_gpu",
-]
+from .session import (  # noqa: F401  (the names the harness's modules had from here)
+    ENFORCE_VARIABLE,
+    GPU_MARKER,
+    PATH_OPTIONS,
+    details_hint,
+    enforce_speed_targets,
+    flag,
+    given,
+    only_gradood_implements,
+    option_path,
+    report_folder,
+    run_report,
+    say,
+    set_report_folder,
+    started_report,
+    uses_gpu,
+)
 
-
-#: path option -> (environment variable, default under the rootdir, what it holds)
-_PATH_OPTIONS = {
-    "data_root": ("GRADOOD_DATA_ROOT", "data", "the datasets"),
-    "checkpoint_dir": ("GRADOOD_CHECKPOINTS", "checkpoints", "the models' checkpoints"),
-    "cache_dir": ("GRADOOD_CACHE_DIR", ".gradood-cache", "the feature cache"),
-    "report_dir": ("GRADOOD_REPORT_DIR", "reports", "the run reports"),
-}
-_REPORT = pytest.StashKey["object"]()
-_FOLDER = pytest.StashKey[Path]()
-_ENFORCE_VARIABLE = "GRADOOD_ENFORCE_SPEED"
-#: the marker of tests that need the CUDA device
-GPU_MARKER = "gradood_gpu"
+__all__ = ["GPU_MARKER", "device", "gradood_report", "paper_measurements"]
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     from . import hooks
 
     pluginmanager.add_hookspecs(hooks)
-
-
-def flag(name: str, config: pytest.Config | None = None) -> str:
-    """The command-line flag of option ``name`` (e.g. ``"data_root"``: ``--gradood-data-root``;
-    ``--data-root`` where ``config``'s run accepts the short spellings, see
-    :mod:`gradood.harness.spelling`)."""
-    from .spelling import spelled
-
-    return spelled(config, "--gradood-" + name.replace("_", "-"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -104,7 +88,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run on the CUDA device (tests marked 'gradood_gpu' need it); a usage error "
         "without one; missed speed targets fail",
     )
-    for name, (variable, default, what) in _PATH_OPTIONS.items():
+    for name, (variable, default, what) in PATH_OPTIONS.items():
         group.addoption(
             flag(name),
             dest=f"gradood_{name}",
@@ -134,7 +118,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="gradood_enforce_speed",
         action="store_true",
         default=False,
-        help=f"fail missed speed targets on the CPU too (environment: {_ENFORCE_VARIABLE}=1)",
+        help=f"fail missed speed targets on the CPU too (environment: {ENFORCE_VARIABLE}=1)",
     )
     group.addoption(
         flag("download"),
@@ -155,35 +139,6 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
-def uses_gpu(config: pytest.Config) -> bool:
-    """Whether this run is on the CUDA device (``--gradood-gpu``)."""
-    return bool(config.getoption("gradood_gpu"))
-
-
-def _given(config: pytest.Config, name: str) -> bool:
-    """Whether path option ``name`` was given (flag or environment variable)."""
-    return bool(config.getoption(f"gradood_{name}") or os.environ.get(_PATH_OPTIONS[name][0]))
-
-
-def option_path(config: pytest.Config, name: str) -> Path:
-    """The directory of path option ``name`` (``"data_root"``, ``"checkpoint_dir"``,
-    ``"cache_dir"``, ``"report_dir"``): the option, else its environment variable, else the
-    default under pytest's rootdir."""
-    variable, default, _what = _PATH_OPTIONS[name]
-    value = config.getoption(f"gradood_{name}") or os.environ.get(variable)
-    return Path(value).expanduser() if value else Path(config.rootpath) / default
-
-
-def enforce_speed_targets(config: pytest.Config) -> bool:
-    """Whether a missed speed target fails: with ``--gradood-gpu`` or
-    ``--gradood-enforce-speed``."""
-    return bool(
-        uses_gpu(config)
-        or config.getoption("gradood_enforce_speed")
-        or os.environ.get(_ENFORCE_VARIABLE) == "1"
-    )
-
-
 def _unwritable(path: Path) -> str | None:
     """Why no directory could be written at ``path`` (created where missing), or ``None``."""
     existing = path
@@ -197,13 +152,9 @@ def _unwritable(path: Path) -> str | None:
 
 
 def _choose_report_folder(base: Path) -> Path:
-    """A new time-stamped folder name under ``base`` (not created here)."""
-    folder = base / time.strftime("%Y%m%d-%H%M%S")
-    suffix = 1
-    while folder.exists():  # never write into an earlier run's folder
-        folder = folder.with_name(f"{folder.name.split('.')[0]}.{suffix}")
-        suffix += 1
-    return folder
+    """The time-stamped folder name under ``base``; created at the end, exclusively (another
+    run's gets a suffix: :func:`gradood.harness.writing.new_folder`)."""
+    return base / time.strftime("%Y%m%d-%H%M%S")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -222,22 +173,24 @@ def pytest_configure(config: pytest.Config) -> None:
             )
     _check_inputs_exist(config)
     for name in ("report_dir", "cache_dir"):
-        if not _given(config, name):  # the defaults: a project may never use the harness
+        if not given(config, name):  # the defaults: a project may never use the harness
             continue
         problem = _unwritable(option_path(config, name))
         if problem is not None:
-            variable = _PATH_OPTIONS[name][0]
+            variable = PATH_OPTIONS[name][0]
             raise pytest.UsageError(
                 f"{flag(name, config)} (or {variable}) {option_path(config, name)}: cannot write "
                 f"there: {problem}"
             )
-    config.stash[_FOLDER] = _choose_report_folder(option_path(config, "report_dir"))
+    set_report_folder(config, _choose_report_folder(option_path(config, "report_dir")))
     from .downloading import DownloadHooks
 
     folders = (option_path(config, "data_root"), option_path(config, "checkpoint_dir"))
-    config.pluginmanager.register(
-        DownloadHooks(*folders, report_folder(config)), "gradood-download"
-    )
+    config.pluginmanager.register(DownloadHooks(*folders), "gradood-download")
+    if hasattr(config, "workerinput") or config.getoption("dist", "no") != "no":
+        from .gather import ReportParts  # pytest-xdist: the workers' reports join in one
+
+        config.pluginmanager.register(ReportParts(config, lambda: run_report(config)))
 
 
 #: input directory -> the options (dests) that would create it: it may be absent then
@@ -252,42 +205,14 @@ def _check_inputs_exist(config: pytest.Config) -> None:
     directory is a usage error (one that exists but lacks datasets makes one-line skips)."""
     for name, creators in _CREATED_BY.items():
         path = option_path(config, name)
-        if not _given(config, name) or path.is_dir():
+        if not given(config, name) or path.is_dir():
             continue
         if not path.exists() and any(config.getoption(c, default=False) for c in creators):
             continue
         problem = "is not a directory" if path.exists() else "does not exist"
         raise pytest.UsageError(
-            f"{flag(name, config)} (or {_PATH_OPTIONS[name][0]}) {path} {problem}"
+            f"{flag(name, config)} (or {PATH_OPTIONS[name][0]}) {path} {problem}"
         )
-
-
-def report_folder(config: pytest.Config) -> Path:
-    """This run's report folder (written at the end of the run, if there is anything to say)."""
-    return config.stash[_FOLDER]
-
-
-def run_report(config: pytest.Config):
-    """This run's :class:`gradood.harness.report.Report`."""
-    from .report import Report
-
-    if _REPORT not in config.stash:
-        config.stash[_REPORT] = Report()
-    return config.stash[_REPORT]
-
-
-def say(config: pytest.Config, message: str) -> None:
-    """Print a progress line now, past pytest's output capture."""
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is None or config.get_verbosity() < 0:
-        return
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    if capture is None:
-        reporter.write_line(message)
-        return
-    with capture.global_and_fixture_disabled():
-        reporter.ensure_newline()
-        reporter.write_line(message)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -310,7 +235,9 @@ def paper_measurements(request: pytest.FixtureRequest, device: str):
     """Measures the paper checks (:class:`gradood.harness.measurements.PaperMeasurements`)."""
     from .measurements import PaperMeasurements
 
-    return PaperMeasurements(request.config, device)
+    config = request.config
+    cache_dir = option_path(config, "cache_dir")
+    return PaperMeasurements(config, device, cache_dir, run_report(config), details_hint(config))
 
 
 @pytest.fixture(scope="session")
@@ -320,15 +247,6 @@ def gradood_report(request: pytest.FixtureRequest):
 
 
 # -- default hook implementations ------------------------------------------------------------
-
-
-def only_gradood_implements(hook) -> bool:
-    """Whether every implementation of ``hook`` is gradood's own (no project overrides it)."""
-
-    def module_of(plugin) -> str:
-        return getattr(plugin, "__name__", None) or type(plugin).__module__
-
-    return all(module_of(impl.plugin).startswith("gradood.") for impl in hook.get_hookimpls())
 
 
 @pytest.hookimpl(trylast=True)
@@ -350,14 +268,6 @@ def pytest_gradood_open_protocol(config: pytest.Config, name: str):
             record_missing_model(config, name)
         pytest.skip(f"{name}: {reason} ({details_hint(config)})")
     return make_protocol(name, root)
-
-
-def details_hint(config: pytest.Config) -> str:
-    """Where this run's report says what is missing, for a one-line skip reason (the summary
-    names the report's folder)."""
-    from .report import MISSING_DATA
-
-    return f"see the report's {MISSING_DATA}"
 
 
 @pytest.hookimpl(trylast=True)
@@ -384,23 +294,19 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def pytest_terminal_summary(terminalreporter, config: pytest.Config):
     """Outermost, so that the summary comes after pytest's short test summary: last."""
     result = yield
-    report = config.stash.get(_REPORT, None)
-    if report is None or not (
-        report.tables or report.comparisons or report.speed or report.skipped or report.plan
+    report = started_report(config)
+    if (
+        hasattr(config, "workerinput")  # an xdist worker: the controller reports
+        or report is None
+        or report.is_empty()
     ):
         return result
-    from ..files import atomic_write_text
     from .summary import summary_lines
+    from .writing import write_run_report
 
-    folder = report_folder(config)
-    try:
-        report.write(folder)
-    except OSError as error:
-        terminalreporter.write_line(f"gradood: the report could not be written: {error}")
-        folder = None
-    lines = summary_lines(report, folder)
-    if folder is not None:
-        atomic_write_text(folder / "summary.txt", "\n".join(lines) + "\n")
+    lines, problem = write_run_report(report, report_folder(config), summary_lines)
+    if problem is not None:
+        terminalreporter.write_line(problem)
     terminalreporter.section("gradood summary")
     for line in lines:
         terminalreporter.write_line(line)

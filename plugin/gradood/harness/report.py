@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -19,10 +21,42 @@ from .document import exact, markdown_table, reproduction_report
 from .stages import Stages
 from .timing import SpeedCheck
 
-__all__ = ["MISSING_DATA", "Report"]
+__all__ = ["MISSING_DATA", "Report", "ReportNotWritten", "reason"]
 
 #: the report's file of what the skipped checks need
 MISSING_DATA = "missing-data.md"
+
+
+class ReportNotWritten(OSError):
+    """Some of a report's files could not be written: ``failed`` maps their names to why."""
+
+    def __init__(self, directory: Path, failed: dict[str, OSError]):
+        self.directory = directory
+        self.failed = failed
+        causes = dict.fromkeys(reason(error) for error in failed.values())
+        super().__init__(f"{', '.join(failed)} not written ({'; '.join(causes)})")
+
+
+def reason(error: OSError) -> str:
+    """What the operating system said, without the file name (e.g. "No space left on device")."""
+    return os.strerror(error.errno) if error.errno else str(error)
+
+
+class _Files:
+    """Writes files, each atomically, and records which were written and which failed."""
+
+    def __init__(self) -> None:
+        self.written: list[Path] = []
+        self.failed: dict[str, OSError] = {}
+
+    def write(self, path: Path, write: Callable[[Path], Path]) -> None:
+        try:
+            self.written.append(write(path))
+        except OSError as error:
+            self.failed[path.name] = error
+
+    def text(self, path: Path, text: str) -> None:
+        self.write(path, lambda where: atomic_write_text(where, text))
 
 
 @dataclass
@@ -56,6 +90,13 @@ class Report:
     #: detector and setting, GradNorm's factors beside GradNorm); the summary says why a paper
     #: detector falls below 50 % AUROC there, the report has the tables and figures
     measured: dict[str, pd.DataFrame] = field(default_factory=dict)
+    #: file name -> text of another file of the report (e.g. ``data-provenance.md``)
+    texts: dict[str, str] = field(default_factory=dict)
+
+    def is_empty(self) -> bool:
+        """Whether the run added nothing to report (no report folder, no summary then)."""
+        shown = (self.comparisons, self.tables, self.speed, self.skipped, self.plan, self.texts)
+        return not any(shown)
 
     def add_measured(self, protocol: str, table: pd.DataFrame, defaults: dict) -> None:
         """Add ``table`` (one measurement group) to ``protocol``'s measured table; ``defaults``:
@@ -79,29 +120,35 @@ class Report:
 
     def write(self, directory: str | os.PathLike) -> list[Path]:
         """Write ``paper.csv`` / ``paper.md``, a CSV and Markdown file per table, and the
-        figures into ``directory`` (created; files are written atomically)."""
+        figures into ``directory`` (created; files are written atomically). A file that cannot
+        be written does not stop the others.
+
+        :raises ReportNotWritten: naming the files not written and why, after the others
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        written = []
+        files = _Files()
         if self.missing:
-            written.append(atomic_write_text(directory / MISSING_DATA, self.missing_markdown()))
+            files.text(directory / MISSING_DATA, self.missing_markdown())
+        for name, text in self.texts.items():
+            files.text(directory / name, text)
         if self.speed:
-            lines = [check.line() for check in self.speed]
-            written.append(atomic_write_text(directory / "speed.txt", "\n".join(lines) + "\n"))
+            files.text(directory / "speed.txt", "".join(c.line() + "\n" for c in self.speed))
         frame = self.side_by_side()
         if len(frame):
-            written.append(atomic_write_text(directory / "paper.csv", frame.to_csv(index=False)))
+            files.text(directory / "paper.csv", frame.to_csv(index=False))
         if len(frame) or self.plan:
-            written.append(atomic_write_text(directory / "paper.md", reproduction_report(self)))
-        for name, table in self._all_tables().items():
+            files.text(directory / "paper.md", reproduction_report(self))
+        tables = self._all_tables()
+        for name, table in tables.items():
             stem = _file_stem(name)
-            written += [
-                atomic_write_text(directory / f"{stem}.csv", table.to_csv(index=False)),
-                atomic_write_text(directory / f"{stem}.md", markdown_table(_percent(table))),
-            ]
+            files.text(directory / f"{stem}.csv", table.to_csv(index=False))
+            files.text(directory / f"{stem}.md", markdown_table(_percent(table)))
         defaults = {**self.defaults, **{_measured(p): self.defaults.get(p) for p in self.measured}}
-        written += _figures(frame, self._all_tables(), defaults, directory)
-        return written
+        _figures(frame, tables, defaults, directory, files)
+        if files.failed:
+            raise ReportNotWritten(directory, files.failed)
+        return files.written
 
     def _all_tables(self) -> dict[str, pd.DataFrame]:
         """The benchmark tables, and each protocol's measured table."""
@@ -147,25 +194,25 @@ def _figures(
     tables: dict[str, pd.DataFrame],
     defaults: dict[str, dict],
     directory: Path,
-) -> list[Path]:
+    files: _Files,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    written = []
     for name, (column, figure, title) in reported.SWEEPS.items():
         measured = comparisons[comparisons["table"] == name] if len(comparisons) else comparisons
         if len(measured):  # the paper's lines alone would say nothing about this run
-            path = directory / f"{figure}.png"
-            written.append(_sweep_figure(reported.table(name), measured, column, path, title))
+            paper = reported.table(name)
+            draw = partial(_sweep_figure, paper, measured, column, title=title)
+            files.write(directory / f"{figure}.png", draw)
     for name, table in tables.items():
         for column in ("p", "temperature"):
             sweep = _gradnorm_sweep(table, column)
             if sweep is not None:
-                path = directory / f"{_file_stem(name)}_{column}.png"
                 references = _other_averages(table, defaults.get(name))
                 title = f"{name}: GradNorm and its factors against {_axis_name(column)}"
-                written.append(_measured_figure(sweep, references, column, path, title))
-    return written
+                draw = partial(_measured_figure, sweep, references, column, title=title)
+                files.write(directory / f"{_file_stem(name)}_{column}.png", draw)
 
 
 def _other_averages(table: pd.DataFrame, shown: dict | None) -> pd.DataFrame:

@@ -284,9 +284,7 @@ def _paper_lines(report: Report, folder: Path | None) -> list[str]:
         if skipped:
             reason = report.unavailable.get(protocol) or Counter(skipped).most_common(1)[0][0]
             line += f"; {reason}" if compared else f": {reason}"
-            if report.missing and folder is not None:
-                line = _details(line, folder)
-        lines.append(line)
+        lines.append(_details(line, folder) if skipped and report.missing and folder else line)
         if compared:
             lines.append(f"            worst: {_deviation(max(compared, key=_excess))}")
         if protocol in report.measured:
@@ -318,12 +316,12 @@ def _stage_lines(report: Report) -> list[str]:
 
 def _details(line: str, folder: Path) -> str:
     """``line`` and where the missing data is described: the file's path, or its name where the
-    path would make ``line`` too wide (the last line of the summary names the folder); the
-    words of ``line`` are shortened where even that is too wide, never the name."""
+    path would make ``line`` too wide (the last line of the summary names the report's folder);
+    the words of ``line`` are shortened where even that is too wide, never the name."""
     hint = f" (details: {shown_path(folder / MISSING_DATA)})"
     if len(line + hint) <= MAX_WIDTH:
         return line + hint
-    hint = f" (details: {MISSING_DATA} in the report)"
+    hint = f" (details: {MISSING_DATA})"
     return _fit(line, MAX_WIDTH - len(hint)) + hint
 
 

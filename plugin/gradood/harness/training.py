@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from .inputs import open_benchmark
-from .plugin import details_hint, flag, option_path, run_report, uses_gpu
+from .session import details_hint, flag, option_path, run_report, uses_gpu
 
 __all__ = [
     "PAPER_EPOCHS",
@@ -163,7 +163,7 @@ def _train(config: pytest.Config, protocol: str, cls, path: Path) -> None:
     from ..models.device_data import black_fill, to_device_dataset
     from ..models.train import DivergenceError, train
     from ..protocols import DatasetNotFoundError
-    from .plugin import say
+    from .session import say
     from .stages import seconds
 
     benchmark = open_benchmark(config, protocol)

@@ -12,12 +12,11 @@ depends on float rounding.
 The weights the bundled benchmark scores (:func:`load_digits_cnn`) were trained once by this
 recipe on :class:`gradood.protocols.DigitsBenchmark`'s training split (seed 0) and ship as
 ``digits_cnn.pt`` with their SHA-256, so every machine scores the same network. Regenerate them
-with ``python -m gradood.models.digits --out <file>`` (it prints the new SHA-256).
+with ``python -m gradood.protocols.digits --out <file>`` (it prints the new SHA-256).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import math
 from importlib import resources
@@ -26,9 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..files import atomic_torch_save
-
-__all__ = ["DIGITS_CNN_SHA256", "DigitsCNN", "load_digits_cnn", "train_digits_cnn"]
+__all__ = ["DIGITS_CNN_SHA256", "DigitsCNN", "file_sha256", "load_digits_cnn", "train_digits_cnn"]
 
 #: SHA-256 of the shipped ``digits_cnn.pt``
 DIGITS_CNN_SHA256 = "acd0826067dd4c7b05985ec333dd360341f9167db106b15e36992a4e21696311"
@@ -90,7 +87,8 @@ def train_digits_cnn(
     return model.eval()
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of the file at ``path``, in hex."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -106,7 +104,7 @@ def load_digits_cnn(path: str | Path | None = None, sha256: str | None = DIGITS_
         with resources.as_file(resources.files(__package__) / _WEIGHTS) as shipped:
             return load_digits_cnn(shipped, sha256)
     path = Path(path)
-    if sha256 is not None and (found := _sha256(path)) != sha256:
+    if sha256 is not None and (found := file_sha256(path)) != sha256:
         raise ValueError(
             f"{path}: SHA-256 {found}, expected {sha256}: the file is corrupt or not the "
             "shipped digits CNN"
@@ -114,22 +112,3 @@ def load_digits_cnn(path: str | Path | None = None, sha256: str | None = DIGITS_
     model = DigitsCNN()
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval()
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Train the shipped weights by the recipe and write them (``--out``)."""
-    from ..protocols.digits import DigitsBenchmark
-
-    parser = argparse.ArgumentParser(description="train the bundled benchmark's digits CNN")
-    parser.add_argument("--out", type=Path, required=True, help="the weights file to write")
-    parser.add_argument("--seed", type=int, default=0, help="split, initialization (default 0)")
-    args = parser.parse_args(argv)
-    if args.out.exists():
-        parser.error(f"{args.out} exists: choose another --out (nothing is overwritten)")
-    model = train_digits_cnn(*DigitsBenchmark(seed=args.seed).train_set().tensors, seed=args.seed)
-    atomic_torch_save(args.out, model.state_dict())
-    print(f"{args.out}: SHA-256 {_sha256(args.out)}")
-
-
-if __name__ == "__main__":
-    main()

@@ -33,13 +33,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.transforms as T
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets import CIFAR10, CIFAR100
 from tqdm.auto import tqdm
 
 from ..files import atomic_torch_save
+from .cifar_data import CIFAR_SETS, DatasetError, cifar_datasets, eval_transform, train_transform
 from .device_data import DeviceDataset, augment
 from .preprocessing import CIFAR_RESNET20
 from .resnet20 import (
@@ -65,17 +64,11 @@ __all__ = [
     "train_transform",
 ]
 
-_DATASETS = {"cifar10": (CIFAR10, 10, "CIFAR-10"), "cifar100": (CIFAR100, 100, "CIFAR-100")}
-_CIFAR_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
 _EVAL_BATCH_SIZE = 500
 _AUGMENTATIONS = ("workers", "device")
 #: training batches between two updates of the progress bar's loss and accuracy (each update
 #: waits for the device)
 _SHOWN_EVERY = 20
-
-
-class DatasetError(RuntimeError):
-    """A dataset on disk that cannot be used as it is."""
 
 
 class DivergenceError(ValueError):
@@ -113,7 +106,7 @@ class TrainConfig:
         object.__setattr__(self, "milestones", tuple(self.milestones))
         milestones = list(self.milestones)
         checks = [
-            (self.dataset in _DATASETS, f"dataset must be one of {sorted(_DATASETS)}"),
+            (self.dataset in CIFAR_SETS, f"dataset must be one of {sorted(CIFAR_SETS)}"),
             (_is_integer(self.epochs) and self.epochs >= 1, "epochs must be an integer >= 1"),
             (_is_finite(self.lr) and self.lr > 0, "lr must be a finite number > 0"),
             (_is_finite(self.lr_decay) and 0 < self.lr_decay <= 1, "lr_decay must be in (0, 1]"),
@@ -148,7 +141,7 @@ class TrainConfig:
 
     @property
     def num_classes(self) -> int:
-        return _DATASETS[self.dataset][1]
+        return CIFAR_SETS[self.dataset][1]
 
     def as_dict(self) -> dict:
         """Plain values only (lists, not tuples), for the checkpoint."""
@@ -173,59 +166,6 @@ def learning_rate(epoch: int, config: TrainConfig) -> float:
     if not 0 <= epoch < config.epochs:
         raise ValueError(f"epoch must be in [0, {config.epochs}), got {epoch}")
     return config.lr * config.lr_decay ** sum(epoch >= m for m in config.milestones)
-
-
-def _normalize() -> T.Normalize:
-    return T.Normalize(CIFAR_RESNET20.mean, CIFAR_RESNET20.std)
-
-
-def train_transform() -> T.Compose:
-    """Random 32 x 32 crop of the image zero-padded by 4, random horizontal flip, to tensor,
-    normalization with :data:`CIFAR_RESNET20`'s statistics."""
-    return T.Compose(
-        [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), _normalize()]
-    )
-
-
-def eval_transform() -> T.Compose:
-    """The evaluation transform, :data:`CIFAR_RESNET20`'s (the protocols use the same)."""
-    return CIFAR_RESNET20.transform()
-
-
-def cifar_datasets(
-    name: str, root: str | os.PathLike, download: bool = False
-) -> tuple[Dataset, Dataset]:
-    """The torchvision CIFAR-10/100 training set (with :func:`train_transform`) and test set
-    (with :func:`eval_transform`) under ``root``.
-
-    :param download: fetch and extract the archive into ``root`` if it is not there
-    :raises FileNotFoundError: if the dataset is missing or incomplete and ``download`` is off;
-        the message gives the folder, the files found and missing, and where to get them
-    :raises DatasetError: if the files are there but fail torchvision's checksums
-    """
-    if name not in _DATASETS:
-        raise ValueError(f"dataset must be one of {sorted(_DATASETS)}, got {name!r}")
-    cls, _, title = _DATASETS[name]
-    folder = Path(root) / cls.base_folder
-    expected = [file for file, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-    missing = [file for file in expected if not (folder / file).is_file()]
-    if missing and not download:
-        raise FileNotFoundError(
-            f"{title} is missing or incomplete in '{folder}': found {len(expected) - len(missing)}"
-            f" of {len(expected)} files (missing: {', '.join(missing)}). Pass --download "
-            f"(download=True) to fetch {cls.url} and extract it into '{root}', or extract "
-            f"{cls.filename} from {_CIFAR_PAGE} there yourself"
-        )
-    try:
-        train_set = cls(str(root), train=True, transform=train_transform(), download=download)
-        test_set = cls(str(root), train=False, transform=eval_transform(), download=False)
-    except RuntimeError as error:
-        raise DatasetError(
-            f"{title} in '{folder}' fails torchvision's checksums (corrupted or another "
-            f"version): {error}. Delete the folder and pass --download, or get {cls.filename} "
-            f"from {_CIFAR_PAGE}"
-        ) from None
-    return train_set, test_set
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -561,7 +501,7 @@ def _parser() -> argparse.ArgumentParser:
         "10 at epochs 50, 75 and 90 (Appendix A); the other settings are documented choices.",
     )
     add = parser.add_argument
-    add("--dataset", choices=sorted(_DATASETS), default=defaults.dataset, help="%(default)s")
+    add("--dataset", choices=sorted(CIFAR_SETS), default=defaults.dataset, help="%(default)s")
     add("--data-root", required=True, help="folder with cifar-10-batches-py / cifar-100-python")
     add("--download", action="store_true", help="download the dataset into --data-root if missing")
     add("--out", required=True, help="checkpoint file to write (atomically, after every epoch)")

@@ -23,7 +23,8 @@ from ..downloads import (
     recorded_sha256,
     write_record,
 )
-from ..files import atomic_write_text, exclusive_lock
+from ..files import atomic_write_text
+from ..locking import exclusive_lock
 
 __all__ = ["Archive", "archive_verification", "installed_from"]
 

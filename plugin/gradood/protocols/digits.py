@@ -17,10 +17,13 @@
 Pixels are in [0, 1] (digits: value / 16) and normalized with the mean and standard deviation
 of the training pixels; every OOD set has as many images as the ID test set. Everything is
 drawn from ``seed``, so the same seed gives the same tensors on every machine.
+
+``python -m gradood.protocols.digits --out <file>`` trains the bundled classifier's weights.
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,9 @@ from pytorch_ood.benchmark import Benchmark
 from torch import Tensor
 from torch.nn import functional as F
 from torch.utils.data import ConcatDataset, Dataset, TensorDataset
+
+from ..files import atomic_torch_save
+from ..models.digits import file_sha256, train_digits_cnn
 
 __all__ = ["DigitsBenchmark"]
 
@@ -154,3 +160,21 @@ class DigitsBenchmark(Benchmark):
         if unknown:
             return list(self._test_oods)
         raise ValueError("At least one of `known` or `unknown` must be True")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train the bundled classifier's weights (:func:`gradood.models.digits.train_digits_cnn`)
+    on this benchmark's training split and write them (``--out``)."""
+    parser = argparse.ArgumentParser(description="train the bundled benchmark's digits CNN")
+    parser.add_argument("--out", type=Path, required=True, help="the weights file to write")
+    parser.add_argument("--seed", type=int, default=0, help="split, initialization (default 0)")
+    args = parser.parse_args(argv)
+    if args.out.exists():
+        parser.error(f"{args.out} exists: choose another --out (nothing is overwritten)")
+    model = train_digits_cnn(*DigitsBenchmark(seed=args.seed).train_set().tensors, seed=args.seed)
+    atomic_torch_save(args.out, model.state_dict())
+    print(f"{args.out}: SHA-256 {file_sha256(args.out)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -27,9 +27,12 @@ import functools
 import math
 from collections.abc import Callable
 from importlib import resources
-from typing import TextIO
+from typing import TYPE_CHECKING
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 __all__ = [
     "COLUMNS",
@@ -147,11 +150,55 @@ def table(name: str) -> pd.DataFrame:
     return frame
 
 
+_MEASUREMENT_COLUMNS = ("table", "method", "detector", "tolerance", "varies", "settings")
+
+
+def _source(filename: str) -> Traversable:
+    """A shipped file beside this module."""
+    return resources.files(__name__).joinpath(filename)
+
+
+def _read(filename: str, columns: tuple[str, ...]) -> tuple[pd.DataFrame, str]:
+    """A shipped CSV's cells as strings (``#`` lines are comments), and its installed path;
+    checked: it can be read, has exactly ``columns`` and at least the rows of ``counts.csv``.
+
+    :raises ValueError: naming the file's installed path and the problem
+    """
+    source = _source(filename)
+    where = str(source)
+    try:
+        with source.open("r", encoding="utf-8") as handle:
+            raw = pd.read_csv(handle, dtype=str, keep_default_na=False, comment="#")
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{where}: the file is empty (no header, no rows)") from None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as error:
+        raise ValueError(f"{where}: cannot be read ({type(error).__name__}: {error})") from error
+    if tuple(raw.columns) != columns:
+        raise ValueError(f"{where}: columns {list(raw.columns)}, expected {list(columns)}")
+    least = _least_rows().get(filename, 1)
+    if len(raw) < least:
+        raise ValueError(
+            f"{where}: {len(raw)} data rows, fewer than {least}, the rows the paper prints (the "
+            "file is cut short; reinstall gradood)"
+        )
+    return raw, where
+
+
+@functools.cache
+def _least_rows() -> dict[str, int]:
+    """``counts.csv``: file name -> the rows it must hold at least."""
+    source = _source("counts.csv")
+    with source.open("r", encoding="utf-8") as handle:
+        counts = pd.read_csv(handle, dtype=str, keep_default_na=False, comment="#")
+    try:
+        return {row.file: int(row.rows) for row in counts.itertuples(index=False)}
+    except (AttributeError, ValueError) as error:
+        raise ValueError(f"{source}: expected columns file, rows (integers): {error}") from error
+
+
 @functools.cache
 def _measurement() -> pd.DataFrame:
-    source = resources.files(__name__).joinpath("measurement.csv")
-    with source.open("r", encoding="utf-8") as handle:
-        return pd.read_csv(handle, dtype=str, keep_default_na=False, comment="#")
+    return _read("measurement.csv", _MEASUREMENT_COLUMNS)[0]
 
 
 def measured_as(name: str, method: str) -> dict:
@@ -175,18 +222,13 @@ def _check_name(name: str) -> str:
 
 @functools.cache
 def _load(name: str) -> pd.DataFrame:
-    source = resources.files(__name__).joinpath(f"{name}.csv")
-    with source.open("r", encoding="utf-8") as handle:
-        return _parse(handle, name)
+    """Read and check one table's CSV: every column, at least the paper's rows, canonical
+    labels, numbers where numbers belong, percentages in [0, 100], one row per key."""
+    raw, where = _read(f"{name}.csv", _FILE_COLUMNS)
+    return _frame(raw, where, name)
 
 
-def _parse(handle: TextIO, name: str) -> pd.DataFrame:
-    """Read and check one table's CSV (``#`` lines are comments): canonical labels, numbers
-    where numbers belong, percentages in [0, 100], one row per key."""
-    raw = pd.read_csv(handle, dtype=str, keep_default_na=False, comment="#")
-    where = f"gradood/reported/{name}.csv"
-    if tuple(raw.columns) != _FILE_COLUMNS:
-        raise ValueError(f"{where}: columns {list(raw.columns)}, expected {list(_FILE_COLUMNS)}")
+def _frame(raw: pd.DataFrame, where: str, name: str) -> pd.DataFrame:
     _check_labels(raw, where)
     frame = pd.DataFrame({"table": name}, index=raw.index)
     for column in _LABEL_COLUMNS:

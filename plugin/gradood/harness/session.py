@@ -1,0 +1,150 @@
+"""The run's settings and shared state, read from pytest's config: the options' flags and
+paths, the device, the run's report and its folder, and progress lines past output capture.
+
+The harness's modules take these from here; :mod:`gradood.harness.plugin` (the hooks) defines
+the options.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+__all__ = [
+    "ENFORCE_VARIABLE",
+    "GPU_MARKER",
+    "PATH_OPTIONS",
+    "details_hint",
+    "enforce_speed_targets",
+    "flag",
+    "given",
+    "harness_defaults",
+    "only_gradood_implements",
+    "option_path",
+    "report_folder",
+    "run_report",
+    "say",
+    "set_report_folder",
+    "started_report",
+    "uses_gpu",
+]
+
+#: path option -> (environment variable, default under the rootdir, what it holds)
+PATH_OPTIONS = {
+    "data_root": ("GRADOOD_DATA_ROOT", "data", "the datasets"),
+    "checkpoint_dir": ("GRADOOD_CHECKPOINTS", "checkpoints", "the models' checkpoints"),
+    "cache_dir": ("GRADOOD_CACHE_DIR", ".gradood-cache", "the feature cache"),
+    "report_dir": ("GRADOOD_REPORT_DIR", "reports", "the run reports"),
+}
+#: the environment variable of ``--gradood-enforce-speed``
+ENFORCE_VARIABLE = "GRADOOD_ENFORCE_SPEED"
+#: the marker of tests that need the CUDA device
+GPU_MARKER = "gradood_gpu"
+_REPORT = pytest.StashKey["object"]()
+_FOLDER = pytest.StashKey[Path]()
+_PLUGIN = "gradood.harness.plugin"
+
+
+def flag(name: str, config: pytest.Config | None = None) -> str:
+    """The command-line flag of option ``name`` (e.g. ``"data_root"``: ``--gradood-data-root``;
+    ``--data-root`` where ``config``'s run accepts the short spellings, see
+    :mod:`gradood.harness.spelling`)."""
+    from .spelling import spelled
+
+    return spelled(config, "--gradood-" + name.replace("_", "-"))
+
+
+def uses_gpu(config: pytest.Config) -> bool:
+    """Whether this run is on the CUDA device (``--gradood-gpu``)."""
+    return bool(config.getoption("gradood_gpu"))
+
+
+def given(config: pytest.Config, name: str) -> bool:
+    """Whether path option ``name`` was given (flag or environment variable)."""
+    return bool(config.getoption(f"gradood_{name}") or os.environ.get(PATH_OPTIONS[name][0]))
+
+
+def option_path(config: pytest.Config, name: str) -> Path:
+    """The directory of path option ``name`` (``"data_root"``, ``"checkpoint_dir"``,
+    ``"cache_dir"``, ``"report_dir"``): the option, else its environment variable, else the
+    default under pytest's rootdir."""
+    variable, default, _what = PATH_OPTIONS[name]
+    value = config.getoption(f"gradood_{name}") or os.environ.get(variable)
+    return Path(value).expanduser() if value else Path(config.rootpath) / default
+
+
+def enforce_speed_targets(config: pytest.Config) -> bool:
+    """Whether a missed speed target fails: with ``--gradood-gpu`` or
+    ``--gradood-enforce-speed``."""
+    return bool(
+        uses_gpu(config)
+        or config.getoption("gradood_enforce_speed")
+        or os.environ.get(ENFORCE_VARIABLE) == "1"
+    )
+
+
+def set_report_folder(config: pytest.Config, planned: Path) -> None:
+    config.stash[_FOLDER] = planned
+
+
+def report_folder(config: pytest.Config) -> Path:
+    """This run's report folder's planned name (made at the end of the run, if there is
+    anything to say, with a suffix where another run's has the name)."""
+    return config.stash[_FOLDER]
+
+
+def run_report(config: pytest.Config):
+    """This run's :class:`gradood.harness.report.Report`."""
+    from .report import Report
+
+    if _REPORT not in config.stash:
+        config.stash[_REPORT] = Report()
+    return config.stash[_REPORT]
+
+
+def started_report(config: pytest.Config):
+    """This run's report if anything asked for it yet, else ``None``."""
+    return config.stash.get(_REPORT, None)
+
+
+def say(config: pytest.Config, message: str) -> None:
+    """Print a progress line now, past pytest's output capture."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or config.get_verbosity() < 0:
+        return
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if capture is None:
+        reporter.write_line(message)
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.ensure_newline()
+        reporter.write_line(message)
+
+
+def details_hint(config: pytest.Config) -> str:
+    """Where this run's report says what is missing, for a one-line skip reason (the summary
+    names the report's folder)."""
+    from .report import MISSING_DATA
+
+    return f"see the report's {MISSING_DATA}"
+
+
+def harness_defaults(hook) -> list:
+    """The harness's default implementations of ``hook`` (those of
+    :mod:`gradood.harness.plugin`)."""
+    return [impl.plugin for impl in hook.get_hookimpls() if _module(impl.plugin) == _PLUGIN]
+
+
+def only_gradood_implements(hook) -> bool:
+    """Whether every implementation of ``hook`` is gradood's own (no project overrides it)."""
+    return all(_is_gradood(impl.plugin) for impl in hook.get_hookimpls())
+
+
+def _is_gradood(plugin) -> bool:
+    return _module(plugin).startswith("gradood.")
+
+
+def _module(plugin) -> str:
+    return getattr(plugin, "__name__", None) or type(plugin).__module__
