@@ -194,3 +194,17 @@ def test_a_protocol_measured_below_chance_says_why_under_its_checks():
     start = lines.index("the paper's checks:")
     why = "gradnorm AUROC 20.00 % on far: U (feature norm) 1.00 %, V (output norm) 55.00 %"
     assert " " * 12 + why in lines[start:]
+
+
+def test_every_skipped_protocol_names_the_details_alike():
+    report = _report()
+    report.unavailable["cifar100"] = "5 datasets missing: " + "Places365 " * 3
+    lines = summary_lines(report, Path("reports/20260101-120000"))
+    skipped = [line for line in lines if line.startswith(("  cifar10 ", "  cifar100"))]
+    assert len(skipped) == 2 and max(map(len, skipped)) <= MAX_WIDTH
+    # the path fits on cifar10's line, not on cifar100's: both name the file alike
+    assert all(line.endswith(" (details: missing-data.md)") for line in skipped)
+    lines = summary_lines(_report(), Path("reports/20260101-120000"))
+    assert any(
+        line.endswith("(details: reports/20260101-120000/missing-data.md)") for line in lines
+    )

@@ -4,7 +4,9 @@ report and the summary are those of the same run without ``-n``.
 
 Each worker notes what every test added to its report (with the test's position in the
 collection, which every worker collects alike); the controller adds the parts of all workers
-to its own report in that order, before the summary."""
+to its own report in that order, before the summary. What a worker's report holds before its
+first test (the plan, what is missing) is the same on every worker: the first worker's is
+taken."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from .stages import Stage, Stages
 __all__ = ["ReportParts", "merge"]
 
 _OUTPUT_KEY = "gradood_report_parts"
+#: the position of a worker's part from before its first test (every worker's is alike)
+_BEFORE_TESTS = -1
 
 
 def merge(into: Report, part: Report) -> None:
@@ -116,7 +120,12 @@ class ReportParts:
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """After the plan (which opens the protocols and may record what is missing): what the
+        report holds now is the part before the first test, the same on every worker."""
         self.positions = {item.nodeid: index for index, item in enumerate(session.items)}
+        before_tests = self.report()
+        if hasattr(self.config, "workerinput") and not _empty(before_tests):
+            self.parts.append((_BEFORE_TESTS, _copy(before_tests)))
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None):
@@ -134,7 +143,9 @@ class ReportParts:
             output[_OUTPUT_KEY] = pickle.dumps(self.parts)
             return
         report = self.report()
-        for _, part in sorted(self.parts, key=lambda entry: entry[0]):
+        setup = [part for position, part in self.parts if position == _BEFORE_TESTS]
+        tests = [entry for entry in self.parts if entry[0] != _BEFORE_TESTS]
+        for part in setup[:1] + [part for _, part in sorted(tests, key=lambda e: e[0])]:
             merge(report, part)
         self.parts.clear()
 

@@ -273,6 +273,7 @@ def _paper_lines(report: Report, folder: Path | None) -> list[str]:
         [c.check.protocol for c in report.comparisons] + [c.protocol for c, _ in report.skipped]
     )
     lines = ["the paper's checks:"]
+    needs_details: list[int] = []  # the lines that get where the missing data is described
     for protocol in protocols:
         compared = [c for c in report.comparisons if c.check.protocol == protocol]
         skipped = [reason for check, reason in report.skipped if check.protocol == protocol]
@@ -284,12 +285,16 @@ def _paper_lines(report: Report, folder: Path | None) -> list[str]:
         if skipped:
             reason = report.unavailable.get(protocol) or Counter(skipped).most_common(1)[0][0]
             line += f"; {reason}" if compared else f": {reason}"
-        lines.append(_details(line, folder) if skipped and report.missing and folder else line)
+        if skipped and report.missing and folder:
+            needs_details.append(len(lines))
+        lines.append(line)
         if compared:
             lines.append(f"            worst: {_deviation(max(compared, key=_excess))}")
         if protocol in report.measured:
             defaults = report.defaults.get(protocol, {})
             lines += below_chance_lines(report.measured[protocol], defaults, " " * 12)
+    if needs_details:
+        _add_details(lines, needs_details, folder)
     return [*lines, ""]
 
 
@@ -314,15 +319,16 @@ def _stage_lines(report: Report) -> list[str]:
     return [*lines, ""]
 
 
-def _details(line: str, folder: Path) -> str:
-    """``line`` and where the missing data is described: the file's path, or its name where the
-    path would make ``line`` too wide (the last line of the summary names the report's folder);
-    the words of ``line`` are shortened where even that is too wide, never the name."""
+def _add_details(lines: list[str], indices: list[int], folder: Path) -> None:
+    """Append to ``lines[i]`` (each of ``indices``) where the missing data is described: the
+    file's path, or on every line its name where the path would make one too wide (the last line
+    of the summary names the report's folder); a line's words are shortened where even that is
+    too wide, never the name."""
     hint = f" (details: {shown_path(folder / MISSING_DATA)})"
-    if len(line + hint) <= MAX_WIDTH:
-        return line + hint
-    hint = f" (details: {MISSING_DATA})"
-    return _fit(line, MAX_WIDTH - len(hint)) + hint
+    if any(len(lines[i] + hint) > MAX_WIDTH for i in indices):
+        hint = f" (details: {MISSING_DATA})"
+    for i in indices:
+        lines[i] = _fit(lines[i], MAX_WIDTH - len(hint)) + hint
 
 
 def _excess(comparison) -> float:
