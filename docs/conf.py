@@ -27,8 +27,7 @@ extensions = [
     "sphinx.ext.mathjax",
 ]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
-# _incoming: notes from other branches, folded in by hand; never built
-exclude_patterns = ["_build", "_incoming", "_generated"]
+exclude_patterns = ["_build", "_generated"]
 
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
