@@ -19,7 +19,7 @@ from pytest_examples import CodeExample, EvalExample, find_examples
 
 REPO = Path(__file__).resolve().parents[1]
 #: built output, generated files and notes from other branches that are not pages yet
-NOT_PAGES = ("_build", "_generated", "_incoming")
+NOT_PAGES = ("_build", "_generated")
 NEEDS = ("data", "weights")
 
 

@@ -34,9 +34,10 @@ read: a file changed on disk (a flipped bit) raises :class:`CacheError` naming i
 ``recompute=True`` extracts again and replaces it.
 
 **Concurrency.** Processes sharing a ``cache_dir`` take turns per key: the extraction holds an
-exclusive ``flock`` on ``features-<key>.lock`` (see :func:`gradood.locking.exclusive_lock`; on
-NFS, Linux maps it to a POSIX lock). A second process waits, then finds the final file and
-reads it; both get the same result and no file is left but the final one.
+exclusive lock on ``features-<key>.lock`` (:func:`gradood.locking.exclusive_lock`, through
+filelock: ``flock`` on Unix, where Linux maps it to a POSIX lock on NFS; ``msvcrt`` on
+Windows). A second process waits, then finds the final file and reads it; both get the same
+result and no file is left but the final one.
 
 **Resuming.** The dataset is cut into chunks of ``chunk_size`` samples; each finished chunk is
 written at once to ``features-<key>.chunks/``, and a later call skips the chunks that exist.

@@ -5,9 +5,10 @@ A recipe says how to build the detector (a factory ``(model, **settings) -> Dete
 representation it scores from. :func:`build_and_fit` follows it; every caller (the bundled
 benchmark, the paper checks, the throughput suite) builds detectors through it.
 
-Built in: gradood's ``gradnorm``, ``lee-alregib`` and ``mahalanobis-paper`` (the paper's
-multi-layer Mahalanobis), and every pytorch-ood detector that applies to a plain classifier
-(:func:`available_detectors`), wired to the model by :mod:`gradood.wiring`.
+Built in: gradood's ``gradnorm``, its factors ``gradnorm-u`` and ``gradnorm-v``,
+``lee-alregib`` and ``mahalanobis-paper`` (the paper's multi-layer Mahalanobis), and every
+pytorch-ood detector that applies to a plain classifier (:func:`available_detectors`), wired to
+the model by :mod:`gradood.wiring`.
 
 Third-party packages add detectors through the entry-point group ``gradood.detectors``: each
 entry point's name is the detector's name and its object a factory (e.g. a detector class whose

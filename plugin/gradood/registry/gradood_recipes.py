@@ -33,6 +33,7 @@ FACTORS: dict[str, dict[str, str]] = {
 }
 
 
+#: gradood's own detectors: GradNorm and its factors, Lee & AlRegib, the paper's Mahalanobis
 GRADOOD = [
     DetectorSpec(
         "mahalanobis-paper",

@@ -112,7 +112,8 @@ def _pood(
     return DetectorSpec(name, factory, presets or {}, summary, fit, scores_from, fit_dtype)
 
 
-# the settings are pytorch-ood's defaults, which follow the papers, unless stated
+#: the rest of pytorch-ood's detectors that apply to a plain classifier; the settings are
+#: pytorch-ood's defaults, which follow the papers, unless stated
 PYTORCH_OOD = [
     _pood("maxlogit", on_model, pood.MaxLogit, "none", "logits", "MaxLogit: -max_c z_c"),
     _pood("entropy", on_model, pood.Entropy, "none", "logits", "Entropy of softmax(z)"),
