@@ -163,3 +163,55 @@ def test_a_read_only_cache_without_the_result_says_so(tmp_path, monkeypatch):
     with pytest.raises(CacheError, match=f"the cache folder {tmp_path} is read-only") as raised:
         _extract(Counting(seed=1), tmp_path)  # other weights: another key
     assert "holds no finished result for this key" in str(raised.value)
+
+
+class _Slow(TensorDataset):
+    """:func:`_data`'s samples, each read after a pause, so that a writer can be killed mid-run."""
+
+    def __getitem__(self, index):
+        time.sleep(0.01)
+        return super().__getitem__(index)
+
+
+def _extract_slowly(cache_dir) -> None:
+    """A writer's whole life in a forked child: extract :func:`_data` into ``cache_dir``."""
+    torch.set_num_threads(1)
+    extract_features(
+        Counting().eval(),
+        _Slow(*_data(48).tensors),
+        cache_dir=cache_dir,
+        batch_size=2,
+        chunk_size=2,
+        progress=False,
+    )
+    os._exit(0)
+
+
+@pytest.mark.parametrize("finished_chunks", [0, 1, 5])
+def test_a_writer_killed_mid_run_leaves_a_cache_the_next_run_completes(tmp_path, finished_chunks):
+    """A writer killed with SIGKILL (no handler, no clean-up) after ``finished_chunks`` chunks:
+    the next run of the same key resumes from the chunks on disk, returns what a run without a
+    cache returns, and leaves only the final file. Wherever the kill lands (in a write, between
+    two), the outcome is the same."""
+    context = torch.multiprocessing.get_context("fork")
+    writer = context.Process(target=_extract_slowly, args=(tmp_path,))
+    writer.start()
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("*.chunks/chunk-*.pt"))) < finished_chunks:
+        assert time.monotonic() < deadline and writer.is_alive(), "the writer made no chunks"
+        time.sleep(0.002)
+    writer.kill()
+    writer.join(timeout=30)
+    assert writer.exitcode == -9  # killed, not finished
+    on_disk = len(list(tmp_path.glob("*.chunks/chunk-*.pt")))
+    model = Counting()  # the same weights
+    slow = _Slow(*_data(48).tensors)  # the same dataset: the same key
+    resumed = extract_features(
+        model.eval(), slow, cache_dir=tmp_path, batch_size=2, chunk_size=2, progress=False
+    )
+    direct = extract_features(Counting().eval(), _data(48), batch_size=2, progress=False)
+    assert torch.allclose(resumed.logits, direct.logits, rtol=1e-6, atol=1e-7)
+    assert torch.equal(resumed.labels, direct.labels)
+    assert model.calls == 24 - on_disk  # one batch of 2 per chunk still to do
+    left = sorted(p.name for p in tmp_path.rglob("*"))
+    assert len(left) == 1 and left[0].startswith("features-") and left[0].endswith(".pt"), left
