@@ -36,7 +36,6 @@ def test_the_plan_lists_each_public_file_once_and_never_imagenet(tmp_path):
         Textures.url,
         CIFAR100.url,
         *AUTHORS,
-        Textures.url,  # ood_data/Textures of the ImageNet protocol: another place
         BIT_S_R101X1_URL,
     ]
     assert len({p.path for p in planned}) == len(planned)
@@ -47,6 +46,10 @@ def test_the_plan_lists_each_public_file_once_and_never_imagenet(tmp_path):
     assert not by_url[BIT_S_R101X1_URL].published_checksum
     assert [by_url[url].published_checksum for url in AUTHORS] == [False] * 3
     assert by_url[CIFAR10.url].published_checksum
+    # one DTD archive, kept in the data root, makes both dtd/ and the ImageNet protocol's
+    # ood_data/Textures: fetched once
+    assert by_url[Textures.url].path == data / Textures.filename
+    assert "imagenet: Textures" in by_url[Textures.url].what
 
 
 def test_the_plan_leaves_out_what_is_there(tmp_path):
@@ -58,7 +61,7 @@ def test_the_plan_leaves_out_what_is_there(tmp_path):
     shutil.rmtree(layout.root / "ood_data" / "SUN")
     planned = planned_downloads(["imagenet"], layout.root, tmp_path / "checkpoints")
     assert [(p.url, p.path) for p in planned] == [
-        (AUTHORS[1], layout.root / "ood_data" / "SUN.tar.gz")
+        (AUTHORS[1], layout.root / "SUN.tar.gz")
     ]
 
 

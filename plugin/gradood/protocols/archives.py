@@ -37,7 +37,7 @@ class Archive:
     """An archive at ``url`` whose folder (or files) ``member`` is the dataset.
 
     :param url: where to download it
-    :param filename: the name it is saved under, beside the dataset's folder
+    :param filename: the name it is saved under
     :param md5: its published checksum; ``None`` where none is published (then its SHA-256 is
         recorded at the first download and checked on every later use, and the dataset's image
         count checks the result)
@@ -61,12 +61,15 @@ class Archive:
         path = Path(folder) / self.filename
         return [] if path.exists() else [(self.remote, path)]
 
-    def install(self, destination: Path, progress: bool = True) -> None:
+    def install(
+        self, destination: Path, progress: bool = True, archive_folder: Path | None = None
+    ) -> None:
         """Make ``destination`` the archive's ``member`` folder.
 
-        The archive is downloaded to ``destination.parent / filename`` (a copy already there is
-        used if it passes the md5, or the recorded SHA-256 where no md5 is published), extracted
-        into a fresh temporary folder beside ``destination`` (every member checked:
+        The archive is downloaded to ``archive_folder / filename`` (default: beside
+        ``destination``; a copy already there is used if it passes the md5, or the recorded
+        SHA-256 where no md5 is published, so that two datasets made from one archive share
+        it), extracted into a fresh temporary folder beside ``destination`` (every member checked:
         :func:`gradood.downloads.extract_tar`) and ``member`` is moved into place; the rest of
         the extraction is removed, the archive kept. How it was installed is noted beside it
         (:func:`installed_from`).
@@ -78,8 +81,10 @@ class Archive:
         """
         if destination.exists():
             raise FileExistsError(f"{destination} exists; it is never overwritten")
-        archive, sha256 = self.obtain(destination.parent, progress)
-        with self._extracted(archive, destination.name, progress) as staging:
+        archive_folder = destination.parent if archive_folder is None else Path(archive_folder)
+        archive, sha256 = self.obtain(archive_folder, progress)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        with self._extracted(archive, destination.parent, destination.name, progress) as staging:
             extracted = staging / self.member
             if not extracted.is_dir():
                 raise FileNotFoundError(
@@ -99,7 +104,7 @@ class Archive:
         if existing:
             raise FileExistsError(f"{', '.join(existing)} exist; they are never overwritten")
         archive, sha256 = self.obtain(folder, progress)
-        with self._extracted(archive, Path(self.filename).stem, progress) as staging:
+        with self._extracted(archive, folder, Path(self.filename).stem, progress) as staging:
             absent = [name for name in names if not (staging / self.member / name).is_file()]
             if absent:
                 raise FileNotFoundError(f"{archive} has no files {absent} in {self.member}")
@@ -132,12 +137,12 @@ class Archive:
         return archive, sha256
 
     @contextmanager
-    def _extracted(self, archive: Path, name: str, progress: bool) -> Iterator[Path]:
-        """A temporary folder beside ``archive`` holding its extraction, removed afterwards.
+    def _extracted(self, archive: Path, folder: Path, name: str, progress: bool) -> Iterator[Path]:
+        """A temporary folder in ``folder`` (where its contents go: one device, so they move by
+        renaming) holding ``archive``'s extraction, removed afterwards.
 
         One process at a time extracts for ``name`` there (a lock), so that the extractions
         left by a process that was killed can be removed first."""
-        folder = archive.parent
         with exclusive_lock(folder / f".{name}.extracting.lock"):
             for stale in folder.glob(f".{glob.escape(name)}.*{_PARTIAL}"):
                 shutil.rmtree(stale, ignore_errors=True)

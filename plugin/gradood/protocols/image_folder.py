@@ -143,12 +143,13 @@ class ImageFolderSource(DataSource):
         if self.archive is None:
             super().download(root)
             return
-        self.archive.install(Path(root) / self.installed_as, progress)
+        # archives are kept in the data root: one archive (DTD) makes a folder of two layouts
+        self.archive.install(Path(root) / self.installed_as, progress, archive_folder=Path(root))
 
     def downloads(self, root: Path) -> list[tuple[RemoteFile, Path]]:
         if self.archive is None or self.is_present(root):
             return []
-        return self.archive.pending((Path(root) / self.installed_as).parent)
+        return self.archive.pending(Path(root))
 
     def verification(self, root: Path) -> tuple[bool, str]:
         return archive_verification(self.archive, Path(root) / self.installed_as)
