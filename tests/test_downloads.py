@@ -392,3 +392,43 @@ def test_an_extraction_left_by_a_killed_process_is_removed_by_the_next(served, t
     assert not stale.exists()
     assert sorted(p.name for p in (tmp_path / "Subset").rglob("*.jpg")) == ["1.jpg", "2.jpg"]
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["Subset"]
+
+
+def _install_after(barrier, archive: Archive, destination, results, rank) -> None:
+    barrier.wait(timeout=30)  # both found the dataset absent; now both install it
+    try:
+        archive.install(destination, progress=False)
+        (results / f"{rank}.ok").write_text("")
+    finally:
+        os._exit(0)
+
+
+def test_two_processes_installing_one_dataset_both_succeed_once(tmp_path):
+    """Two runs (or ranks) that both found a dataset absent: one extracts it, the other waits
+    and takes it; neither fails on the other's folder, nothing half-made is left."""
+    import multiprocessing
+
+    path = tmp_path / "data" / "big.tar.gz"
+    path.parent.mkdir()
+    with tarfile.open(path, "w:gz") as tar:
+        for index in range(3000):  # long enough to extract that the two overlap
+            member = tarfile.TarInfo(f"big/images/{index % 30}/{index}.jpg")
+            member.size = 64
+            tar.addfile(member, io.BytesIO(bytes(64)))
+    md5 = hashlib.md5(path.read_bytes()).hexdigest()
+    archive = Archive("http://127.0.0.1:9/big.tar.gz", path.name, md5, member="big/images")
+    destination = tmp_path / "data" / "big"
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(2)
+    processes = [
+        context.Process(target=_install_after, args=(barrier, archive, destination, tmp_path, r))
+        for r in (0, 1)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+    assert sorted(p.name for p in tmp_path.glob("*.ok")) == ["0.ok", "1.ok"]
+    assert len(list(destination.rglob("*.jpg"))) == 3000
+    assert installed_from(destination)["md5"] == md5
+    assert not list((tmp_path / "data").glob("*gradood-partial"))

@@ -60,9 +60,7 @@ def test_the_plan_leaves_out_what_is_there(tmp_path):
 
     shutil.rmtree(layout.root / "ood_data" / "SUN")
     planned = planned_downloads(["imagenet"], layout.root, tmp_path / "checkpoints")
-    assert [(p.url, p.path) for p in planned] == [
-        (AUTHORS[1], layout.root / "SUN.tar.gz")
-    ]
+    assert [(p.url, p.path) for p in planned] == [(AUTHORS[1], layout.root / "SUN.tar.gz")]
 
 
 def test_the_plan_asks_the_server_for_unknown_sizes(tmp_path, monkeypatch):

@@ -84,7 +84,12 @@ class Archive:
         archive_folder = destination.parent if archive_folder is None else Path(archive_folder)
         archive, sha256 = self.obtain(archive_folder, progress)
         destination.parent.mkdir(parents=True, exist_ok=True)
-        with self._extracted(archive, destination.parent, destination.name, progress) as staging:
+        installed = [destination]
+        with self._extracted(
+            archive, destination.parent, destination.name, installed, progress
+        ) as staging:
+            if staging is None:  # another process installed it while this one waited
+                return
             extracted = staging / self.member
             if not extracted.is_dir():
                 raise FileNotFoundError(
@@ -92,7 +97,7 @@ class Archive:
                     f"{sorted(p.name for p in staging.iterdir())}"
                 )
             os.rename(extracted, destination)
-        self._note(destination, sha256)
+            self._note(destination, sha256)
 
     def install_files(self, folder: Path, names: Sequence[str], progress: bool = True) -> None:
         """Put the files ``names`` of the archive's ``member`` folder (``"."``: its top) into
@@ -104,14 +109,18 @@ class Archive:
         if existing:
             raise FileExistsError(f"{', '.join(existing)} exist; they are never overwritten")
         archive, sha256 = self.obtain(folder, progress)
-        with self._extracted(archive, folder, Path(self.filename).stem, progress) as staging:
+        installed = [folder / name for name in names]
+        with self._extracted(
+            archive, folder, Path(self.filename).stem, installed, progress
+        ) as staging:
+            if staging is None:  # another process installed them while this one waited
+                return
             absent = [name for name in names if not (staging / self.member / name).is_file()]
             if absent:
                 raise FileNotFoundError(f"{archive} has no files {absent} in {self.member}")
             for name in names:
                 os.rename(staging / self.member / name, folder / name)
-        for name in names:
-            self._note(folder / name, sha256)
+                self._note(folder / name, sha256)
 
     def obtain(self, folder: Path, progress: bool = True) -> tuple[Path, str | None]:
         """The archive in ``folder`` (downloaded and checked if absent, checked if present) and
@@ -137,13 +146,25 @@ class Archive:
         return archive, sha256
 
     @contextmanager
-    def _extracted(self, archive: Path, folder: Path, name: str, progress: bool) -> Iterator[Path]:
+    def _extracted(
+        self, archive: Path, folder: Path, name: str, installed: Sequence[Path], progress: bool
+    ) -> Iterator[Path | None]:
         """A temporary folder in ``folder`` (where its contents go: one device, so they move by
-        renaming) holding ``archive``'s extraction, removed afterwards.
+        renaming) holding ``archive``'s extraction, removed afterwards; ``None`` if another
+        process installed all of ``installed`` from this archive meanwhile.
 
         One process at a time extracts for ``name`` there (a lock), so that the extractions
-        left by a process that was killed can be removed first."""
+        left by a process that was killed can be removed first, and two processes that both
+        found the dataset absent (two runs, or ranks of one) install it once.
+
+        :raises FileExistsError: if some of ``installed`` appeared meanwhile, not from this
+            archive
+        """
         with exclusive_lock(folder / f".{name}.extracting.lock"):
+            if any(path.exists() for path in installed):
+                self._check_installed_meanwhile(installed)
+                yield None
+                return
             for stale in folder.glob(f".{glob.escape(name)}.*{_PARTIAL}"):
                 shutil.rmtree(stale, ignore_errors=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=_PARTIAL, dir=folder))
@@ -159,6 +180,15 @@ class Archive:
                 ) from error
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
+
+    def _check_installed_meanwhile(self, installed: Sequence[Path]) -> None:
+        notes = [installed_from(path) for path in installed]
+        if not all(note is not None and note.get("url") == self.url for note in notes):
+            present = ", ".join(str(path) for path in installed if path.exists())
+            raise FileExistsError(
+                f"{present} appeared while {self.filename} was being prepared, not installed "
+                "from it; it is never overwritten"
+            )
 
     def _note(self, installed: Path, sha256: str | None) -> None:
         note = {"url": self.url, "archive": self.filename, "md5": self.md5}
