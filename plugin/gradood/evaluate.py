@@ -182,8 +182,9 @@ def evaluate(
         :func:`gradood.features.default_num_workers` chooses for the device
     :param loader_kwargs: further DataLoader arguments
     :param device_preprocessing: the batch stage run on the device before the models (see
-        :func:`gradood.extract_features`); ``None``: the benchmark's ``device_preprocessing``
-        attribute if it has one (a protocol opened with ``decoder="device"``)
+        :func:`gradood.features.extract_features`); ``None``: the benchmark's
+        ``device_preprocessing`` attribute if it has one (a protocol opened with
+        ``decoder="device"``)
     :param cache_dir: directory of the feature cache (see :mod:`gradood.features`); ``None``
         keeps the features in memory only. Multi-process runs (``torchrun``) split the forward
         passes and the raw-input scoring between the processes, and all return the full table

@@ -5,7 +5,7 @@ protocol's data and model (``--gradood-data-root``, ``--gradood-checkpoint-dir``
 with one line (what is missing and where it goes: the report's ``missing-data.md``). Rows with
 the same detector settings share one measurement, and all of Tables 7 and 8 come from one
 cached forward pass per dataset. The tolerance of each row and its reason are in
-:mod:`gradood.checks`; every compared row goes into the run's report.
+:mod:`gradood.harness.checks`; every compared row goes into the run's report.
 
 Collect them in any project by importing them into a test module, e.g.
 ``from gradood.harness.paper_tests import test_table1, test_table7, test_table8``; the data and
