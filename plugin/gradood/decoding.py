@@ -185,6 +185,12 @@ class DevicePreprocessing:
 
     @staticmethod
     def collate(batch: Sequence[tuple[EncodedImage, Any]]) -> tuple[list[EncodedImage], Tensor]:
+        """A batch of ``(encoded image, label)`` samples as the list of the images and a tensor
+        of the labels.
+
+        :raises ValueError: if a sample is not an encoded image (the dataset's loader is not
+            :func:`read_encoded`)
+        """
         images = [image for image, _ in batch]
         wrong = [type(image).__name__ for image in images if not isinstance(image, EncodedImage)]
         if wrong:

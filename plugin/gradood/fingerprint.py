@@ -169,8 +169,11 @@ class Fingerprint:
     def __init__(self, hash_files: bool = False) -> None:
         self._hash = hashlib.blake2b(digest_size=32)
         self.hash_files = hash_files
+        #: the places (attribute paths) of the objects that could not be described stably
         self.unstable: list[str] = []
+        #: the places of torchvision's random transforms
         self.random: list[str] = []
+        #: the files listed by datasets that cannot be read
         self.missing_files: list[str] = []
         # composite objects already fed -> ordinal; shared objects and cycles feed a reference.
         # The objects are kept alive so that their ids are not reused during the walk.
@@ -178,6 +181,7 @@ class Fingerprint:
         self._alive: list[Any] = []
 
     def hexdigest(self) -> str:
+        """The digest of everything added so far, as 64 hexadecimal digits."""
         return self._hash.hexdigest()
 
     def add(self, obj: Any, where: str = "") -> Fingerprint:

@@ -16,6 +16,7 @@ from torch import nn
 
 __all__ = ["shared_for"]
 
+#: the type of the shared object (what ``build`` returns)
 T = TypeVar("T")
 
 _SHARED: weakref.WeakKeyDictionary[nn.Module, weakref.WeakValueDictionary] = (

@@ -247,6 +247,8 @@ class GradNorm(Detector):
         self.temperature = temperature
         self.micro_batch_size = check_positive_int(micro_batch_size, "micro_batch_size")
         self.head: Head | None = None
+        #: the head mode's encoder of pooled penultimate features
+        #: (:func:`gradood.heads.penultimate_encoder`); ``None`` when parameters are selected
         self.encoder: PenultimateEncoder | None = None
         self.params: list[str] | None = None
         selects = params is not None or param_filter is not None
@@ -336,7 +338,7 @@ class HeadGradNorm(GradNorm, FeaturesDetector):
 
     def predict_features(self, x: Tensor) -> Tensor:
         """Outlier scores :math:`-S(x)` from pooled penultimate features ``x`` (B x D, or
-        B x D x 1 x 1), as :attr:`encoder` makes them.
+        B x D x 1 x 1), as :attr:`~GradNorm.encoder` makes them.
 
         :raises ValueError: if ``x`` has the wrong shape or non-finite values
         """

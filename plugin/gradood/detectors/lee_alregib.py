@@ -208,6 +208,8 @@ class LeeAlRegib(GradientDetector):
         self.model = model
         self.mean = check_channel_values(mean, "mean")
         self.std = check_channel_values(std, "std", positive=True)
+        #: shape of one input, for the uniform-noise surrogate: the ``input_shape`` argument, else
+        #: taken from the ID inputs by :meth:`fit`; ``None`` until then
         self.input_shape = None if input_shape is None else tuple(int(d) for d in input_shape)
         self.hidden_width = check_positive_int(hidden_width, "hidden_width")
         self.epochs = check_positive_int(epochs, "epochs")

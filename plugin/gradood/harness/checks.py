@@ -266,6 +266,8 @@ class Comparison:
         return _COMPARISON_COLUMNS
 
     def as_row(self) -> dict[str, Any]:
+        """The check, its measurement, their differences and the tolerance, as one row of the
+        report's table (keys: :meth:`columns`)."""
         check = self.check
         return {
             "check": check.id,

@@ -24,9 +24,12 @@ from torch import Tensor, nn
 from ..detectors.lee_alregib import LeeAlRegib
 from ..heads import find_head
 
-#: the workloads that Lee & AlRegib's features are compared with (:func:`lee_alregib_workload`)
+#: a workload of :func:`lee_alregib_workload` (the computations Lee & AlRegib's features are
+#: compared with): one batched pass of their loss into every parameter
 FORWARD_BACKWARD = "forward + backward"
+#: a workload of :func:`lee_alregib_workload`: gradood's gradient features
 FEATURES = "gradood gradient features"
+#: a workload of :func:`lee_alregib_workload`: pytorch-ood's ``GradUncertainty``
 GRAD_UNCERTAINTY = "pytorch-ood GradUncertainty"
 
 

@@ -29,7 +29,9 @@ from .stages import seconds
 
 __all__ = ["MAX_LINES", "MAX_WIDTH", "below_chance_lines", "shown_path", "summary_lines"]
 
+#: the most lines of the summary (:func:`summary_lines`)
 MAX_LINES = 40
+#: the widest line of the summary, in characters (a longer line is cut at a space)
 MAX_WIDTH = 100
 _NAME_WIDTH = 30
 #: detectors listed per table, by AUROC: those with a default setting (the paper's) and the best

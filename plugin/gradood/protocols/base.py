@@ -103,6 +103,8 @@ class GradNormProtocol(Benchmark):
         self.expected = self.paper_expected if expected is None else expected
         self.expected.require(self.dataset_names())
         parts = self._decoding(decoder, transform)
+        #: applied to every image: ``transform``, else the decoder's (``None`` for
+        #: ``decoder="device"``, whose batch stage is :attr:`device_preprocessing`)
         self.transform = parts.transform if transform is None else transform
         self.loader = parts.loader
         #: the batch stage run on the device (``decoder="device"``), else ``None``
