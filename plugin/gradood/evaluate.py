@@ -11,13 +11,12 @@
   (``predict_logits``: MSP, Energy, ...; these need no head and run on any classifier, e.g.
   one whose output is post-processed after its last layer), every ``FeaturesDetector`` whose
   ``encoder`` is a :func:`gradood.heads.penultimate_encoder` (``predict_features``:
-  :class:`gradood.GradNorm` at any ``p`` and ``T``, pytorch-ood's ``Mahalanobis`` as the
-  registry builds it, ...), pytorch-ood's ``ODIN`` with ``eps == 0`` (then
-  :math:`\\hat x = x` and the score is MSP at temperature :math:`T` of the logits,
-  :math:`-\\max_c \\mathrm{softmax}(z / T)_c`: scored from the cached logits without ODIN's
-  backward pass), and any detector that follows the
-  :class:`CachedScorer` protocol (scores from :class:`~gradood.features.Features`, including
-  extra layer outputs);
+  :class:`gradood.GradNorm <gradood.detectors.gradnorm.GradNorm>` at any ``p`` and ``T``,
+  pytorch-ood's ``Mahalanobis`` as the registry builds it, ...), pytorch-ood's ``ODIN`` with
+  ``eps == 0`` (then :math:`\\hat x = x` and the score is MSP at temperature :math:`T` of the
+  logits, :math:`-\\max_c \\mathrm{softmax}(z / T)_c`: scored from the cached logits without ODIN's
+  backward pass), and any detector that follows the :class:`CachedScorer` protocol (scores from
+  :class:`~gradood.representations.Features`, including extra layer outputs);
 - **on the raw inputs** (``detector.predict(x)``, all such detectors in one pass over each
   dataset): everything else, e.g. ODIN with ``eps > 0``, gradient detectors (Lee & AlRegib,
   GradNorm with ``params=``), Mahalanobis with input preprocessing.
@@ -61,7 +60,8 @@ from .validation import check_finite_scores, settings_text
 
 __all__ = ["AVERAGE", "METRICS", "CachedScorer", "detector_grid", "evaluate"]
 
-#: the metric columns, as :func:`gradood.paper_metrics` names them (fractions)
+#: the metric columns, as :func:`gradood.paper_metrics <gradood.metrics.paper_metrics>` names them
+#: (fractions)
 METRICS = ("FPR95", "AUROC", "AUPR-IN", "AUPR-OUT", "FPR95TPR")
 #: the ``ood_data`` value of the rows that average over the OOD sets
 AVERAGE = "Average"
@@ -74,7 +74,7 @@ DetectorEntry = Detector | tuple[str, Detector] | tuple[str, Mapping[str, Any], 
 
 @runtime_checkable
 class CachedScorer(Protocol):
-    """A detector scored from :class:`~gradood.features.Features` of its ``model``.
+    """A detector scored from :class:`~gradood.representations.Features` of its ``model``.
 
     Optional attributes: ``head`` (module name or module; found if absent) and
     ``cached_layers`` (``{name: module path}`` of layers to extract, spatially averaged, into
@@ -197,8 +197,9 @@ def evaluate(
         row per (method, settings) with the mean of each metric over the OOD sets. Columns:
         ``method``, ``settings`` (text, e.g. ``"p=1, temperature=1"``), one column per setting
         name, ``ood_data``, ``FPR95``, ``AUROC``, ``AUPR-IN``, ``AUPR-OUT``, ``FPR95TPR``
-        (fractions, see :func:`gradood.paper_metrics`), ``n_id`` and ``n_ood`` (sample counts;
-        in ``Average`` rows, ``n_ood`` sums over the OOD sets)
+        (fractions, see :func:`gradood.paper_metrics <gradood.metrics.paper_metrics>`),
+        ``n_id`` and ``n_ood`` (sample counts; in ``Average`` rows, ``n_ood`` sums over the OOD
+        sets)
     :raises ValueError: on bad detector specifications, a benchmark whose ID set holds OOD
         labels or whose OOD sets hold ID labels, or detectors returning the wrong number of
         scores

@@ -2,10 +2,11 @@
 cached on disk, resumable after an interruption, and sharded across ``torchrun`` processes.
 
 :func:`extract_features` runs the model once over a dataset (through
-:func:`gradood.heads.forward_with_features`) and returns a :class:`Features` object, from which
-every logits detector (``predict_logits``), every penultimate-features detector
-(``predict_features``: GradNorm at any ``p`` and ``T``, Mahalanobis, ...) and every detector of
-further layer outputs scores without running the model again.
+:func:`gradood.heads.forward_with_features`) and returns a
+:class:`~gradood.representations.Features` object, from which every logits detector
+(``predict_logits``), every penultimate-features detector (``predict_features``: GradNorm at any
+``p`` and ``T``, Mahalanobis, ...) and every detector of further layer outputs scores without
+running the model again.
 
 **The cache.** With ``cache_dir``, the result is stored there and served to later calls with
 the same model, data and settings (see :mod:`gradood.cache`: the key, the files, the lock,
@@ -134,7 +135,7 @@ def extract_features(
     :param hash_files: key a dataset that lists its files also by their bytes (one read of
         every file), not only by their size and modification time
     :param recompute: extract again and replace the cache entry (e.g. after a
-        :class:`CacheError`)
+        :class:`~gradood.cache.store.CacheError`)
     :param progress: show a progress bar (on rank 0)
     :param desc: label of the progress bar
     :raises ValueError: on bad arguments, an empty dataset, items that are not pairs, ranks that

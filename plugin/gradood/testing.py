@@ -112,8 +112,8 @@ class Miniature:
     expected: ExpectedData
 
     def open(self, **kwargs: Any) -> GradNormProtocol:
-        """The protocol on this miniature (keyword arguments as :func:`make_protocol`'s;
-        ``expected`` defaults to the miniature's)."""
+        """The protocol on this miniature (keyword arguments as
+        :func:`~gradood.protocols.make_protocol`'s; ``expected`` defaults to the miniature's)."""
         kwargs.setdefault("expected", self.expected)
         return make_protocol(self.protocol, self.root, **kwargs)
 

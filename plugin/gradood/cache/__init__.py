@@ -29,8 +29,8 @@ only description is a memory address) or the dataset is random: its transform ho
 torchvision's random transforms (``Random*``, ``ColorJitter``, ``RandAugment``,
 ``AutoAugment``, ...), or the first, middle or last sample differs between two reads.
 
-**Integrity.** Every cache file records a BLAKE2b checksum of its tensors, verified on every
-read: a file changed on disk (a flipped bit) raises :class:`CacheError` naming it;
+**Integrity.** Every cache file records a BLAKE2b checksum of its tensors, verified on every read: a
+file changed on disk (a flipped bit) raises :class:`~gradood.cache.store.CacheError` naming it;
 ``recompute=True`` extracts again and replaces it.
 
 **Concurrency.** Processes sharing a ``cache_dir`` take turns per key: the extraction holds an

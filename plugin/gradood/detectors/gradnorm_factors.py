@@ -29,7 +29,7 @@ __all__ = ["GradNormU", "GradNormV"]
 
 class _GradNormFactor(HeadGradNorm):
     """A factor of GradNorm's head-weight score, from the same forward pass; ``p``,
-    ``temperature`` and ``head`` as :class:`~gradood.GradNorm`'s."""
+    ``temperature`` and ``head`` as :class:`~gradood.detectors.gradnorm.GradNorm`'s."""
 
     #: 0: U, 1: V (the index into :func:`gradnorm_factors`' result)
     _factor: int

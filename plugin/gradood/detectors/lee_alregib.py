@@ -199,7 +199,7 @@ class LeeAlRegib(GradientDetector):
         :param params: parameters or modules whose gradients are features (``None``: all)
         :param micro_batch_size: samples per backward pass when computing features
         :param progress: show progress bars while fitting (features, noise, epochs)
-        :raises ModelNotSetException: if ``model`` is ``None``
+        :raises ~pytorch_ood.api.ModelNotSetException: if ``model`` is ``None``
         :raises ValueError: on an invalid argument, or a selection of no parameter
         """
         super().__init__()
@@ -462,7 +462,7 @@ class LeeAlRegib(GradientDetector):
     def predict(self, x: Tensor) -> Tensor:
         """Outlier scores (float64, shape B): the classifier's OOD logit of the gradient features.
 
-        :raises RequiresFittingException: before :meth:`fit`
+        :raises ~pytorch_ood.api.RequiresFittingException: before :meth:`fit`
         """
         self._check_fitted()
         return self.predict_gradient_features(self.gradient_features(x))
@@ -471,7 +471,7 @@ class LeeAlRegib(GradientDetector):
         """Outlier scores from gradient features (B x P, as :meth:`gradient_features` makes
         them).
 
-        :raises RequiresFittingException: before :meth:`fit`
+        :raises ~pytorch_ood.api.RequiresFittingException: before :meth:`fit`
         :raises ValueError: on a wrong shape, non-finite or negative features
         """
         self._check_fitted()

@@ -126,7 +126,8 @@ class RemoteFile:
 
 
 def resolve_url(url: str) -> str:
-    """``url``, or its stand-in on the test-only mirror (:data:`MIRROR_VARIABLE`).
+    """``url``, or its stand-in on the test-only mirror
+    (:data:`~gradood.downloads.remote.MIRROR_VARIABLE`).
 
     :raises ValueError: if the mirror is not a loopback address
     """

@@ -1,7 +1,7 @@
 """The bundled offline benchmark: every registered detector on scikit-learn's digits.
 
 ID = the digits test split; OOD = letters (near), photo crops and uniform noise (far)
-(:class:`gradood.protocols.DigitsBenchmark`); the classifier is the shipped
+(:class:`gradood.protocols.digits.DigitsBenchmark`); the classifier is the shipped
 :func:`gradood.models.digits.load_digits_cnn`. Every detector of the registry (third-party
 plugins included) is built and fitted by its recipe (:func:`gradood.registry.build_and_fit`;
 the ID training split is also the tuning data, as the digits have no held-out split) and scored

@@ -337,9 +337,10 @@ def measure_table(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Measure the settings of ``plan`` (one measurement ``group``) on ``benchmark``: build the
-    detectors with the protocol's ``preset``, fit those that need it, and score them all with
-    one :func:`gradood.evaluate` call, with the factors of each (:data:`gradood.registry.FACTORS`:
-    GradNorm's U and V at each of GradNorm's settings, from the same pass). Returns its table.
+    detectors with the protocol's ``preset``, fit those that need it, and score them all with one
+    :func:`gradood.evaluate` call, with the factors of each
+    (:data:`gradood.registry.FACTORS <gradood.registry.gradood_recipes.FACTORS>`: GradNorm's U and V
+    at each of GradNorm's settings, from the same pass). Returns its table.
 
     :param num_workers: DataLoader workers for the fits and the forward passes; ``None``: as
         :func:`gradood.features.default_num_workers` chooses (on CUDA, decoding in parallel

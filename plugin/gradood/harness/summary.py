@@ -1,10 +1,10 @@
 """The run's closing summary: at most 40 lines of at most 100 columns.
 
 - each benchmark table: one line per detector (its Average over the OOD sets), sorted by AUROC;
-  a detector with several settings shows its default (e.g. GradNorm's paper setting) and its
-  best setting by AUROC; the paper's detectors always, the best others as the line budget
-  allows; then, computed from the table, why a paper detector falls below 50 % AUROC (its
-  factors' AUROC on its worst OOD set, :data:`gradood.registry.FACTORS`);
+  a detector with several settings shows its default (e.g. GradNorm's paper setting) and its best
+  setting by AUROC; the paper's detectors always, the best others as the line budget allows; then,
+  computed from the table, why a paper detector falls below 50 % AUROC (its factors' AUROC on its
+  worst OOD set, :data:`gradood.registry.FACTORS <gradood.registry.gradood_recipes.FACTORS>`);
 - speed: each side-by-side ratio with its target and verdict;
 - the paper's checks: one line per protocol (how many rows ran, within tolerance, the worst
   deviation, or why they did not run), and the same why-lines on the protocol's data;
@@ -199,11 +199,11 @@ def _missing(value: object) -> bool:
 def below_chance_lines(
     table: pd.DataFrame, defaults: dict[str, dict], indent: str = "  "
 ) -> list[str]:
-    """Why the detectors of ``defaults`` (at those settings) rank an OOD set of ``table`` as
-    more in-distribution than the ID data (AUROC < 50 %), from the table's own numbers: a
-    detector with registered factors (:data:`gradood.registry.FACTORS`, e.g. GradNorm = U V)
-    gets one line with its factors' AUROC on its worst set; the others share one line per set,
-    beside the first factor (U, the feature norm) at its default settings."""
+    """Why the detectors of ``defaults`` (at those settings) rank an OOD set of ``table`` as more
+    in-distribution than the ID data (AUROC < 50 %), from the table's own numbers: a detector with
+    registered factors (:data:`gradood.registry.FACTORS <gradood.registry.gradood_recipes.FACTORS>`,
+    e.g. GradNorm = U V) gets one line with its factors' AUROC on its worst set; the others share
+    one line per set, beside the first factor (U, the feature norm) at its default settings."""
     per_set = table[table["ood_data"] != AVERAGE]
     factor_names = {f for factors in FACTORS.values() for f in factors}
     lines, unfactored = [], {}

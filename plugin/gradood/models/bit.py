@@ -199,13 +199,14 @@ def bit_s_r101x1(checkpoint: str | os.PathLike | None = None, num_classes: int =
     """BiT-S-R101x1 as timm's ``resnetv2_101x1_bit``, numerically the official model.
 
     Never downloads: timm builds the architecture (``pretrained=False``); the weights come from
-    ``checkpoint``, the authors' ``BiT-S-R101x1-flat-finetune.pth.tar`` (:data:`BIT_S_R101X1_URL`)
-    or a checkpoint of this architecture saved by big_transfer's own code (``head.gn``), loaded
-    strictly. The
-    head is ``head.fc``, a 1x1 convolution (2048 -> ``num_classes``, with bias) on pooled
-    features; logits are its output flattened, as the official ``x[..., 0, 0]``. Inputs: see
-    :data:`gradood.models.BIT_S_R101X1`. Returned in eval mode (GroupNorm has no running
-    statistics and there is no dropout, so the mode does not change the outputs).
+    ``checkpoint``, the authors' ``BiT-S-R101x1-flat-finetune.pth.tar``
+    (:data:`~gradood.models.bit.BIT_S_R101X1_URL`) or a checkpoint of this architecture saved by
+    big_transfer's own code (``head.gn``), loaded strictly. The head is ``head.fc``, a 1x1
+    convolution (2048 -> ``num_classes``, with bias) on pooled features; logits are its output
+    flattened, as the official ``x[..., 0, 0]``. Inputs: see
+    :data:`gradood.models.BIT_S_R101X1 <gradood.models.preprocessing.BIT_S_R101X1>`. Returned in
+    eval mode (GroupNorm has no running statistics and there is no dropout, so the mode does not
+    change the outputs).
 
     :raises FileNotFoundError, ValueError: see :func:`load_big_transfer_checkpoint`
     """

@@ -29,14 +29,15 @@ def _normalize() -> T.Normalize:
 
 def train_transform() -> T.Compose:
     """Random 32 x 32 crop of the image zero-padded by 4, random horizontal flip, to tensor,
-    normalization with :data:`CIFAR_RESNET20`'s statistics."""
+    normalization with :data:`~gradood.models.preprocessing.CIFAR_RESNET20`'s statistics."""
     return T.Compose(
         [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), _normalize()]
     )
 
 
 def eval_transform() -> T.Compose:
-    """The evaluation transform, :data:`CIFAR_RESNET20`'s (the protocols use the same)."""
+    """The evaluation transform, :data:`~gradood.models.preprocessing.CIFAR_RESNET20`'s (the
+    protocols use the same)."""
     return CIFAR_RESNET20.transform()
 
 

@@ -10,7 +10,7 @@ CPU or thread count; a constant rate oscillates, and which phase the last step l
 depends on float rounding.
 
 The weights the bundled benchmark scores (:func:`load_digits_cnn`) were trained once by this
-recipe on :class:`gradood.protocols.DigitsBenchmark`'s training split (seed 0) and ship as
+recipe on :class:`gradood.protocols.digits.DigitsBenchmark`'s training split (seed 0) and ship as
 ``digits_cnn.pt`` with their SHA-256, so every machine scores the same network. Regenerate them
 with ``python -m gradood.protocols.digits --out <file>`` (it prints the new SHA-256).
 """

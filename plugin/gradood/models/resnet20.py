@@ -65,7 +65,8 @@ class BasicBlock(nn.Module):
 
 class ResNet20(nn.Module):
     """CIFAR ResNet-20 (option A shortcuts). Input: B x 3 x 32 x 32 images normalized as
-    :data:`gradood.models.CIFAR_RESNET20`; output: B x ``num_classes`` logits.
+    :data:`gradood.models.CIFAR_RESNET20 <gradood.models.preprocessing.CIFAR_RESNET20>`; output: B x
+    ``num_classes`` logits.
 
     Parameters: 269,722 for 10 classes, 275,572 for 100 (269,072 + 65 per class).
     Convolutions are initialized with He's normal initialization (fan out), batch

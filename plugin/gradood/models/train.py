@@ -4,9 +4,10 @@ The paper fixes: ResNet-20, 100 epochs, learning rate 0.1 divided by 10 at epoch
 90. It leaves the rest open; the defaults here are He et al.'s (2016) CIFAR recipe for the
 same network: SGD with momentum 0.9 (not Nesterov), weight decay 1e-4 on all parameters
 (He et al.'s value for this small network; 5e-4 is the usual choice for wide networks), batch
-size 128, random 32 x 32 crops of the image zero-padded by 4 and random horizontal flips. Inputs
-are normalized with :data:`gradood.models.CIFAR_RESNET20`, the statistics with which the ODIN and
-energy-score code bases evaluate, so that ODIN's input perturbation has the paper's scale.
+size 128, random 32 x 32 crops of the image zero-padded by 4 and random horizontal flips. Inputs are
+normalized with :data:`gradood.models.CIFAR_RESNET20 <gradood.models.preprocessing.CIFAR_RESNET20>`,
+the statistics with which the ODIN and energy-score code bases evaluate, so that ODIN's input
+perturbation has the paper's scale.
 
 Epochs count from 0: epoch ``e`` trains with ``0.1 * 0.1 ** (number of milestones <= e)``, as
 PyTorch's ``MultiStepLR`` stepped once per epoch. Every epoch is seeded from ``(seed, epoch)``
@@ -404,8 +405,8 @@ def train(
 ) -> TrainResult:
     """Train a ResNet-20 with ``config`` on ``train_set`` (items ``(image tensor, label)``,
     augmented by the dataset's own transform; or, with ``augmentation="device"``, a
-    :class:`DeviceDataset` augmented on its device) and test it on ``test_set`` after every
-    epoch.
+    :class:`~gradood.models.device_data.DeviceDataset` augmented on its device) and test it on
+    ``test_set`` after every epoch.
 
     Seeds the global random generators (see the module docstring). With ``out``, the checkpoint
     is written atomically after every epoch: the model and optimizer states, the recipe, the

@@ -56,7 +56,8 @@ class GradNormProtocol(Benchmark):
     name: ClassVar[str]
     #: the tables of the paper whose numbers are measured on this protocol, main one first
     paper_tables: ClassVar[tuple[str, ...]]
-    #: the preset of :func:`gradood.create_detector` with the paper's settings for it
+    #: the preset of :func:`gradood.create_detector <gradood.registry.create_detector>` with the
+    #: paper's settings for it
     detector_preset: ClassVar[str]
     #: the model's preprocessing (the images' size and normalization)
     preprocessing: ClassVar[Preprocessing]

@@ -10,11 +10,11 @@ Layout under the data root (torchvision's and pytorch-ood's own places)::
       places365_test.txt, test_256/*.jpg        (torchvision), of which 10,000 are sampled
     dtd/images/<category>/*.jpg               Textures (DTD), 5,640 images in 47 folders
 
-Preprocessing (:func:`cifar_transform`): the shorter side resized to 32 and a 32 x 32 center
-crop, then the CIFAR ResNet-20's normalization. The paper does not state how OOD images larger
-than 32 x 32 are reduced; this is the common practice: the energy score's code does it for
-Textures and Places365 (and feeds LSUN (crop) as stored), DICE's (from the paper's group) for
-every OOD set. It is the identity on 32 x 32 images (CIFAR, SVHN) and equals a plain 32 x 32
+Preprocessing (:func:`~gradood.protocols.cifar_transform`): the shorter side resized to 32 and a
+32 x 32 center crop, then the CIFAR ResNet-20's normalization. The paper does not state how OOD
+images larger than 32 x 32 are reduced; this is the common practice: the energy score's code does
+it for Textures and Places365 (and feeds LSUN (crop) as stored), DICE's (from the paper's group)
+for every OOD set. It is the identity on 32 x 32 images (CIFAR, SVHN) and equals a plain 32 x 32
 resize on square ones (Places365's 256 x 256); it differs from ``CIFAR_RESNET20.transform()``
 (which squeezes the aspect ratio) only on non-square images, i.e. on Textures.
 """
@@ -107,7 +107,7 @@ class _CifarProtocol(GradNormProtocol):
 
 class CIFAR10GradNorm(_CifarProtocol):
     """CIFAR-10 test set vs. SVHN, LSUN (crop), Places365 and Textures (Table 6);
-    :meth:`train_set` is CIFAR-10's training set."""
+    :meth:`~gradood.protocols.GradNormProtocol.train_set` is CIFAR-10's training set."""
 
     name = "cifar10"
     detector_preset = "cifar10"
@@ -126,7 +126,7 @@ class CIFAR10GradNorm(_CifarProtocol):
 
 class CIFAR100GradNorm(_CifarProtocol):
     """CIFAR-100 test set vs. SVHN, LSUN (crop), Places365 and Textures (Table 6);
-    :meth:`train_set` is CIFAR-100's training set."""
+    :meth:`~gradood.protocols.GradNormProtocol.train_set` is CIFAR-100's training set."""
 
     name = "cifar100"
     detector_preset = "cifar100"

@@ -53,10 +53,11 @@ class ImageNetGradNorm(GradNormProtocol):
     """ImageNet-1k validation set vs. iNaturalist, SUN, Places and Textures, preprocessed for
     BiT-S-R101x1 (resized to 480 x 480, mean = std = 0.5), as in the official code.
 
-    :meth:`train_set` is ImageNet's training set under ``id_data/ILSVRC-2012/train``: not part of
-    the paper's evaluation, but where the official code fits Mahalanobis's class means. It is
-    checked (1,281,167 images in 1,000 class folders) on the first call only, and raises
-    :class:`~gradood.protocols.DatasetNotFoundError` naming that path if it is absent.
+    :meth:`~gradood.protocols.GradNormProtocol.train_set` is ImageNet's training set under
+    ``id_data/ILSVRC-2012/train``: not part of the paper's evaluation, but where the official code
+    fits Mahalanobis's class means. It is checked (1,281,167 images in 1,000 class folders) on the
+    first call only, and raises :class:`~gradood.protocols.DatasetNotFoundError` naming that path if
+    it is absent.
     """
 
     name = "imagenet"

@@ -21,8 +21,8 @@ class DataSource(ABC):
     """A dataset at a fixed place under a protocol's data root.
 
     :meth:`open` checks it (counting files, never decoding images) and returns it, or raises
-    :class:`DatasetNotFoundError`. :meth:`download` fetches it, only where nothing of it is on
-    disk yet.
+    :class:`~gradood.protocols.DatasetNotFoundError`. :meth:`download` fetches it, only where
+    nothing of it is on disk yet.
 
     :param name: the dataset's name in the protocol (an entry of ``ood_names`` for OOD sets)
     :param how_to_get: where to get it, for error messages

@@ -70,7 +70,8 @@ def register_detector(
     scores_from: str = "inputs",
     replace: bool = False,
 ) -> DetectorSpec:
-    """Register ``factory`` under ``name``, fitted as ``fit`` says (:data:`FIT_KINDS`).
+    """Register ``factory`` under ``name``, fitted as ``fit`` says
+    (:data:`~gradood.registry.spec.FIT_KINDS`).
 
     :raises ValueError: if ``name`` is taken and ``replace`` is false, or on an unknown ``fit``
         or ``scores_from``
@@ -133,20 +134,22 @@ def available_detectors() -> list[str]:
       where the official codes take ``torch.ge`` (0 -> +1); irrelevant at epsilon 0
     - ``mahalanobis``: pytorch-ood's single-layer Mahalanobis on the penultimate features (no
       presets; the paper's variant is ``mahalanobis-paper``)
-    - ``mahalanobis-paper``: :class:`~gradood.detectors.MahalanobisEnsemble`, the paper's
-      variant (layer scores with input preprocessing, combined by a logistic regression
-      against FGSM examples), with the paper's magnitude fixed (the regression is still
-      trained by ``fit``): ``imagenet``: 0.001 in model-input units, FGSM examples clamped to
-      [0, 1] in model-input units, both as the official ImageNet code does; ``cifar10``: 0.01,
-      ``cifar100``: 0.005, in pixel units with the FGSM examples clamped to the pixel range
-      (the CIFAR code is unpublished)
-    - ``gradnorm``: :class:`gradood.GradNorm`, L1 at T = 1 (``imagenet``, ``cifar``,
-      ``cifar10``, ``cifar100``); its factors ``gradnorm-u`` (:math:`\\lVert h \\rVert_p`)
-      and ``gradnorm-v`` (:math:`\\lVert (C \\, \\mathrm{softmax}(z/T) - 1)/T \\rVert_p`),
-      :class:`gradood.detectors.GradNormU` and ``GradNormV``, with the same presets
-    - ``lee-alregib``: :class:`gradood.LeeAlRegib` (needs ``fit``), uniform-noise surrogate OOD
-      in the model's input space: ``imagenet``: BiT's mean = std = 0.5 (the paper's Table 9);
-      ``cifar``, ``cifar10``, ``cifar100``: the CIFAR ResNet-20's normalization
+    - ``mahalanobis-paper``: :class:`~gradood.detectors.mahalanobis_ensemble.MahalanobisEnsemble`,
+      the paper's variant (layer scores with input preprocessing, combined by a logistic regression
+      against FGSM examples), with the paper's magnitude fixed (the regression is still trained by
+      ``fit``): ``imagenet``: 0.001 in model-input units, FGSM examples clamped to [0, 1] in
+      model-input units, both as the official ImageNet code does; ``cifar10``: 0.01, ``cifar100``:
+      0.005, in pixel units with the FGSM examples clamped to the pixel range (the CIFAR code is
+      unpublished)
+    - ``gradnorm``: :class:`gradood.GradNorm <gradood.detectors.gradnorm.GradNorm>`, L1 at T = 1
+      (``imagenet``, ``cifar``, ``cifar10``, ``cifar100``); its factors ``gradnorm-u``
+      (:math:`\\lVert h \\rVert_p`) and ``gradnorm-v``
+      (:math:`\\lVert (C \\, \\mathrm{softmax}(z/T) - 1)/T \\rVert_p`),
+      :class:`gradood.detectors.gradnorm_factors.GradNormU` and ``GradNormV``, with the same presets
+    - ``lee-alregib``: :class:`gradood.LeeAlRegib <gradood.detectors.lee_alregib.LeeAlRegib>` (needs
+      ``fit``), uniform-noise surrogate OOD in the model's input space: ``imagenet``: BiT's mean =
+      std = 0.5 (the paper's Table 9); ``cifar``, ``cifar10``, ``cifar100``: the CIFAR ResNet-20's
+      normalization
     - ``knn``: k = 1000 (``imagenet``), 50 (``cifar``, ``cifar10``, ``cifar100``), the KNN
       paper's; ``dice``: p = 0.7 (``imagenet``), 0.9 (``cifar``, ``cifar10``, ``cifar100``);
       ``vim``: d = 1000 (``imagenet``, for BiT's 2048 features)
@@ -183,7 +186,7 @@ def create_detector(
     :param preset: a named setting of the paper (see :func:`available_detectors`); explicit
         ``kwargs`` override its values
     :raises ValueError: for an unknown detector name or preset, listing the known ones
-    :raises ModelNotSetException: if ``model`` is ``None``
+    :raises ~pytorch_ood.api.ModelNotSetException: if ``model`` is ``None``
     """
     spec = detector_spec(name)
     if model is None:  # the recipes wire the detector to the model's modules
@@ -210,9 +213,9 @@ def build_and_fit(
     tuning_loader: DataLoader | None = None,
     **settings: Any,
 ) -> Detector:
-    """Build detector ``name`` for ``model`` (:func:`create_detector`) and fit it as its recipe
-    says (:data:`FIT_KINDS`): on ``train_loader`` (ID training data), on ``tuning_loader``
-    (held-out ID data), or not at all.
+    """Build detector ``name`` for ``model`` (:func:`create_detector`) and fit it as its recipe says
+    (:data:`~gradood.registry.spec.FIT_KINDS`): on ``train_loader`` (ID training data), on
+    ``tuning_loader`` (held-out ID data), or not at all.
 
     :raises ValueError: if the recipe needs a loader that is not given
     """

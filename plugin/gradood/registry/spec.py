@@ -31,9 +31,9 @@ REPRESENTATIONS = ("logits", "features", "layers", "inputs")
 
 @dataclass(frozen=True)
 class DetectorSpec:
-    """A registered detector's recipe: its ``factory`` ``(model, **settings) -> detector``,
-    named ``presets`` of settings, what it is ``fit`` on (:data:`FIT_KINDS`) and what it
-    ``scores_from`` (:data:`REPRESENTATIONS`)."""
+    """A registered detector's recipe: its ``factory`` ``(model, **settings) -> detector``, named
+    ``presets`` of settings, what it is ``fit`` on (:data:`~gradood.registry.spec.FIT_KINDS`) and
+    what it ``scores_from`` (:data:`~gradood.registry.spec.REPRESENTATIONS`)."""
 
     name: str
     factory: Factory
