@@ -31,6 +31,8 @@ myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 
 autodoc_member_order = "bysource"
+# the class docstring and __init__'s (where the parameters are documented)
+autoclass_content = "both"
 autodoc_typehints = "description"
 # pytorch-ood's docstrings link into its own site
 autodoc_inherit_docstrings = False

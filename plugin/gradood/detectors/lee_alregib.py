@@ -186,7 +186,7 @@ class LeeAlRegib(GradientDetector):
             the uniform-noise surrogate OOD (pixel values in [0, 1])
         :param std: per-channel std (or one value) of that normalization
         :param input_shape: shape of one input (e.g. ``(3, 480, 480)``) for the noise; taken from
-            the ID data by :meth:`fit`; needed by :meth:`fit_features` without OOD rows
+            the ID data by :meth:`fit`; needed by :meth:`fit_gradient_features` without OOD rows
         :param hidden_width: width of the classifier's hidden layer (ReLU)
         :param epochs: training epochs (Adam)
         :param lr: Adam's learning rate
@@ -357,7 +357,8 @@ class LeeAlRegib(GradientDetector):
         labels = torch.as_tensor(y).reshape(-1).to(features.device)
         if labels.shape[0] != features.shape[0]:
             raise ValueError(
-                f"fit_features: {features.shape[0]} feature rows but {labels.shape[0]} labels"
+                f"fit_gradient_features: {features.shape[0]} feature rows but "
+                f"{labels.shape[0]} labels"
             )
         is_ood = labels < 0
         if not bool(is_ood.any()):
