@@ -177,3 +177,53 @@ def test_under_xdist_the_workers_make_one_report_as_without_it(pytester, tmp_pat
         assert (parallel / name).read_text() == (serial / name).read_text(), name
     summary = [_without_folder_line((f / "summary.txt").read_text()) for f in (serial, parallel)]
     assert summary[0] == summary[1]
+
+
+def test_the_parts_of_two_workers_join_into_the_report_of_one_process():
+    """What two workers record (a planned stage before their tests; stage times, measured rows
+    and settings per test) joins into what one process recording the same would hold."""
+    import pandas as pd
+
+    from gradood.harness.gather import _copy, _since, merge
+    from gradood.harness.report import Report
+    from gradood.harness.stages import Stage
+
+    def rows(group: str) -> pd.DataFrame:
+        return pd.DataFrame({"method": [group], "AUROC": [0.5]})
+
+    def plan(report: Report) -> None:
+        report.stages.plan(Stage("cifar10 head", images=100, estimate=2.0))
+        report.stages.plan(Stage("cifar100 head", images=100, estimate=3.0))  # never runs
+        report.plan.append("gradood plan: ...")
+
+    def run_test(report: Report, group: str, seconds: float) -> None:
+        for name in ("cifar10 head", f"cifar10 {group} fit"):  # planned, and not planned
+            stage = report.stages.by_name.setdefault(name, Stage(name))
+            stage.actual = (stage.actual or 0.0) + seconds
+        report.add_measured("cifar10", rows(group), {group: {"p": 1.0}})
+
+    single = Report()
+    plan(single)
+    for group, seconds in (("gradnorm", 1.5), ("msp", 0.5)):
+        run_test(single, group, seconds)
+
+    parts = []
+    for group, seconds in (("gradnorm", 1.5), ("msp", 0.5)):  # one test on each worker
+        worker = Report()
+        plan(worker)
+        setup = _copy(worker)
+        before = _copy(worker)
+        run_test(worker, group, seconds)
+        parts.append((setup, _since(worker, before)))
+    joined = Report()
+    merge(joined, parts[0][0])  # the part before the tests: the first worker's
+    for _, part in parts:
+        merge(joined, part)
+
+    assert joined.plan == single.plan
+    assert joined.stages == single.stages  # the estimate kept, both tests' time added
+    assert joined.stages.by_name["cifar10 head"].actual == 2.0
+    assert joined.stages.by_name["cifar10 msp fit"].actual == 0.5
+    assert joined.stages.by_name["cifar100 head"].estimate == 3.0
+    assert joined.defaults == single.defaults
+    pd.testing.assert_frame_equal(joined.measured["cifar10"], single.measured["cifar10"])

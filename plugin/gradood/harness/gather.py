@@ -37,8 +37,7 @@ def merge(into: Report, part: Report) -> None:
             mine.extend(theirs)
         elif isinstance(mine, Stages):
             for stage in theirs.by_name.values():
-                if stage.actual is not None:
-                    _add_time(mine, stage)
+                _add_stage(mine, stage)
         else:
             for key, value in theirs.items():
                 _merge_value(mine, key, value)
@@ -53,9 +52,13 @@ def _merge_value(into: dict, key, value) -> None:
         into[key].update(value)
 
 
-def _add_time(stages: Stages, stage: Stage) -> None:
-    mine = stages.by_name.setdefault(stage.name, replace(stage, actual=None))
-    mine.actual = (mine.actual or 0.0) + stage.actual
+def _add_stage(stages: Stages, stage: Stage) -> None:
+    """A stage new to ``stages`` as it is (planned, or run); a known one gets its time added."""
+    mine = stages.by_name.get(stage.name)
+    if mine is None:
+        stages.by_name[stage.name] = replace(stage)
+    elif stage.actual is not None:
+        mine.actual = (mine.actual or 0.0) + stage.actual
 
 
 def _since(report: Report, before: Report) -> Report:
@@ -67,8 +70,11 @@ def _since(report: Report, before: Report) -> Report:
             getattr(part, field.name).extend(now[len(then) :])
         elif isinstance(now, Stages):
             for name, stage in now.by_name.items():
-                spent = (stage.actual or 0.0) - (then.by_name.get(name, stage).actual or 0.0)
-                if stage.actual is not None and (name not in then.by_name or spent > 0):
+                earlier = then.by_name.get(name)
+                if earlier is None:
+                    part.stages.by_name[name] = replace(stage)
+                elif (stage.actual or 0.0) > (earlier.actual or 0.0):
+                    spent = stage.actual - (earlier.actual or 0.0)
                     part.stages.by_name[name] = replace(stage, actual=spent)
         else:
             getattr(part, field.name).update(_new_entries(now, then))
