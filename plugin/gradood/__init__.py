@@ -13,13 +13,14 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .detectors import GradNorm, LeeAlRegib, MahalanobisEnsemble
+    from .detectors import GAIA, GradNorm, LeeAlRegib, MahalanobisEnsemble
     from .evaluate import evaluate
     from .metrics import paper_metrics
     from .registry import available_detectors, build_and_fit, create_detector
 
 #: public name -> the submodule that defines it
 _PUBLIC = {
+    "GAIA": ".detectors",
     "GradNorm": ".detectors",
     "LeeAlRegib": ".detectors",
     "MahalanobisEnsemble": ".detectors",
@@ -31,6 +32,7 @@ _PUBLIC = {
 }
 
 __all__ = [
+    "GAIA",
     "GradNorm",
     "LeeAlRegib",
     "MahalanobisEnsemble",

@@ -3,7 +3,11 @@
 :func:`layer_outputs` records, per named layer, what ``keep(inputs, output)`` returns on each
 call (or on the first call only) while the block runs; with ``stop_when_complete`` a forward pass
 ends as soon as every layer has been recorded once (:func:`forward_until_captured`), so that a
-detector that needs early layers does not pay for the rest of the network.
+detector that needs early layers does not pay for the rest of the network. With
+``copy_output`` the model goes on with a copy of each recorded output: an in-place operation
+downstream (``ReLU(inplace=True)``, ``out += shortcut``) then changes the copy, and the recorded
+tensor stays the layer's output, in the autograd graph, so that a gradient taken with respect to
+it is the gradient with respect to what the layer produced.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 __all__ = ["forward_until_captured", "layer_outputs"]
 
@@ -35,18 +39,21 @@ def layer_outputs(
     *,
     first_only: bool = False,
     stop_when_complete: bool = False,
+    copy_output: bool = False,
 ) -> Iterator[dict[str, list]]:
     """Inside the block, ``captured[name]`` lists ``keep(inputs, output)`` of each call of layer
-    ``layers[name]`` (a submodule of ``model`` or its path); ``first_only``: of its first call.
+    ``layers[name]`` (a submodule of ``model`` or its path); ``first_only``: of its first call;
+    ``copy_output``: the model continues with a copy of each (tensor) output (module docstring).
     Clear the lists between passes where they should not accumulate."""
     captured: dict[str, list] = {name: [] for name in layers}
 
     def hook_for(name: str):
-        def record(_module: nn.Module, inputs: tuple, output: Any) -> None:
+        def record(_module: nn.Module, inputs: tuple, output: Any) -> Any:
             if not (first_only and captured[name]):
                 captured[name].append(keep(inputs, output))
             if stop_when_complete and all(captured.values()):
                 raise _StopForward
+            return output.clone() if copy_output and isinstance(output, Tensor) else None
 
         return record
 

@@ -6,7 +6,8 @@ representation it scores from. :func:`build_and_fit` follows it; every caller (t
 benchmark, the paper checks, the throughput suite) builds detectors through it.
 
 Built in: gradood's ``gradnorm``, its factors ``gradnorm-u`` and ``gradnorm-v``,
-``lee-alregib`` and ``mahalanobis-paper`` (the paper's multi-layer Mahalanobis), and every
+``lee-alregib``, ``mahalanobis-paper`` (the paper's multi-layer Mahalanobis), GAIA's ``gaia-a``
+and ``gaia-z``, and every
 pytorch-ood detector that applies to a plain classifier (:func:`available_detectors`), wired to
 the model by :mod:`gradood.wiring`.
 
@@ -150,6 +151,13 @@ def available_detectors() -> list[str]:
       ``fit``), uniform-noise surrogate OOD in the model's input space: ``imagenet``: BiT's mean =
       std = 0.5 (the paper's Table 9); ``cifar``, ``cifar10``, ``cifar100``: the CIFAR ResNet-20's
       normalization
+    - ``gaia-a``, ``gaia-z``: :class:`gradood.GAIA <gradood.detectors.gaia.GAIA>` (GAIA-A and
+      GAIA-Z); ``imagenet``: the official code's ImageNet layers for BiT (``layers=
+      "before_head"``: the last stage's GroupNorms and the pooled feature), for every OOD set;
+      ``gaia-z`` also ``imagenet-textures``: the official code's choice for Textures only
+      (``layers="textures"``: the final GroupNorm's output before its ReLU instead of the pooled
+      feature; the official code scores the ID set again with these layers for that pair).
+      Without a preset, the general rule (``layers="norms"``)
     - ``knn``: k = 1000 (``imagenet``), 50 (``cifar``, ``cifar10``, ``cifar100``), the KNN
       paper's; ``dice``: p = 0.7 (``imagenet``), 0.9 (``cifar``, ``cifar10``, ``cifar100``);
       ``vim``: d = 1000 (``imagenet``, for BiT's 2048 features)

@@ -1,8 +1,11 @@
-"""The recipes of gradood's own detectors: GradNorm, Lee & AlRegib and the paper's
-multi-layer Mahalanobis, with the paper's settings as presets."""
+"""The recipes of gradood's own detectors: GradNorm, Lee & AlRegib, the paper's multi-layer
+Mahalanobis and GAIA's two detectors, with the papers' settings as presets."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from ..detectors.gaia import GAIA
 from ..detectors.gradnorm import GradNorm
 from ..detectors.gradnorm_factors import GradNormU, GradNormV
 from ..detectors.lee_alregib import LeeAlRegib
@@ -33,7 +36,24 @@ FACTORS: dict[str, dict[str, str]] = {
 }
 
 
-#: gradood's own detectors: GradNorm and its factors, Lee & AlRegib, the paper's Mahalanobis
+def gaia_a(model: Any, **settings: Any) -> GAIA:
+    """GAIA-A: ``GAIA(model, "A", ...)``."""
+    return GAIA(model, "A", **settings)
+
+
+def gaia_z(model: Any, **settings: Any) -> GAIA:
+    """GAIA-Z: ``GAIA(model, "Z", ...)``."""
+    return GAIA(model, "Z", **settings)
+
+
+# the official ImageNet layers (BiT: block4's GroupNorms and the pooled feature) for every OOD
+# set; the official code's own choice for GAIA-Z on Textures only is a preset of its own
+_GAIA_IMAGENET = {"imagenet": {"layers": "before_head"}}
+_GAIA_Z_PRESETS = {**_GAIA_IMAGENET, "imagenet-textures": {"layers": "textures"}}
+
+
+#: gradood's own detectors: GradNorm and its factors, Lee & AlRegib, the paper's Mahalanobis,
+#: GAIA-A and GAIA-Z
 GRADOOD = [
     DetectorSpec(
         "mahalanobis-paper",
@@ -78,6 +98,25 @@ GRADOOD = [
         },
         "gradood Lee & AlRegib: per-tensor gradient norms, 2-layer classifier vs uniform noise",
         "surrogate",
+        "inputs",
+    ),
+    DetectorSpec(
+        "gaia-a",
+        gaia_a,
+        _GAIA_IMAGENET,
+        "gradood GAIA-A (Chen et al.), channel-wise average abnormality: mean over inner-layer "
+        "channels of (|spatial mean of d sum(f) / dA| / u)^2, u^2 = channel mean of |spatial "
+        "mean of d sum(log softmax(z)) / dA_out|; f the head's input",
+        "none",
+        "inputs",
+    ),
+    DetectorSpec(
+        "gaia-z",
+        gaia_z,
+        _GAIA_Z_PRESETS,
+        "gradood GAIA-Z (Chen et al.), zero-deflation abnormality: mean over the inspected "
+        "layers' channels of the squared fraction of non-zero entries of d max_c z_c / dA",
+        "none",
         "inputs",
     ),
 ]
