@@ -19,6 +19,10 @@ and the CIFAR ResNet-20 (<= 3x on ResNet-50 and BiT) and <= 1.5x its peak memory
 materializes batch x 11.7 M gradient entries; judged on the GPU; on the CPU reported at batch 16,
 to keep the run short) and >= 1.5x on the ResNet-20 (0.27 M parameters: per-sample gradients
 are cheap there); ResNet-20 at batch 256 on the GPU only, to keep the CPU run short.
+GAIA's detectors (general layer rule: every BatchNorm and the head's input), the whole batch in
+one pass, take <= 2.5x (GAIA-A: one forward, two backward passes into activations) and <= 1.5x
+(GAIA-Z: one forward, one backward) that forward + backward pass on the ResNet-18 and the
+ResNet-20.
 Models have random weights and inputs: the cost does not depend on them.
 """
 
@@ -38,7 +42,7 @@ from pytorch_ood.detector import GradNorm as PoodGradNorm
 from pytorch_ood.detector import MaxSoftmax
 from torch import Tensor, nn
 
-from gradood import GradNorm
+from gradood import GAIA, GradNorm
 from gradood.harness.speed import (
     FEATURES,
     FORWARD_BACKWARD,
@@ -117,6 +121,14 @@ def _lee_alregib(name: str) -> Workload:
     return lambda model, x: lee_alregib_workload(name, model, x)
 
 
+def _gaia(variant: str) -> Workload:
+    def workload(model: nn.Module, x: Tensor) -> Callable[[], object]:
+        detector = GAIA(model, variant, micro_batch_size=x.shape[0])
+        return lambda: detector.predict(x)
+
+    return workload
+
+
 @dataclass(frozen=True)
 class Comparison:
     """``t_a / t_b`` against ``target`` (``gpu_target`` with ``--gradood-gpu``);
@@ -161,6 +173,20 @@ FEATURES_VS_GRAD_UNCERTAINTY = Comparison(
     Target(20.0),
     Target(20.0),
 )
+GAIA_A_VS_BACKWARD = Comparison(
+    "GAIA-A time / fwd+bwd",
+    _gaia("A"),
+    _lee_alregib(FORWARD_BACKWARD),
+    Target(2.5, at_least=False),
+    Target(2.5, at_least=False),
+)
+GAIA_Z_VS_BACKWARD = replace(
+    GAIA_A_VS_BACKWARD,
+    what="GAIA-Z time / fwd+bwd",
+    a=_gaia("Z"),
+    target=Target(1.5, at_least=False),
+    gpu_target=Target(1.5, at_least=False),
+)
 #: the paper's CIFAR model and the ResNet-18: the features cost little more than the pass itself
 FEATURES_AT_THE_FLOOR = replace(
     FEATURES_VS_BACKWARD, target=Target(1.5, at_least=False), gpu_target=Target(1.5, at_least=False)
@@ -200,6 +226,11 @@ CASES = (
         _case(RESNET20_B64, GRADNORM_VS_OFFICIAL),
         _case(RESNET20_B64, FEATURES_AT_THE_FLOOR),
         _case(RESNET20_B64, FEATURES_VS_GRAD_UNCERTAINTY_SMALL),
+        *(
+            _case(setup, comparison)
+            for setup in (RESNET18_B64, RESNET20_B64)
+            for comparison in (GAIA_A_VS_BACKWARD, GAIA_Z_VS_BACKWARD)
+        ),
         # batch 256 takes 14 s per comparison on 2 CPU cores: GPU only
         _case(RESNET20_B256, FEATURES_AT_THE_FLOOR, gpu=True),
         _case(RESNET20_B256, FEATURES_VS_GRAD_UNCERTAINTY_SMALL, gpu=True),
