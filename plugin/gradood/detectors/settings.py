@@ -28,7 +28,7 @@ class InitSignature:
 
 class ShowsSettings:
     """Mixin: ``repr(detector)`` is ``Name(setting=value, ...)`` with the settings of
-    :meth:`_settings`; ``Name`` is the class's own ``_repr_name`` (the constructor users call,
+    ``_settings()``; ``Name`` is the class's own ``_repr_name`` (the constructor users call,
     where it is another class), else the class's name."""
 
     def _settings(self) -> dict[str, Any]:
