@@ -10,11 +10,13 @@ import pydoc
 
 import pytest
 import torch
+from pytorch_ood.api import Detector
 from torch.utils.data import DataLoader, TensorDataset
 
 import gradood
+import gradood.detectors
 from gradood.detectors import GradNormU, GradNormV, LeeAlRegib, MahalanobisEnsemble
-from gradood.detectors.settings import settings_repr
+from gradood.detectors.settings import ShowsSettings, settings_repr
 from gradood.testing import SmallCNN
 
 
@@ -88,6 +90,17 @@ def test_mahalanobis_repr_shows_its_settings(model):
     shown = repr(MahalanobisEnsemble(model, ["features"], magnitude=0.0, samples=20))
     assert shown.startswith("MahalanobisEnsemble(layers=['features'], magnitude=0, ")
     assert "samples=20" in shown and "adversarial_step=0.05" in shown
+
+
+def test_every_exported_detector_shows_its_settings():
+    detectors = [
+        getattr(gradood.detectors, name)
+        for name in gradood.detectors.__all__
+        if isinstance(getattr(gradood.detectors, name), type)
+        and issubclass(getattr(gradood.detectors, name), Detector)
+    ]
+    assert len(detectors) >= 7  # GradNorm, its two modes, U, V, LeeAlRegib, MahalanobisEnsemble
+    assert [d.__name__ for d in detectors if not issubclass(d, ShowsSettings)] == []
 
 
 def test_long_lists_are_shortened_to_their_ends_and_length():
