@@ -49,6 +49,11 @@ def test_gradnorm_signature_is_its_constructors():
     assert signature.parameters["p"].kind is inspect.Parameter.KEYWORD_ONLY
 
 
+def test_an_instance_keeps_the_signature_of_its_call(model):
+    detector = gradood.GradNorm(model)
+    assert inspect.signature(detector) == inspect.signature(detector.__call__)
+
+
 def test_every_detector_class_shows_its_own_constructor():
     for cls in (GradNormU, GradNormV):
         assert _parameters(cls) == ["model", "temperature", "p", "head"]

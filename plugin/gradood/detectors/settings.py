@@ -18,9 +18,12 @@ _LONGEST_SHOWN = 6
 class InitSignature:
     """``__signature__ = InitSignature()`` in a class body: the class's signature is its
     ``__init__``'s without ``self``, also where a ``__new__(cls, *args, **kwargs)`` would hide
-    it. Read through a subclass, it is that subclass's ``__init__``'s."""
+    it. Read through a subclass, it is that subclass's ``__init__``'s; an instance has none of
+    its own (its signature is its ``__call__``'s)."""
 
     def __get__(self, instance: object, owner: type) -> inspect.Signature:
+        if instance is not None:
+            raise AttributeError("__signature__")
         signature = inspect.signature(owner.__init__)
         parameters = list(signature.parameters.values())[1:]
         return signature.replace(parameters=parameters, return_annotation=inspect.Signature.empty)
