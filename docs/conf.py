@@ -10,6 +10,7 @@ DOCS = Path(__file__).resolve().parent
 sys.path[:0] = [str(DOCS.parent / "plugin"), str(DOCS)]
 
 from make_figures import FIGURES, OUT, main  # noqa: E402
+from offline import check_site  # noqa: E402
 
 # the figures of a bundled run: drawn when missing (a fresh clone, CI), ~15 s on one core
 if not all((OUT / name).is_file() for name in FIGURES):
@@ -23,6 +24,9 @@ extensions = [
     "myst_parser",
     "sphinx.ext.autodoc",
     "sphinx.ext.mathjax",
+    # MathJax 3 copied into the build (_static/mathjax) and served from there: math renders
+    # without a network; check_site below fails a build whose pages load from one
+    "sphinx-mathjax-offline",
 ]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 exclude_patterns = ["_build", "_generated"]
@@ -70,6 +74,8 @@ nitpick_ignore = [
 
 html_theme = "furo"
 html_title = "gradood"
+html_static_path = ["_static"]
+html_css_files = ["tables.css"]
 
 
 def _public_bases(app, name, obj, options, bases):
@@ -90,5 +96,11 @@ def _without_private(bases):
     return shown
 
 
+def _offline(app, exception):
+    if exception is None and app.builder.format == "html":
+        check_site(Path(app.outdir))
+
+
 def setup(app):
     app.connect("autodoc-process-bases", _public_bases)
+    app.connect("build-finished", _offline)

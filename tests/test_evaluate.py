@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import math
 import pickle
+import sys
 
 import pandas as pd
 import pytest
@@ -397,3 +398,19 @@ def test_two_processes_share_the_work(tmp_path):
     samples = [count for _, count in results]
     assert sum(samples) == CountingCNN.samples == 3 * (16 + 11 + 7)
     assert min(samples) > 0
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_bars_show_by_default_only_on_a_terminal(terminal, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)  # capsys's stderr: not one
+    model = make_model()
+    gradood.evaluate(TinyBenchmark(), {"MSP": MaxSoftmax(model)}, batch_size=BATCH)
+    shown = capsys.readouterr().err
+    assert ("forward CountingCNN" in shown) == terminal
+    extract_features(model, TinyBenchmark().train_set(), desc="train pass")
+    assert ("train pass" in capsys.readouterr().err) == terminal
+
+
+def test_progress_bars_show_anywhere_when_asked(capsys):
+    gradood.evaluate(TinyBenchmark(), {"MSP": MaxSoftmax(make_model())}, progress=True)
+    assert "forward CountingCNN" in capsys.readouterr().err

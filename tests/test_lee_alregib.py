@@ -283,18 +283,6 @@ def test_grid_search_refits_on_the_inputs_and_computes_the_noise_once(trained):
 # -- errors ----------------------------------------------------------------------------------
 
 
-def test_fit_shows_progress_unless_asked_not_to(capsys):
-    torch.manual_seed(0)
-    model = SmallCNN(num_classes=2, width=4).eval()
-    loader = DataLoader(TensorDataset(torch.randn(10, 3, 8, 8), torch.arange(10) % 2), 5)
-    LeeAlRegib(model, epochs=2, params=["fc"]).fit(loader)
-    shown = capsys.readouterr().err
-    for bar in ("ID features", "noise features", "classifier"):
-        assert f"LeeAlRegib: {bar}" in shown
-    LeeAlRegib(model, epochs=2, params=["fc"], progress=False).fit(loader)
-    assert "LeeAlRegib" not in capsys.readouterr().err
-
-
 def test_predict_before_fit_raises():
     detector = LeeAlRegib(SmallCNN().eval())
     with pytest.raises(RequiresFittingException):

@@ -290,7 +290,7 @@ def test_regression_is_sklearns_on_the_layer_scores():
     )
 
 
-def test_fit_shows_progress_unless_asked_not_to(capsys, monkeypatch):
+def test_fit_shows_progress_only_when_asked(capsys, monkeypatch):
     def untrained_regression(scores, is_adversarial):  # the bars only: skip sklearn's 1 s fit
         return torch.zeros(scores.shape[1], dtype=scores.dtype), torch.zeros((), dtype=scores.dtype)
 
@@ -298,10 +298,11 @@ def test_fit_shows_progress_unless_asked_not_to(capsys, monkeypatch):
     model = blocks_model(2)
     x, y = random_batch(2, 40)
     loader = DataLoader(TensorDataset(x, y), batch_size=10)
-    MahalanobisEnsemble(model, LAYERS, magnitudes=[0.0, 0.01], samples=10).fit(loader)
+    loud = MahalanobisEnsemble(model, LAYERS, magnitudes=[0.0, 0.01], samples=10, progress=True)
+    loud.fit(loader)
     shown = capsys.readouterr().err
     assert "Mahalanobis: Gaussians" in shown and "Mahalanobis: magnitudes" in shown
-    quiet = MahalanobisEnsemble(model, LAYERS, magnitudes=[0.0], samples=10, progress=False)
+    quiet = MahalanobisEnsemble(model, LAYERS, magnitudes=[0.0], samples=10)
     quiet.fit(loader)
     assert "Mahalanobis" not in capsys.readouterr().err
 

@@ -38,12 +38,29 @@ ROW_COUNTS = {"table1": 25, "table6": 50, "table7": 50, "table8": 75, "table9": 
 # ---- the paper's files ----------------------------------------------------------------------
 
 
+#: what each paper file holds, as the parsers below read it
+PAPER_FILES = {
+    "PROTOCOL.md": "notes on the GradNorm paper (arXiv 2110.00218) with its Table 1 as a "
+    "Markdown table under '### Table 1'",
+    "supplementary.txt": "the paper's supplementary material as plain text (its Tables 6 to 9 "
+    "tab-separated, as a PDF-to-text copy prints them)",
+}
+
+
 def paper_file(name: str) -> str:
-    """The text of one paper file from $GRADOOD_PAPER_DIR, else <repo>/../shared/paper/."""
-    folder = Path(os.environ.get(PAPER_DIR_VARIABLE) or REPOSITORY.parent / "shared" / "paper")
+    """The text of one paper file from $GRADOOD_PAPER_DIR, else <repo>/../shared/paper/ (the
+    project's own checkout keeps them there); a skip saying what to provide and how, if absent."""
+    given = os.environ.get(PAPER_DIR_VARIABLE)
+    folder = Path(given or REPOSITORY.parent / "shared" / "paper")
     path = folder / name
     if not path.is_file():
-        pytest.skip(f"the paper's {name} is not at {path}; set {PAPER_DIR_VARIABLE} to its folder")
+        where = f"{PAPER_DIR_VARIABLE}={given}" if given else f"{PAPER_DIR_VARIABLE} is not set"
+        pytest.skip(
+            f"needs the paper's text, not shipped with gradood: {name}, {PAPER_FILES[name]}; "
+            f"not found at {path} ({where}). To run these checks, put PROTOCOL.md and "
+            f"supplementary.txt in one folder and run {PAPER_DIR_VARIABLE}=<that folder> "
+            "pytest tests/test_reported.py"
+        )
     return path.read_text(encoding="utf-8")
 
 
@@ -55,6 +72,17 @@ def protocol() -> str:
 @pytest.fixture(scope="module")
 def supplementary() -> str:
     return paper_file("supplementary.txt")
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_FILES))
+def test_a_missing_paper_file_says_what_to_provide_and_how(name, tmp_path, monkeypatch):
+    monkeypatch.setenv(PAPER_DIR_VARIABLE, str(tmp_path))
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        paper_file(name)
+    message = str(skipped.value)
+    assert f"{name}, {PAPER_FILES[name]}" in message
+    assert f"not found at {tmp_path / name} ({PAPER_DIR_VARIABLE}={tmp_path})" in message
+    assert f"run {PAPER_DIR_VARIABLE}=<that folder> pytest tests/test_reported.py" in message
 
 
 # ---- an independent parser of the printed layouts -------------------------------------------

@@ -53,6 +53,7 @@ from .features import (
     Features,
     extract_features,
     loader_arguments,
+    progress_shown,
 )
 from .heads import Head, PenultimateEncoder, find_head
 from .metrics import paper_metrics
@@ -164,7 +165,7 @@ def evaluate(
     cache_dir: Any = None,
     bf16: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    progress: bool = True,
+    progress: bool | None = None,
     hash_files: bool = False,
     recompute: bool = False,
 ) -> pd.DataFrame:
@@ -190,7 +191,8 @@ def evaluate(
         passes and the raw-input scoring between the processes, and all return the full table
     :param bf16: extract under bfloat16 autocast
     :param chunk_size: samples per cache chunk (the unit of resumption and sharding)
-    :param progress: show progress bars
+    :param progress: show progress bars; ``None``: only where stderr is a terminal
+        (:func:`gradood.features.progress_shown`)
     :param hash_files: key cached datasets that list their files also by the files' bytes
     :param recompute: extract again and replace the cache entries
     :return: one row per (method, settings, OOD set) in the order given, then an ``Average``
@@ -215,7 +217,7 @@ def evaluate(
         cache_dir=cache_dir,
         bf16=bf16,
         chunk_size=chunk_size,
-        progress=progress,
+        progress=progress_shown(progress),
         hash_files=hash_files,
         recompute=recompute,
     )

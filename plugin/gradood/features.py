@@ -51,6 +51,7 @@ __all__ = [
     "default_num_workers",
     "extract_features",
     "loader_arguments",
+    "progress_shown",
 ]
 
 #: samples per chunk: the unit of resumption and of sharding
@@ -98,7 +99,7 @@ def extract_features(
     key_extra: Any = None,
     hash_files: bool = False,
     recompute: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
     desc: str | None = None,
 ) -> Features:
     """Logits, penultimate features, labels and extra layer outputs of ``model`` on ``dataset``.
@@ -136,7 +137,8 @@ def extract_features(
         every file), not only by their size and modification time
     :param recompute: extract again and replace the cache entry (e.g. after a
         :class:`~gradood.cache.store.CacheError`)
-    :param progress: show a progress bar (on rank 0)
+    :param progress: show a progress bar (on rank 0); ``None``: only where stderr is a terminal
+        (:func:`progress_shown`)
     :param desc: label of the progress bar
     :raises ValueError: on bad arguments, an empty dataset, items that are not pairs, ranks that
         disagree on the key, or chunk files of other ranks that rank 0 cannot see
@@ -169,7 +171,7 @@ def extract_features(
         bf16=bf16,
         layers=layers,
         reduction=reduction,
-        progress=progress and ranks.main,
+        progress=progress_shown(progress) and ranks.main,
         desc=desc or f"features of {type(dataset).__name__}",
     )
     ranges = [(start, min(start + chunk_size, size)) for start in range(0, size, chunk_size)]
@@ -214,6 +216,15 @@ def _key_settings(head: Head | None, plan: _Plan, key_extra: Any) -> dict[str, A
         "device_preprocessing": plan.device_preprocessing,
         "key_extra": key_extra,
     }
+
+
+def progress_shown(progress: bool | None) -> bool:
+    """Whether a library call shows its progress bars: as asked, else (``None``) only where
+    stderr is a terminal, so that logs, pipes and pytest's capture get none."""
+    if progress is not None:
+        return bool(progress)
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
 
 
 def _reading(plan: _Plan) -> Reading:

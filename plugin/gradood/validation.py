@@ -129,3 +129,55 @@ def check_finite_scores(scores: Tensor, detector: str, settings: Mapping[str, An
             "finite (NaN or inf); the metrics need finite scores"
         )
     return scores
+
+
+def check_loader_batch(batch: Any, who: str) -> tuple[Tensor, Tensor]:
+    """``(x, y)`` of one batch of a loader of ``(inputs, labels)`` batches: ``x`` a tensor with a
+    batch axis (B x C x H x W for an image model), ``y`` one label per input.
+
+    :raises ValueError: saying what ``who`` expected and what the batch was
+    """
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        tensor = isinstance(batch, Tensor)
+        got = f"a tensor of shape {tuple(batch.shape)}" if tensor else _kind(batch)
+        hint = "; a tensor is not a loader: DataLoader(TensorDataset(x, y), batch_size=...)"
+        raise ValueError(
+            f"{who} takes a loader of (x, y) batches (x: inputs B x C x H x W, y: B labels), "
+            f"got a batch that is {got}{hint if tensor else ''}"
+        )
+    x, y = batch[0], torch.as_tensor(batch[1])
+    if not isinstance(x, Tensor) or x.ndim < 2 or y.ndim != 1 or len(y) != len(x):
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(
+            f"{who} takes (x, y) batches with inputs B x C x H x W and B labels, got inputs "
+            f"{shape} and labels of shape {tuple(y.shape)}"
+        )
+    return x, y
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return f"a {type(value).__name__}"
+
+
+def check_input_batch(x: Any, sample_shape: Sequence[int] | None, who: str) -> Tensor:
+    """``x``: a tensor of inputs, a batch axis before one sample's axes; with ``sample_shape``
+    (one sample's shape, e.g. C x H x W, where known), as many axes as it has (sizes may
+    differ).
+
+    :raises ValueError: saying what ``who`` expected and what ``x`` was
+    """
+    axes = None if sample_shape is None else 1 + len(sample_shape)
+    if isinstance(x, Tensor) and x.ndim >= 1 and axes in (None, x.ndim):
+        return x
+    if sample_shape is None:
+        raise ValueError(f"{who} takes a tensor of inputs with a batch axis, got {x!r:.80}")
+    expected = " x ".join(["B", *map(str, sample_shape)])
+    got = f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+    single = isinstance(x, Tensor) and x.ndim + 1 == axes
+    hint = "; one sample needs a batch axis: x.unsqueeze(0)" if single else ""
+    raise ValueError(
+        f"{who} takes a batch of inputs {expected} (as many axes as the inputs it was fitted "
+        f"on), got {got}{hint}"
+    )

@@ -57,6 +57,7 @@ from ..validation import (
     check_temperature,
     settings_text,
 )
+from .settings import InitSignature, ShowsSettings
 
 __all__ = [
     "PAPER_NORMS",
@@ -163,7 +164,7 @@ def _finite_exp(log_values: Tensor, p: float, temperature: float, what: str) -> 
     return check_finite_scores(values, "GradNorm", settings)
 
 
-class GradNorm(Detector):
+class GradNorm(ShowsSettings, Detector):
     """GradNorm of *On the Importance of Gradients for Detecting Distributional Shifts in the
     Wild*, exact to the official code, from one forward pass (see the module docstring).
 
@@ -205,6 +206,9 @@ class GradNorm(Detector):
     )
 
     hyperparameter_space = {"p": PAPER_NORMS, "temperature": PAPER_TEMPERATURES}
+
+    # the parameters of __init__, not __new__'s (*args, **kwargs)
+    __signature__ = InitSignature()
 
     def __new__(cls, *args: object, **kwargs: object) -> GradNorm:
         if cls is GradNorm:  # the mode decides the type (class docstring)
@@ -284,6 +288,16 @@ class GradNorm(Detector):
     def temperature(self, value: float) -> None:
         self._temperature = check_temperature(value)
 
+    def _settings(self) -> dict[str, object]:
+        if self.head is not None:
+            return {"p": self.p, "temperature": self.temperature, "head": self.head.name}
+        return {
+            "p": self.p,
+            "temperature": self.temperature,
+            "params": self.params,
+            "micro_batch_size": self.micro_batch_size,
+        }
+
     def _empty(self, x: Tensor) -> Tensor:
         return torch.empty(0, dtype=torch.float64, device=x.device)
 
@@ -326,6 +340,8 @@ class HeadGradNorm(GradNorm, FeaturesDetector):
     """:class:`GradNorm` of the head's weight, the paper's score, from one forward pass; a
     ``FeaturesDetector`` (make it with ``GradNorm(model, ...)``)."""
 
+    _repr_name = "GradNorm"
+
     def _gradient_norms(self, x: Tensor) -> Tensor:
         with torch.no_grad():
             logits, features = forward_with_features(self.model, self.head, x)
@@ -364,6 +380,8 @@ class ParameterGradNorm(GradNorm, GradientDetector):
     """:class:`GradNorm` of selected parameters (``params=`` or ``param_filter=``), exact per
     sample by batched backward passes; a ``GradientDetector``, like pytorch-ood's ``GradNorm``
     (make it with ``GradNorm(model, param_filter=...)``)."""
+
+    _repr_name = "GradNorm"
 
     def _gradient_norms(self, x: Tensor) -> Tensor:
         """Exact per-sample :math:`\\lVert \\partial \\mathcal{L} / \\partial \\theta \\rVert_p`

@@ -63,10 +63,13 @@ from ..shared import shared_for
 from ..validation import (
     check_channel_values,
     check_finite,
+    check_input_batch,
+    check_loader_batch,
     check_logits,
     check_number,
     check_positive_int,
 )
+from .settings import ShowsSettings
 
 __all__ = ["GradientFeatures", "LeeAlRegib", "confounding_label_loss", "gradient_feature_encoder"]
 
@@ -134,7 +137,7 @@ def _seed_for(*entropy: int) -> int:
 _NOISE_STREAM, _SPLIT_STREAM, _TRAINING_STREAM = 1, 2, 3
 
 
-class LeeAlRegib(GradientDetector):
+class LeeAlRegib(ShowsSettings, GradientDetector):
     """Lee & AlRegib's gradient-feature classifier (see the module docstring for the math, the
     data and every default).
 
@@ -176,7 +179,7 @@ class LeeAlRegib(GradientDetector):
         seed: int = 0,
         params: str | Sequence[str] | None = None,
         micro_batch_size: int = 32,
-        progress: bool = True,
+        progress: bool = False,
     ):
         """
         :param model: the classifier, in evaluation mode; its output is the logits B x C
@@ -198,7 +201,8 @@ class LeeAlRegib(GradientDetector):
             of the training samples
         :param params: parameters or modules whose gradients are features (``None``: all)
         :param micro_batch_size: samples per backward pass when computing features
-        :param progress: show progress bars while fitting (features, noise, epochs)
+        :param progress: show progress bars while fitting (features, noise, epochs); off by
+            default, as pytorch-ood's detectors show none
         :raises ~pytorch_ood.api.ModelNotSetException: if ``model`` is ``None``
         :raises ValueError: on an invalid argument, or a selection of no parameter
         """
@@ -244,6 +248,13 @@ class LeeAlRegib(GradientDetector):
             )
         return values
 
+    def _settings(self) -> dict[str, Any]:
+        names = ("mean", "std", "input_shape", "hidden_width", "epochs", "lr", "weight_decay")
+        more = ("batch_size", "log_epsilon", "split", "seed")
+        shown = {name: getattr(self, name) for name in (*names, *more)}
+        encoder = self.gradient_encoder
+        return {**shown, "params": encoder.names, "micro_batch_size": encoder.micro_batch_size}
+
     @property
     def feature_names(self) -> list[str]:
         """The parameter names, one per feature (``model.named_parameters()`` order)."""
@@ -252,7 +263,11 @@ class LeeAlRegib(GradientDetector):
     # -- features ------------------------------------------------------------------------------
 
     def gradient_features(self, x: Tensor) -> Tensor:
-        """The squared gradient norms :math:`\\phi(x)`, float64 of shape B x P."""
+        """The squared gradient norms :math:`\\phi(x)`, float64 of shape B x P.
+
+        :raises ValueError: if ``x`` is not a batch with the axes of :attr:`input_shape`
+        """
+        x = check_input_batch(x, self.input_shape, "LeeAlRegib")
         device = self.device
         return self.gradient_encoder(x.to(device) if device is not None else x)
 
@@ -314,16 +329,19 @@ class LeeAlRegib(GradientDetector):
         :param id_loader: batches ``(x, y)``; samples with ``y < 0`` count as OOD
         :param ood_loader: optional OOD batches, ``(x, ...)`` or ``x``; without any OOD sample,
             uniform noise is the surrogate (module docstring)
-        :raises ValueError: if there is no ID sample, or on inconsistent input shapes
+        :raises ValueError: if there is no ID sample, on a batch that is not ``(x, y)`` with
+            inputs B x C x H x W (B x ... for a model of other inputs), or inconsistent shapes
         """
         features, labels = [], []
         for batch in self._bar(id_loader, "LeeAlRegib: ID features", "batch"):
-            x, y = batch[0], torch.as_tensor(batch[1])
+            x, y = check_loader_batch(batch, "LeeAlRegib.fit")
             self._remember_shape(x)
             features.append(self.gradient_features(x))
             labels.append(torch.where(y.cpu() < 0, -1, 0))
-        ood_batches = ood_loader if ood_loader is not None else ()
-        for batch in self._bar(ood_batches, "LeeAlRegib: OOD features", "batch"):
+        ood_batches = (
+            () if ood_loader is None else self._bar(ood_loader, "LeeAlRegib: OOD features", "batch")
+        )
+        for batch in ood_batches:
             x = batch[0] if isinstance(batch, (list, tuple)) else batch
             features.append(self.gradient_features(x))
             labels.append(torch.full((x.shape[0],), -1))

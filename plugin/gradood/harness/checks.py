@@ -23,6 +23,7 @@ two differ by at most 0.01, far below every tolerance).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -358,7 +359,10 @@ def measure_table(
     for measurement in plan:
         settings = dict(measurement.settings)
         loaders = _fit_loaders(detector_spec(measurement.detector).fit, benchmark, loader)
-        detector = build_and_fit(measurement.detector, model, preset=preset, **loaders, **settings)
+        shown = _progress(measurement.detector, progress)
+        detector = build_and_fit(
+            measurement.detector, model, preset=preset, **loaders, **settings, **shown
+        )
         entries.append((measurement.detector, settings, detector))
         for factor in FACTORS.get(measurement.detector, {}):
             entries.append(
@@ -373,6 +377,13 @@ def measure_table(
         cache_dir=cache_dir,
         progress=progress,
     )
+
+
+def _progress(name: str, progress: bool) -> dict[str, bool]:
+    """``progress=`` for a detector whose constructor takes it (its fit shows bars only if
+    asked: the paper's long fits are asked to where the run shows progress)."""
+    takes = "progress" in inspect.signature(detector_spec(name).factory).parameters
+    return {"progress": progress} if takes else {}
 
 
 def _fit_loaders(

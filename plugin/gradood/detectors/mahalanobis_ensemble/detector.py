@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +24,14 @@ from tqdm.auto import tqdm
 from typing_extensions import Self
 
 from ...metrics import paper_metrics
-from ...validation import check_channel_values, check_finite, check_number, check_positive_int
+from ...validation import (
+    check_channel_values,
+    check_finite,
+    check_loader_batch,
+    check_number,
+    check_positive_int,
+)
+from ..settings import ShowsSettings
 from .gaussians import TiedGaussianAccumulator, check_labels, tied_gaussians
 from .layers import default_layers, layer_features, spatial_mean
 from .perturbation import (
@@ -45,7 +53,7 @@ PAPER_MAGNITUDES: tuple[float, ...] = (0.0, 0.01, 0.005, 0.002, 0.0014, 0.001, 0
 TUNING_SAMPLES = 500
 
 
-class MahalanobisEnsemble(GradientDetector):
+class MahalanobisEnsemble(ShowsSettings, GradientDetector):
     """Lee et al.'s Mahalanobis detector over several layers, with input preprocessing and a
     logistic regression, as the GradNorm paper ran it (see the module docstring).
 
@@ -95,7 +103,7 @@ class MahalanobisEnsemble(GradientDetector):
         adversarial_clamp: tuple[float, float] | None = None,
         samples: int = TUNING_SAMPLES,
         batch_size: int = 32,
-        progress: bool = True,
+        progress: bool = False,
     ):
         """
         :param model: the classifier (in evaluation mode), returning logits
@@ -111,7 +119,8 @@ class MahalanobisEnsemble(GradientDetector):
         :param adversarial_clamp: ``(low, high)`` bounds of the FGSM examples (see :func:`fgsm`)
         :param samples: ID samples per tuning split
         :param batch_size: inputs per forward/backward pass inside :meth:`fit_regression`
-        :param progress: show progress bars while fitting (Gaussians, magnitude candidates)
+        :param progress: show progress bars while fitting (Gaussians, magnitude candidates);
+            off by default, as pytorch-ood's detectors show none
         :raises ValueError: on an unknown layer or an invalid setting
         """
         super().__init__()
@@ -147,6 +156,10 @@ class MahalanobisEnsemble(GradientDetector):
         #: FPR95 on the second split for each candidate, filled when the magnitude is tuned
         self.tuning_fpr95: dict[float, float] = {}
 
+    def _settings(self) -> dict[str, Any]:
+        names = ("layers", "magnitude", "magnitudes", "norm_std", "norm_mean", "adversarial_step")
+        return {name: getattr(self, name) for name in (*names, "adversarial_clamp", "samples")}
+
     @staticmethod
     def _resolve_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
         names = default_layers(model) if layers is None else list(layers)
@@ -172,9 +185,10 @@ class MahalanobisEnsemble(GradientDetector):
         self._warn_if_training()
         accumulators = {name: TiedGaussianAccumulator() for name in self.layers}
         with torch.no_grad():
-            for x, y in tqdm(
+            for batch in tqdm(
                 data_loader, desc="Mahalanobis: Gaussians", leave=False, disable=not self.progress
             ):
+                x, y = check_loader_batch(batch, "MahalanobisEnsemble.fit")
                 known = is_known(y)
                 if not bool(known.any()):
                     continue
@@ -461,7 +475,8 @@ class MahalanobisEnsemble(GradientDetector):
 
     def _first_samples(self, loader: DataLoader, n: int) -> tuple[Tensor, Tensor]:
         xs, ys, count = [], [], 0
-        for x, y in loader:
+        for batch in loader:
+            x, y = check_loader_batch(batch, "MahalanobisEnsemble.fit's tuning_loader")
             known = is_known(y)
             xs.append(x[known][: n - count])
             ys.append(y[known][: n - count])
