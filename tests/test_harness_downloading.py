@@ -193,3 +193,47 @@ def test_a_failed_download_fails_the_checks_naming_the_url_once(pytester, tmp_pa
     result.stdout.fnmatch_lines([f"*DownloadError: {AUTHORS[1]} answered HTTP 404*SUN.tar.gz*"])
     assert len(served.requests) == 1  # a 404 is not retried, nor asked again within the run
     assert not (layout.root / "ood_data" / "SUN").exists()
+
+
+def test_a_download_that_fails_its_counts_is_removed_and_the_next_run_fetches_it_afresh(
+    pytester, tmp_path, monkeypatch
+):
+    """A wrong but valid archive (one image short, no checksum published): the run says what
+    it removed; the next run downloads it again (two requests), and records the right one."""
+    layout = make_imagenet_layout(tmp_path / "data")
+    subset = layout.root / "ood_data" / "iNaturalist"
+    right = _archive(subset, "iNaturalist")
+    next(subset.rglob("*.jpg")).unlink()
+    wrong = _archive(subset, "iNaturalist")
+    shutil.rmtree(subset)
+    served = Served({AUTHORS[0]: wrong})
+    pytester.makeconftest(
+        f"""
+        from gradood.protocols import Expected, ExpectedData, make_protocol
+
+        def pytest_gradood_open_protocol(config, name):  # the miniature's counts
+            expected = ExpectedData({dict(layout.expected.counts)!r}, verify_checksums=False)
+            return make_protocol(name, {str(layout.root)!r}, expected=expected)
+        """
+    )
+    pytester.makepyfile(
+        """
+        def test_open(request):
+            request.config.hook.pytest_gradood_open_protocol(config=request.config, name="imagenet")
+        """
+    )
+    options = ["--gradood-download", f"--gradood-data-root={layout.root}", "-p", "no:cacheprovider"]
+    with local_server(served, monkeypatch):
+        result = pytester.runpytest_inprocess(*options)
+        result.assert_outcomes(failed=1)
+        result.stdout.fnmatch_lines(
+            ["*iNaturalist: incomplete as downloaded (no published checksum)*were removed*afresh*"]
+        )
+        assert not subset.exists() and not (layout.root / "iNaturalist.tar.gz").exists()
+
+        served.files[AUTHORS[0]] = right
+        result = pytester.runpytest_inprocess(*options)
+        result.assert_outcomes(passed=1)
+    assert [url for url, _ in served.requests] == [AUTHORS[0], AUTHORS[0]]
+    record = (layout.root / "iNaturalist.tar.gz.sha256").read_text().split()[0]
+    assert record == hashlib.sha256(right).hexdigest()

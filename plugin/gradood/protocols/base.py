@@ -200,6 +200,7 @@ class GradNormProtocol(Benchmark):
         was_present = source.is_present(self.root)
         if self.download and source.can_download and not was_present:
             source.download(self.root)
+            source.check_download(self.root, self.expected[source.name])
         try:
             return source.open(
                 self.root,
