@@ -1,5 +1,5 @@
 """Downloads of published files: resumable, checked, atomic transfers (:mod:`.remote`) that end
-below a minimum rate (:mod:`.speed`), tar extraction that refuses members landing outside the
+below a minimum rate (:mod:`~gradood.downloads.speed`), tar extraction that refuses members landing outside the
 destination (:mod:`.extraction`), and the SHA-256 recorded for files without a published
 checksum (:mod:`.records`)."""
 
