@@ -1,11 +1,13 @@
 """A download server for tests: HTTP on 127.0.0.1 only, in a thread, serving bytes from memory
-with the faults a real server has (a connection that stops mid-file, an HTML page, 404), and
+with the faults a real server has (a connection that stops mid-file, an HTML page, 404, a drip
+of one byte at a time), and
 standing in for every download host through gradood's test-only mirror variable."""
 
 from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +32,8 @@ class Served:
     html: set[str] = field(default_factory=set)
     #: URL -> the number of bytes after which the next answers stop (one entry per answer)
     stops: dict[str, list[int]] = field(default_factory=dict)
+    #: URL -> seconds between the bytes of its body, sent one at a time (a slow link)
+    drips: dict[str, float] = field(default_factory=dict)
     #: (URL, Range header or None) of every GET
     requests: list[tuple[str, str | None]] = field(default_factory=list)
     etag: str = '"v1"'
@@ -95,9 +99,24 @@ def _handler(served: Served) -> type[BaseHTTPRequestHandler]:
             for name, value in (extra or {}).items():
                 self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(body if stop is None else body[:stop])
+            body = body if stop is None else body[:stop]
+            if url in served.drips:
+                self._drip(body, served.drips[url])
+            else:
+                self.wfile.write(body)
             if stop is not None:
                 self.close_connection = True
+
+        def _drip(self, body: bytes, seconds: float) -> None:
+            """One byte, then a pause, ... until the client stops reading."""
+            self.close_connection = True
+            try:
+                for index in range(len(body)):
+                    self.wfile.write(body[index : index + 1])
+                    self.wfile.flush()
+                    time.sleep(seconds)
+            except OSError:  # the client gave up
+                pass
 
     return Handler
 

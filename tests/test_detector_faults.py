@@ -1,7 +1,8 @@
 """Detectors under faults: no silent non-finite score in any mode (large p with selected
 parameters is computed stably; what still overflows is an error naming the detector, its
 setting and the count, in the detector and in evaluate), a temperature that underflows says
-so, and every detector says what model output it expects."""
+so, one under which every score is 0 warns naming it, a one-class model is an error, and
+every detector says what model output it expects."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from torch.utils.data import TensorDataset
 
 import gradood
 from gradood import GradNorm, LeeAlRegib
+from gradood.detectors import GradNormU, GradNormV
+from gradood.detectors.gradnorm import gradnorm_score
 
 from references import official_gradients
 
@@ -96,6 +99,52 @@ def test_a_temperature_that_underflows_says_so(params):
         "samples; use a larger temperature",
     ):
         GradNorm(model, params=params, temperature=1e-320).predict(_inputs(0))
+
+
+@pytest.mark.parametrize("params", [None, ["fc.weight"]])
+def test_a_temperature_under_which_every_score_is_zero_warns_naming_it(params):
+    """At T = 1e300, z / T is below float64's resolution: softmax(z / T) is exactly uniform,
+    V = 0 and every score is 0, a constant that ranks nothing."""
+    model = Net(0).double().eval()
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"GradNorm \(p=1, temperature=1e\+300\): all 6 gradient norms of this batch are "
+        r"0 in float64.*a smaller temperature",
+    ):
+        scores = GradNorm(model, params=params, temperature=1e300).predict(_inputs(0))
+    assert not bool(scores.any())
+
+
+@pytest.mark.parametrize("factor", [GradNormU, GradNormV])
+def test_a_zero_factor_warns_with_its_cause(factor):
+    """V is 0 at T = 1e300 (the temperature named); U is 0 for features that are 0."""
+    model = Net(0).double().eval()
+    if factor is GradNormU:
+        with torch.no_grad():
+            model.body.weight.zero_()
+            model.body.bias.fill_(-1.0)  # ReLU: h = 0 for every input
+    cause = "features h are 0" if factor is GradNormU else "a smaller temperature"
+    with pytest.warns(RuntimeWarning, match=rf"temperature=1e\+300\): all 6 .*{cause}"):
+        factor(model, temperature=1e300).predict(_inputs(0))
+
+
+@pytest.mark.parametrize("params", [None, ["fc.weight"]])
+def test_a_model_with_one_output_class_is_an_error_saying_why(params):
+    model = Net(0).double().eval()
+    model.fc = nn.Linear(8, 1).double()
+    with pytest.raises(
+        ValueError, match=r"at least 2 output classes, got 1: .*V = 0 for every input"
+    ):
+        GradNorm(model, params=params).predict(_inputs(0))
+
+
+def test_one_output_class_is_an_error_for_the_factors_and_the_function():
+    model = Net(0).double().eval()
+    model.fc = nn.Linear(8, 1).double()
+    with pytest.raises(ValueError, match="at least 2 output classes, got 1"):
+        GradNormV(model).predict(_inputs(0))
+    with pytest.raises(ValueError, match="at least 2 output classes, got 1"):
+        gradnorm_score(torch.zeros(3, 1), torch.ones(3, 2))
 
 
 class PairNet(Net):

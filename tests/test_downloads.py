@@ -297,20 +297,22 @@ def test_a_truncated_archive_is_an_archive_error_naming_it(tmp_path):
 SUBSET = "http://pages.example.edu/ood/Subset.tar.gz"
 
 
-def test_install_downloads_extracts_records_and_notes(served, tmp_path):
+def test_install_downloads_extracts_notes_and_records_once_confirmed(served, tmp_path):
     served.add(SUBSET, _dataset())
     archive = Archive(SUBSET, "Subset.tar.gz", md5=None, member="set")
     archive.install(tmp_path / "Subset", progress=False)
 
     assert sorted(p.name for p in (tmp_path / "Subset").rglob("*.jpg")) == ["1.jpg", "2.jpg"]
     sha256 = hashlib.sha256(_dataset()).hexdigest()
+    note = {"url": SUBSET, "archive": "Subset.tar.gz", "md5": None, "sha256": sha256}
+    # no published checksum: nothing recorded before the dataset's counts check out
+    assert recorded_sha256(tmp_path / "Subset.tar.gz") is None
+    assert installed_from(tmp_path / "Subset") == {**note, "unchecked": True, "downloaded": True}
+    assert archive.unchecked(tmp_path / "Subset")
+    archive.confirm(tmp_path / "Subset", tmp_path)
     assert recorded_sha256(tmp_path / "Subset.tar.gz") == sha256
-    assert installed_from(tmp_path / "Subset") == {
-        "url": SUBSET,
-        "archive": "Subset.tar.gz",
-        "md5": None,
-        "sha256": sha256,
-    }
+    assert installed_from(tmp_path / "Subset") == note
+    assert not archive.unchecked(tmp_path / "Subset")
     assert not [p for p in tmp_path.iterdir() if p.is_dir() and p.name != "Subset"]  # staging
 
 
@@ -318,6 +320,7 @@ def test_install_checks_an_existing_archive_against_its_record(served, tmp_path)
     served.add(SUBSET, _dataset())
     archive = Archive(SUBSET, "Subset.tar.gz", md5=None, member="set")
     archive.install(tmp_path / "Subset", progress=False)
+    archive.confirm(tmp_path / "Subset", tmp_path)
     (tmp_path / "Subset").rename(tmp_path / "moved")
     (tmp_path / "Subset.tar.gz").write_bytes(_dataset(_file("set/c/3.jpg")))  # changed
 
@@ -355,7 +358,7 @@ def test_no_space_while_extracting_names_the_folder_and_removes_the_extraction(
     monkeypatch.setattr(archives_module, "extract_tar", full_disk)
     with pytest.raises(NoSpaceError, match=re.escape(str(tmp_path))):
         Archive(SUBSET, "Subset.tar.gz", None, member="set").install(tmp_path / "Subset", False)
-    assert _leftovers(tmp_path) == ["Subset.tar.gz", "Subset.tar.gz.sha256"]
+    assert _leftovers(tmp_path) == ["Subset.tar.gz"]  # its SHA-256 recorded once checked
 
 
 def test_an_archive_larger_than_the_free_space_is_refused_before_extracting(
@@ -368,7 +371,7 @@ def test_an_archive_larger_than_the_free_space_is_refused_before_extracting(
     )
     with pytest.raises(NoSpaceError, match=re.escape(str(tmp_path))):
         Archive(SUBSET, "Subset.tar.gz", None, member="set").install(tmp_path / "Subset", False)
-    assert _leftovers(tmp_path) == ["Subset.tar.gz", "Subset.tar.gz.sha256"]
+    assert _leftovers(tmp_path) == ["Subset.tar.gz"]  # its SHA-256 recorded once checked
 
 
 def test_a_server_that_cannot_be_reached_names_url_and_file(tmp_path, monkeypatch):

@@ -193,3 +193,96 @@ def test_a_failed_download_fails_the_checks_naming_the_url_once(pytester, tmp_pa
     result.stdout.fnmatch_lines([f"*DownloadError: {AUTHORS[1]} answered HTTP 404*SUN.tar.gz*"])
     assert len(served.requests) == 1  # a 404 is not retried, nor asked again within the run
     assert not (layout.root / "ood_data" / "SUN").exists()
+
+
+def test_a_download_that_fails_its_counts_is_removed_and_the_next_run_fetches_it_afresh(
+    pytester, tmp_path, monkeypatch
+):
+    """A wrong but valid archive (one image short, no checksum published): the run says what
+    it removed; the next run downloads it again (two requests), and records the right one."""
+    layout = make_imagenet_layout(tmp_path / "data")
+    subset = layout.root / "ood_data" / "iNaturalist"
+    right = _archive(subset, "iNaturalist")
+    next(subset.rglob("*.jpg")).unlink()
+    wrong = _archive(subset, "iNaturalist")
+    shutil.rmtree(subset)
+    served = Served({AUTHORS[0]: wrong})
+    pytester.makeconftest(
+        f"""
+        from gradood.protocols import Expected, ExpectedData, make_protocol
+
+        def pytest_gradood_open_protocol(config, name):  # the miniature's counts
+            expected = ExpectedData({dict(layout.expected.counts)!r}, verify_checksums=False)
+            return make_protocol(name, {str(layout.root)!r}, expected=expected)
+        """
+    )
+    pytester.makepyfile(
+        """
+        def test_open(request):
+            request.config.hook.pytest_gradood_open_protocol(config=request.config, name="imagenet")
+        """
+    )
+    options = ["--gradood-download", f"--gradood-data-root={layout.root}", "-p", "no:cacheprovider"]
+    with local_server(served, monkeypatch):
+        result = pytester.runpytest_inprocess(*options)
+        result.assert_outcomes(failed=1)
+        result.stdout.fnmatch_lines(
+            ["*iNaturalist: incomplete as downloaded (no published checksum)*were removed*afresh*"]
+        )
+        assert not subset.exists() and not (layout.root / "iNaturalist.tar.gz").exists()
+
+        served.files[AUTHORS[0]] = right
+        result = pytester.runpytest_inprocess(*options)
+        result.assert_outcomes(passed=1)
+    assert [url for url, _ in served.requests] == [AUTHORS[0], AUTHORS[0]]
+    record = (layout.root / "iNaturalist.tar.gz.sha256").read_text().split()[0]
+    assert record == hashlib.sha256(right).hexdigest()
+
+
+@pytest.mark.parametrize("how", ["options", "environment"])
+def test_the_minimum_download_speed_is_an_option_and_an_environment_variable(
+    pytester, tmp_path, monkeypatch, how
+):
+    """A server dripping 1 byte/s against 100 bytes/s over 1 s: the run ends that download
+    with the error naming the window given (the default window is 60 s)."""
+    layout = make_imagenet_layout(tmp_path / "data")
+    subset = layout.root / "ood_data" / "SUN"
+    served = Served({AUTHORS[1]: _archive(subset, "SUN")}, drips={AUTHORS[1]: 1.0})
+    shutil.rmtree(subset)
+    pytester.makepyfile(
+        """
+        def test_open(request):
+            request.config.hook.pytest_gradood_open_protocol(config=request.config, name="imagenet")
+        """
+    )
+    options = ["--gradood-download", f"--gradood-data-root={layout.root}", "-p", "no:cacheprovider"]
+    if how == "options":
+        options += ["--gradood-download-min-speed=100", "--gradood-download-speed-time=1"]
+    else:
+        monkeypatch.setenv("GRADOOD_DOWNLOAD_MIN_SPEED", "100")
+        monkeypatch.setenv("GRADOOD_DOWNLOAD_SPEED_TIME", "1")
+    with local_server(served, monkeypatch):
+        result = pytester.runpytest_inprocess(*options)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"*SlowDownloadError: {AUTHORS[1]}: SUN.tar.gz arrived at *below the minimum of 100 "
+            "bytes/s over 1 s*"
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("GRADOOD_DOWNLOAD_MIN_SPEED", "-1"), ("GRADOOD_DOWNLOAD_SPEED_TIME", "0")],
+)
+def test_a_download_speed_out_of_range_is_a_usage_error(pytester, monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{variable}={value}: a finite number*"])
+    option = "--gradood-download-speed-time=0"
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", option)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--gradood-download-speed-time: a finite number > 0*"])

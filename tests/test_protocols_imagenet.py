@@ -4,6 +4,7 @@ checks of every dataset, missing(), downloads only on request and never over fil
 from __future__ import annotations
 
 import gc
+import hashlib
 import io
 import re
 import shutil
@@ -19,7 +20,7 @@ from PIL import Image
 from pytorch_ood.detector import MaxSoftmax
 
 import gradood
-from gradood.downloads import UnsafeArchiveError
+from gradood.downloads import UnsafeArchiveError, recorded_sha256
 from gradood.models import BIT_S_R101X1, Preprocessing
 from gradood.protocols import (
     DatasetNotFoundError,
@@ -266,10 +267,68 @@ def test_download_installs_an_absent_authors_subset(tmp_path, layout, monkeypatc
             OOD_NAMES
         )
         # the archive is kept in the data root; no checksum is published for the authors'
-        # archives: its SHA-256 is recorded beside it
+        # archives: its SHA-256 is recorded beside it, once the counts checked out
         assert (layout.root / "iNaturalist.tar.gz.sha256").is_file()
         layout.open(download=True, transform=_image_size)  # present now: nothing fetched again
         assert len(served.requests) == 1
+
+
+def _subset_archive(folder: Path, path: Path, drop: int = 0) -> bytes:
+    """``folder`` as the authors' archive, less its first ``drop`` images."""
+    dropped = {f"{folder.name}/{p.relative_to(folder)}" for p in sorted(folder.rglob("*.jpg"))}
+    dropped = set(sorted(dropped)[:drop])
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(folder, arcname=folder.name, filter=lambda m: None if m.name in dropped else m)
+    return path.read_bytes()
+
+
+def test_a_download_that_fails_its_counts_is_removed_and_fetched_afresh(
+    tmp_path, layout, monkeypatch
+):
+    """A wrong but valid archive (one image short) from a server that publishes no checksum:
+    its SHA-256 is not recorded, the archive, its extraction and its note are removed, and the
+    message says so; the next open downloads it again, and records the right one."""
+    folder = _ood_folder(layout.root, "iNaturalist")
+    images = len(list(folder.rglob("*.jpg")))
+    right = _subset_archive(folder, tmp_path / "right.tar.gz")
+    wrong = _subset_archive(folder, tmp_path / "wrong.tar.gz", drop=1)
+    shutil.rmtree(folder)
+    url = f"{AUTHORS_OOD_URL}iNaturalist.tar.gz"
+    served = Served({url: wrong})
+
+    with local_server(served, monkeypatch):
+        with pytest.raises(DatasetNotFoundError) as raised:
+            layout.open(download=True)
+        message = str(raised.value)
+        assert "incomplete as downloaded (no published checksum)" in message
+        assert f"{layout.root / 'iNaturalist.tar.gz'} it was extracted from were removed" in (
+            message
+        )
+        assert not folder.exists()
+        left = sorted(p.name for p in layout.root.iterdir())
+        assert not [name for name in left if name.startswith("iNaturalist")], left
+        assert not list((layout.root / "ood_data").glob(".iNaturalist*")), "a note left"
+
+        served.files[url] = right
+        benchmark = layout.open(download=True, transform=_image_size)
+        assert [u for u, _ in served.requests] == [url, url]  # downloaded afresh
+        assert len(benchmark.test_oods[0]) == images
+        sha256 = hashlib.sha256(right).hexdigest()
+        assert recorded_sha256(layout.root / "iNaturalist.tar.gz") == sha256
+
+
+def test_an_archive_put_there_by_hand_that_fails_the_counts_is_kept(tmp_path, layout):
+    """Only what the download installed is removed: the user's archive stays, unrecorded."""
+    folder = _ood_folder(layout.root, "SUN")
+    wrong = _subset_archive(folder, layout.root / "SUN.tar.gz", drop=1)
+    shutil.rmtree(folder)
+
+    with pytest.raises(DatasetNotFoundError, match="it was there before this download and is kept"):
+        layout.open(download=True)  # no server: nothing is fetched (forbid_downloads)
+
+    assert (layout.root / "SUN.tar.gz").read_bytes() == wrong
+    assert recorded_sha256(layout.root / "SUN.tar.gz") is None
+    assert not folder.exists()
 
 
 def test_download_refuses_an_archive_member_landing_outside(tmp_path, layout, monkeypatch):

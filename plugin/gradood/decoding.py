@@ -5,13 +5,20 @@ decode to RGB, resize to ``size`` (bilinear, antialiased when shrinking), scale 
 then :math:`(x - \\mathrm{mean}) / \\mathrm{std}` per channel.
 
 - ``"pil"``: PIL decodes and resizes; the official code's path (``Preprocessing.transform()``).
-- ``"tensor"``: torchvision decodes the file into a uint8 tensor (libjpeg-turbo for JPEGs, the
-  same decoder as PIL: identical pixels) and resizes it as uint8 (torchvision's vectorized
-  kernel) in the DataLoader workers. About 4x less CPU time per ImageNet image than ``"pil"``.
+- ``"tensor"``: torchvision decodes JPEGs into a uint8 tensor (libjpeg-turbo, the same decoder
+  as PIL: identical pixels) and resizes it as uint8 (torchvision's vectorized kernel) in the
+  DataLoader workers. About 4x less CPU time per ImageNet image than ``"pil"``. Other formats
+  (PNG of any bit depth or mode, GIF, ...) are decoded by PIL, as the ``"pil"`` path reads them:
+  torchvision returns 16-bit PNGs as uint16, and its PNG decoder ends the process (libpng
+  error, then a segmentation fault, torchvision 0.29) on a PNG with too little image data.
 - ``"device"``: the workers only read the file's bytes; each batch is decoded on the model's
   device (``torchvision.io.decode_jpeg(..., device="cuda")``: nvJPEG, batched), resized and
   normalized there (:class:`DevicePreprocessing`). Files that are not JPEGs, or that the device
   decoder rejects (e.g. CMYK JPEGs on some nvJPEG versions), are decoded on the CPU.
+
+**Decompression bombs.** Every path reads a file's header with PIL before any decoder runs:
+an image of more than twice ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (PIL's own limit) is refused
+there, naming the file, as the ``"pil"`` path refuses it.
 
 **Tolerance.** Both tensor paths resize on uint8 values rounded once, as PIL does, but with
 another kernel: a resized pixel value differs from PIL's by at most 1 of 255 (after
@@ -24,6 +31,7 @@ absolute difference is stated to be below :data:`DEVICE_MEAN_LEVELS` (2 of 255),
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -49,6 +57,7 @@ __all__ = [
     "DevicePreprocessing",
     "EncodedImage",
     "TensorPreprocessing",
+    "check_header",
     "decode_rgb",
     "decoding",
     "read_encoded",
@@ -99,13 +108,34 @@ class EncodedImage:
 
 
 def read_encoded(path: str | os.PathLike) -> EncodedImage:
-    """The file's bytes, undecoded: the loader of the ``"device"`` path."""
+    """The file's bytes, undecoded, once PIL has read its header: the loader of the
+    ``"device"`` path.
+
+    :raises ValueError: naming the file, if PIL cannot read its header or it is a decompression
+        bomb (:func:`check_header`)
+    """
     with open(path, "rb") as file:
         data = bytearray(file.read())
     encoded = (
         torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
     )
-    return EncodedImage(encoded, os.fspath(path))
+    image = EncodedImage(encoded, os.fspath(path))
+    check_header(image)
+    return image
+
+
+def check_header(image: EncodedImage) -> None:
+    """Read the image's header with PIL, decoding no pixel.
+
+    :raises ValueError: naming the file, if PIL cannot identify it, or if it has more than
+        twice ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (PIL's ``DecompressionBombError``; between
+        once and twice, PIL's ``DecompressionBombWarning``, as on the ``"pil"`` path)
+    """
+    try:
+        with Image.open(io.BytesIO(image.data.numpy().tobytes())):
+            pass
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ... on bad bytes
+        raise _cannot_decode(image, error) from error
 
 
 def read_rgb(path: str | os.PathLike) -> Tensor:
@@ -116,8 +146,9 @@ def read_rgb(path: str | os.PathLike) -> Tensor:
 def decode_rgb(image: EncodedImage, device: torch.device | str = "cpu") -> Tensor:
     """One encoded image as a 3 x H x W uint8 RGB tensor on ``device``.
 
-    JPEGs are decoded on ``device``; other formats, and JPEGs the device's decoder rejects, by
-    torchvision on the CPU, then by PIL (what neither reads raises ``ValueError`` naming it).
+    JPEGs are decoded on ``device``; JPEGs the device's decoder rejects by torchvision on the
+    CPU, after :func:`check_header`; other formats, and what torchvision rejects, by PIL (what
+    neither reads raises ``ValueError`` naming the file).
     """
     device = torch.device(device)
     if device.type == "cuda" and _is_jpeg(image.data):
@@ -129,17 +160,23 @@ def decode_rgb(image: EncodedImage, device: torch.device | str = "cpu") -> Tenso
 
 
 def _decode_on_cpu(image: EncodedImage) -> Tensor:
+    if _is_jpeg(image.data):
+        check_header(image)
+        try:
+            decoded = _decode_image(image.data, mode=ImageReadMode.RGB)
+            if decoded.dtype == torch.uint8:
+                return decoded
+        except RuntimeError:
+            pass
     try:
-        return _decode_image(image.data, mode=ImageReadMode.RGB)
-    except RuntimeError:
-        pass
-    try:
-        with Image.open(image.path) as opened:
+        with Image.open(io.BytesIO(image.data.numpy().tobytes())) as opened:
             return pil_to_tensor(opened.convert("RGB"))
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ... on bad bytes
-        raise ValueError(
-            f"cannot decode image '{image.path}': {type(error).__name__}: {error}"
-        ) from error
+        raise _cannot_decode(image, error) from error
+
+
+def _cannot_decode(image: EncodedImage, error: Exception) -> ValueError:
+    return ValueError(f"cannot decode image '{image.path}': {type(error).__name__}: {error}")
 
 
 def _is_jpeg(data: Tensor) -> bool:

@@ -65,6 +65,7 @@ __all__ = [
     "GradNorm",
     "HeadGradNorm",
     "ParameterGradNorm",
+    "gradnorm_factor",
     "gradnorm_factors",
     "gradnorm_score",
     "uniform_loss",
@@ -76,6 +77,11 @@ PAPER_NORMS: list[float] = [0.3, 0.5, 0.8, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, math.in
 _SAFE_POWERS = (1e-290, 1e290)
 #: the temperatures of the paper's Table 8, 2^-4 ... 2^10
 PAPER_TEMPERATURES: list[float] = [2.0**k for k in range(-4, 11)]
+_UNIFORM = (
+    "softmax(z / T) is uniform to float64 precision for every sample (V = 0): its logits are "
+    "equal, or too close for this temperature (their spread / T below float64's resolution, "
+    "2.2e-16), which a smaller temperature resolves"
+)
 
 
 def uniform_loss(logits: Tensor, temperature: float) -> Tensor:
@@ -99,13 +105,24 @@ def gradnorm_factors(
     (see :func:`gradnorm_score`), the split of the paper's Section 5.
 
     :return: float64 tensors ``(U, V)`` of shape B, without an autograd graph
-    :raises ValueError: if a factor overflows float64 (only for tiny ``p``)
+    :raises ValueError: if a factor overflows float64 (only for tiny ``p``), or the model has
+        one output class (then :math:`V = 0` for every input)
+    :warns RuntimeWarning: if a factor is 0 for the whole batch, naming why
     """
     log_u, log_v = _log_factors(logits, features, p, temperature)
     return (
-        _finite_exp(log_u, p, temperature, "feature"),
-        _finite_exp(log_v, p, temperature, "logit-gradient"),
+        _finite_exp(log_u, p, temperature, _FACTORS[0]),
+        _finite_exp(log_v, p, temperature, _FACTORS[1]),
     )
+
+
+def gradnorm_factor(
+    logits: Tensor, features: Tensor, factor: int, p: float = 1.0, temperature: float = 1.0
+) -> Tensor:
+    """One of :func:`gradnorm_factors`: ``factor`` 0 for :math:`U`, 1 for :math:`V` (a warning
+    only for that one)."""
+    log_factor = _log_factors(logits, features, p, temperature)[factor]
+    return _finite_exp(log_factor, p, temperature, _FACTORS[factor])
 
 
 def gradnorm_score(
@@ -133,11 +150,23 @@ def _log_factors(
     """``(log U, log V)`` in float64 (see :func:`gradnorm_factors`)."""
     p, temperature = check_norm_order(p), check_temperature(temperature)
     z, h = logits.detach().double(), features.detach().double()
-    _check_temperature_fits(z, temperature)
     num_classes = z.shape[1]
+    _check_classes(num_classes)
+    _check_temperature_fits(z, temperature)
     centered = num_classes * torch.softmax(z / temperature, dim=1) - 1
     # log V = log ||centered||_p - log T: no division by a tiny T before the logarithm
     return _log_norm(h, p), _log_norm(centered, p) - math.log(temperature)
+
+
+def _check_classes(num_classes: int) -> None:
+    """One output class is an error: then :math:`\\mathrm{softmax}(z / T) = 1`, so
+    :math:`V = 0` and every score is 0 whatever the input."""
+    if num_classes < 2:
+        raise ValueError(
+            f"GradNorm needs a model with at least 2 output classes, got {num_classes}: with one, "
+            "softmax(z / T) = 1, so the logit gradient C softmax(z / T) - 1 is 0 and every score "
+            "is 0 (V = 0 for every input)"
+        )
 
 
 def _check_temperature_fits(z: Tensor, temperature: float) -> None:
@@ -161,7 +190,32 @@ def _finite_exp(log_values: Tensor, p: float, temperature: float, what: str) -> 
             f"GradNorm ({settings_text(settings)}): {bad} of {len(values)} {what} norms exceed "
             f"float64 (above 1.8e308)" + ("; use a larger p" if p < 1 else "")
         )
+    _warn_if_all_zero(values, settings, what)
     return check_finite_scores(values, "GradNorm", settings)
+
+
+#: the names of GradNorm's factors U and V in messages
+_FACTORS = ("feature", "logit-gradient")
+#: why every norm of a batch is 0, by the norm
+_ZERO_CAUSES = {
+    "feature": "the penultimate features h are 0",
+    "logit-gradient": _UNIFORM,
+    "gradient": f"{_UNIFORM}; or the features h are 0 (U = 0)",
+}
+
+
+def _warn_if_all_zero(values: Tensor, settings: dict, what: str) -> None:
+    """A ``RuntimeWarning`` naming the setting where every norm of a batch is 0: the scores are
+    one constant, which ranks nothing (as :func:`_finite_exp` errs on norms above float64)."""
+    if values.numel() == 0 or bool(values.any()):
+        return
+    warnings.warn(
+        f"GradNorm ({settings_text(settings)}): all {values.numel()} {what} norms of this batch "
+        f"are 0 in float64, so the scores are one constant and rank nothing: "
+        f"{_ZERO_CAUSES[what]}",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 class GradNorm(ShowsSettings, Detector):
@@ -404,7 +458,9 @@ class ParameterGradNorm(GradNorm, GradientDetector):
             if bool(unsafe.any()):
                 norms[unsafe] = self._scaled_norms(inputs[unsafe])
             chunks.append(norms)
-        return check_finite_scores(torch.cat(chunks), "GradNorm", settings)
+        norms = torch.cat(chunks)
+        _warn_if_all_zero(norms, settings, "gradient")
+        return check_finite_scores(norms, "GradNorm", settings)
 
     def _power_sums(self, x: Tensor, p: float, scale: Tensor | None = None) -> Tensor:
         """Per sample, :math:`\\sum_j |g_j / s|^p` over the selected parameters (the maximum
@@ -413,6 +469,7 @@ class ParameterGradNorm(GradNorm, GradientDetector):
 
         def loss(logits: Tensor) -> Tensor:
             check_finite(check_logits(logits), "logits")
+            _check_classes(logits.shape[1] if logits.ndim > 1 else 1)
             _check_temperature_fits(logits.detach().double(), temperature)
             values = uniform_loss(logits, temperature)
             return values if scale is None else values / scale.to(values)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .gradnorm import HeadGradNorm, gradnorm_factors
+from .gradnorm import HeadGradNorm, gradnorm_factor
 
 __all__ = ["GradNormU", "GradNormV"]
 
@@ -31,7 +31,7 @@ class _GradNormFactor(HeadGradNorm):
     """A factor of GradNorm's head-weight score, from the same forward pass; ``p``,
     ``temperature`` and ``head`` as :class:`~gradood.detectors.gradnorm.GradNorm`'s."""
 
-    #: 0: U, 1: V (the index into :func:`gradnorm_factors`' result)
+    #: 0: U, 1: V (the index of :func:`~gradood.detectors.gradnorm.gradnorm_factor`)
     _factor: int
 
     def __init__(
@@ -45,7 +45,7 @@ class _GradNormFactor(HeadGradNorm):
         super().__init__(model, temperature=temperature, p=p, head=head)
 
     def _value(self, logits: Tensor, features: Tensor) -> Tensor:
-        return gradnorm_factors(logits, features, self.p, self.temperature)[self._factor]
+        return gradnorm_factor(logits, features, self._factor, self.p, self.temperature)
 
 
 class GradNormU(_GradNormFactor):

@@ -4,7 +4,12 @@ The transfer goes to ``.<name>.part`` beside the destination (with the server's 
 ``.<name>.part.validator``, so that a resumed transfer continues the same file), and is renamed
 to the destination only once complete and checked: against the published md5 where there is
 one, else against the SHA-256 recorded at the file's first download (:mod:`.records`), which
-this download records if there is none. A partial file is never taken for data.
+this download records if there is none (:meth:`RemoteFile.fetch_unrecorded` leaves the record to
+the caller, once the content checks out). A partial file is never taken for data.
+
+A transfer slower than a minimum rate over a window (:mod:`~gradood.downloads.speed`: by default 1 KiB/s over
+60 s) ends with :class:`SlowDownloadError`, its bytes kept for a resume. Bytes are read as they
+arrive, so the progress bar moves on a slow link.
 
 Test-only: the environment variable ``GRADOOD_TEST_DOWNLOAD_MIRROR`` (e.g.
 ``http://127.0.0.1:8765``) sends every request for ``scheme://host/path`` to
@@ -28,8 +33,16 @@ from tqdm.auto import tqdm
 
 from ..locking import exclusive_lock
 from .records import ChecksumError, check_record, digests, write_record
+from .speed import SpeedLimit, SpeedWatch, current_speed_limit
 
-__all__ = ["MIRROR_VARIABLE", "DownloadError", "NoSpaceError", "RemoteFile", "resolve_url"]
+__all__ = [
+    "MIRROR_VARIABLE",
+    "DownloadError",
+    "NoSpaceError",
+    "RemoteFile",
+    "SlowDownloadError",
+    "resolve_url",
+]
 
 #: test-only: the loopback server that stands in for every download host
 MIRROR_VARIABLE = "GRADOOD_TEST_DOWNLOAD_MIRROR"
@@ -52,6 +65,11 @@ class NoSpaceError(DownloadError):
 
     def __str__(self) -> str:
         return self.strerror
+
+
+class SlowDownloadError(DownloadError):
+    """A transfer slower than its minimum rate over a whole window; the message names the URL,
+    the rate, the window and the bytes kept for a resume."""
 
 
 class _Interrupted(Exception):
@@ -85,28 +103,56 @@ class RemoteFile:
             return None
         return int(length) if length is not None and length.isdigit() else None
 
-    def fetch(self, path: str | os.PathLike, progress: bool = True, attempts: int = 3) -> Path:
-        """Download to ``path`` (a new file), resuming a partial transfer left there.
+    def fetch(
+        self,
+        path: str | os.PathLike,
+        progress: bool = True,
+        attempts: int = 3,
+        min_speed: float | None = None,
+        speed_time: float | None = None,
+    ) -> Path:
+        """Download to ``path`` (a new file), resuming a partial transfer left there; without a
+        published md5, record its SHA-256 beside it.
 
         :param attempts: transfers tried (each resuming the last) before giving up
+        :param min_speed: the slowest average rate accepted over a window, in bytes/s (``0``:
+            none); ``None``: :func:`~gradood.downloads.speed.current_speed_limit`'s
+        :param speed_time: that window in seconds; ``None``: the current limit's
         :raises FileExistsError: if ``path`` exists (never overwritten)
         :raises DownloadError: for an HTTP error, an HTML page, a transfer that kept stopping
             (its bytes are kept for a later resume) or a failed checksum (the file is removed)
+        :raises SlowDownloadError: for a transfer below ``min_speed`` over a whole window of
+            ``speed_time`` (its bytes are kept for a later resume)
         :raises NoSpaceError: if the disk is full (the partial file is removed)
         """
+        sha256 = self.fetch_unrecorded(path, progress, attempts, min_speed, speed_time)
+        if self.md5 is None and sha256 is not None:
+            write_record(path, sha256)
+        return Path(path)
+
+    def fetch_unrecorded(
+        self,
+        path: str | os.PathLike,
+        progress: bool = True,
+        attempts: int = 3,
+        min_speed: float | None = None,
+        speed_time: float | None = None,
+    ) -> str | None:
+        """:meth:`fetch`, recording nothing: the caller records the SHA-256 returned once the
+        content checks out. ``None`` where another process finished the file meanwhile."""
         path = Path(path)
         if path.exists():
             raise FileExistsError(f"{path} exists; a download never overwrites it")
+        limit = current_speed_limit().replace(min_speed, speed_time)
         path.parent.mkdir(parents=True, exist_ok=True)
         with exclusive_lock(path.with_name(f".{path.name}.lock")):
             if path.exists():  # another process finished it while this one waited
-                return path
-            _Transfer(self.url, path, progress).run(attempts)
-            self._check(path)
-        return path
+                return None
+            _Transfer(self.url, path, progress, limit).run(attempts)
+            return self._check(path)
 
-    def _check(self, path: Path) -> None:
-        """Check the finished transfer, record its SHA-256 if needed, rename it to ``path``."""
+    def _check(self, path: Path) -> str:
+        """Check the finished transfer and rename it to ``path``; its SHA-256."""
         part = _part(path)
         md5, sha256 = digests(part)
         try:
@@ -119,10 +165,9 @@ class RemoteFile:
             _remove(part)
             _remove(_validator(path))
             raise DownloadError(f"{error} (nothing was saved as {path})") from error
-        if self.md5 is None:
-            write_record(path, sha256)
         os.rename(part, path)
         _remove(_validator(path))
+        return sha256
 
 
 def resolve_url(url: str) -> str:
@@ -158,8 +203,8 @@ class _Transfer:
     """The HTTP transfer of ``url`` (named in messages; fetched from :func:`resolve_url`'s)
     into ``path``'s partial file."""
 
-    def __init__(self, url: str, path: Path, progress: bool):
-        self.url, self.path, self.progress = url, path, progress
+    def __init__(self, url: str, path: Path, progress: bool, limit: SpeedLimit):
+        self.url, self.path, self.progress, self.limit = url, path, progress, limit
         self.source = resolve_url(url)
         self.part, self.validator = _part(path), _validator(path)
 
@@ -185,7 +230,7 @@ class _Transfer:
     def _attempt(self) -> None:
         have = self.part.stat().st_size if self.part.exists() else 0
         try:
-            response = urllib.request.urlopen(self._request(have), timeout=_TIMEOUT_S)
+            response = urllib.request.urlopen(self._request(have), timeout=self._timeout())
         except urllib.error.HTTPError as error:
             if error.code == 416 and have:  # the partial file is not a prefix of this one
                 self._restart()
@@ -198,6 +243,12 @@ class _Transfer:
             raise _Interrupted(f"{type(error).__name__}: {error}") from error
         with response:
             self._receive(response, have)
+
+    def _timeout(self) -> float:
+        """Seconds one socket operation may wait: within one window where there is a minimum."""
+        if self.limit.min_speed == 0:
+            return _TIMEOUT_S
+        return min(_TIMEOUT_S, self.limit.speed_time)
 
     def _request(self, have: int) -> urllib.request.Request:
         headers = {"User-Agent": "gradood"}
@@ -239,18 +290,37 @@ class _Transfer:
             disable=not self.progress,
             file=sys.stderr,
         )
+        watch = SpeedWatch(self.limit)
         with bar, open(self.part, "ab" if have else "wb") as out:
             try:
-                while chunk := response.read(_CHUNK):
+                while chunk := response.read1(_CHUNK):  # what has arrived, up to _CHUNK
                     if received == 0 and chunk.lstrip()[:14].lower().startswith(_HTML_STARTS):
                         self._refuse_html("an HTML page")
                     self._write(out, chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
+                    self._check_speed(watch, received - have, out)
             except (TimeoutError, http.client.HTTPException, ConnectionError) as error:
+                if isinstance(error, TimeoutError):
+                    self._check_speed(watch, received - have, out)
                 raise _Interrupted(f"{type(error).__name__} after {received:,} bytes") from error
         if total is not None and received != total:
             raise _Interrupted(f"connection closed after {received:,} of {total:,} bytes")
+
+    def _check_speed(self, watch: SpeedWatch, received: int, out) -> None:
+        slow = watch.slow_rate(received)
+        if slow is None:
+            return
+        rate, seconds = slow
+        out.close()
+        kept = self.part.stat().st_size
+        raise SlowDownloadError(
+            f"{self.url}: {self.path.name} arrived at {rate:,.1f} bytes/s over the last "
+            f"{seconds:,.1f} s, below the minimum of {self.limit.min_speed:,.0f} "
+            f"bytes/s over {self.limit.speed_time:g} s (min_speed=, speed_time=; the harness's "
+            f"--gradood-download-min-speed, --gradood-download-speed-time); the {kept:,} bytes "
+            f"received are kept in {self.part}: run again to resume"
+        )
 
     def _write(self, out, chunk: bytes) -> None:
         try:

@@ -6,7 +6,10 @@ of it that is entirely absent from the data root is downloaded and installed (as
 API's ``download=True`` does: :mod:`gradood.downloads`, nothing overwritten), and a missing
 published checkpoint (the authors' BiT-S-R101x1) is downloaded into the checkpoint folder.
 ImageNet itself needs a login and is never downloaded. :func:`planned_downloads` says
-beforehand what that would fetch.
+beforehand what that would fetch. A transfer slower than ``--gradood-download-min-speed`` bytes/s
+(``GRADOOD_DOWNLOAD_MIN_SPEED``, default 1024) on average over a window of
+``--gradood-download-speed-time`` seconds (``GRADOOD_DOWNLOAD_SPEED_TIME``, default 60) ends
+(:mod:`gradood.downloads.speed`).
 
 The hooks wrap the default (or a project's own) implementations, which then open the data
 and load the model. At the end the run's report gets ``data-provenance.md``: per dataset and
@@ -18,6 +21,7 @@ Imports only pytest and the standard library at the top, as :mod:`.plugin` does.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -32,7 +36,9 @@ __all__ = [
     "PROVENANCE",
     "DownloadHooks",
     "PlannedDownload",
+    "download_speed",
     "missing_line",
+    "parse_number",
     "planned_downloads",
     "provenance",
     "wants_download",
@@ -44,6 +50,47 @@ OPTION = "--gradood-download"
 DOWNLOAD_VARIABLE = "GRADOOD_DOWNLOAD"
 #: the report's file of what was checked against published checksums
 PROVENANCE = "data-provenance.md"
+
+
+#: the environment variables of ``--gradood-download-min-speed`` and ``-speed-time``
+SPEED_VARIABLES = {
+    "download_min_speed": "GRADOOD_DOWNLOAD_MIN_SPEED",
+    "download_speed_time": "GRADOOD_DOWNLOAD_SPEED_TIME",
+}
+
+
+def parse_number(text: str, minimum: float, open_below: bool) -> float:
+    """``text`` as a finite number >= ``minimum`` (> with ``open_below``).
+
+    :raises ValueError: saying what was expected
+    """
+    bound = f"{'>' if open_below else '>='} {minimum:g}"
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < minimum or (open_below and value == minimum):
+        raise ValueError(f"a finite number {bound}, got {text!r}")
+    return value
+
+
+def download_speed(config: pytest.Config) -> tuple[float | None, float | None]:
+    """``(min_speed, speed_time)`` of this run's downloads: the options, else their environment
+    variables, else ``None`` (:mod:`gradood.downloads.speed`'s defaults).
+
+    :raises pytest.UsageError: for an environment variable that is not such a number
+    """
+    values = []
+    for name, open_below in (("download_min_speed", False), ("download_speed_time", True)):
+        value = config.getoption(f"gradood_{name}", None)
+        text = os.environ.get(SPEED_VARIABLES[name], "")
+        if value is None and text:
+            try:
+                value = parse_number(text, 0.0, open_below)
+            except ValueError as error:
+                raise pytest.UsageError(f"{SPEED_VARIABLES[name]}={text}: {error}") from None
+        values.append(value)
+    return values[0], values[1]
 
 
 def wants_download(config: pytest.Config) -> bool:
@@ -197,8 +244,15 @@ class DownloadHooks:
     """The hooks of ``--gradood-download`` and of the provenance report (registered by
     :mod:`.plugin` with the run's data root and checkpoint folder)."""
 
-    def __init__(self, data_root: Path, checkpoint_dir: Path) -> None:
+    def __init__(
+        self,
+        data_root: Path,
+        checkpoint_dir: Path,
+        speed: tuple[float | None, float | None] = (None, None),
+    ) -> None:
         self.data_root, self.checkpoint_dir = Path(data_root), Path(checkpoint_dir)
+        #: ``(min_speed, speed_time)`` of the downloads (:func:`download_speed`)
+        self.speed = speed
         #: protocol -> the error its download raised (raised again, never retried in a run)
         self.failed: dict[str, BaseException] = {}
         #: protocol -> (data root, checksums verified) of the benchmark the hooks returned
@@ -206,10 +260,19 @@ class DownloadHooks:
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_gradood_open_protocol(self, config: pytest.Config, name: str):
-        """Download first (with the option); remember where the benchmark returned reads."""
-        if wants_download(config):
+        """Download first (with the option), check what was downloaded without a published
+        checksum once the protocol is opened; remember where the benchmark returned reads."""
+        downloading = wants_download(config)
+        if downloading:
             self._download(config, name)
-        benchmark = yield
+        try:
+            benchmark = yield
+        except BaseException:
+            if downloading:  # e.g. a skip for counts that fail: say what was removed
+                _check_downloads(name, self.data_root, None)
+            raise
+        if downloading:
+            _check_downloads(name, self.data_root, getattr(benchmark, "expected", None))
         root, expected = getattr(benchmark, "root", None), getattr(benchmark, "expected", None)
         if root is not None:
             verified = bool(getattr(expected, "verify_checksums", True))
@@ -220,7 +283,7 @@ class DownloadHooks:
         if name in self.failed:
             raise self.failed[name]
         try:
-            with _uncaptured(config):
+            with _uncaptured(config), _speed_limit(self.speed):
                 _download_data(config, name, self.data_root)
         except Exception as error:
             self.failed[name] = error
@@ -237,7 +300,7 @@ class DownloadHooks:
         if remote is not None and not path.exists() and wants_download(config):
             with _uncaptured(config):
                 _say(config, f"gradood: downloading {remote.url} to {path}")
-                remote.fetch(path)
+                remote.fetch(path, min_speed=self.speed[0], speed_time=self.speed[1])
         elif path.is_file() and recorded_sha256(path) is not None:
             check_record(path, digests(path)[1])  # a downloaded checkpoint, at every load
         return None
@@ -272,6 +335,25 @@ def _download_data(config: pytest.Config, name: str, root: Path) -> None:
         if source.can_download and not source.is_present(root):
             _say(config, f"gradood: downloading {source.name} ({name}) into {root}")
             source.download(root)
+
+
+def _check_downloads(name: str, root: Path, expected) -> None:
+    """Check by ``expected``'s counts (default: the paper's) the datasets of protocol ``name``
+    that were downloaded without a published checksum: their SHA-256 is recorded, or they are
+    removed (:meth:`gradood.protocols.source.DataSource.check_download`)."""
+    from ..protocols import protocol_class
+
+    cls = protocol_class(name)
+    expected = cls.paper_expected if expected is None else expected
+    for source in cls.sources():
+        source.check_download(root, expected[source.name])
+
+
+def _speed_limit(speed: tuple[float | None, float | None]):
+    """The block where downloads have the run's minimum rate."""
+    from ..downloads import speed_limit
+
+    return speed_limit(*speed)
 
 
 def _say(config: pytest.Config, message: str) -> None:

@@ -20,6 +20,9 @@ plugins'):
   writes its report into a new time-stamped folder there.
 - ``--gradood-download`` (``GRADOOD_DOWNLOAD=1``): download the public datasets and checkpoints
   the run needs (:mod:`gradood.harness.downloading`).
+- ``--gradood-download-min-speed B``, ``--gradood-download-speed-time S``
+  (``GRADOOD_DOWNLOAD_MIN_SPEED``, ``GRADOOD_DOWNLOAD_SPEED_TIME``; default 1024 bytes/s over
+  60 s): a download slower than that on average over a whole window ends, naming its rate.
 - ``--gradood-train``, ``--gradood-train-epochs N``: train a missing CIFAR ResNet-20 in the run
   (the paper's recipe, or a shortened N-epoch schedule in files of its own); see
   :mod:`gradood.harness.training`.
@@ -129,6 +132,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(never ImageNet; nothing is overwritten; environment: GRADOOD_DOWNLOAD=1; see "
         "gradood.harness.downloading)",
     )
+    group.addoption(
+        flag("download_min_speed"),
+        dest="gradood_download_min_speed",
+        type=_non_negative_number,
+        default=None,
+        metavar="BYTES_PER_S",
+        help="a download slower than this on average over a whole window ends (0: never; "
+        "environment: GRADOOD_DOWNLOAD_MIN_SPEED; default: 1024)",
+    )
+    group.addoption(
+        flag("download_speed_time"),
+        dest="gradood_download_speed_time",
+        type=_positive_number,
+        default=None,
+        metavar="S",
+        help="that window, in seconds (environment: GRADOOD_DOWNLOAD_SPEED_TIME; default: 60)",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -137,6 +157,25 @@ def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"an integer >= 1, got {text!r}")
     return int(text)
+
+
+def _non_negative_number(text: str) -> float:
+    return _number(text, minimum=0.0, open_below=False)
+
+
+def _positive_number(text: str) -> float:
+    return _number(text, minimum=0.0, open_below=True)
+
+
+def _number(text: str, minimum: float, open_below: bool) -> float:
+    import argparse
+
+    from .downloading import parse_number
+
+    try:
+        return parse_number(text, minimum, open_below)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def _unwritable(path: Path) -> str | None:
@@ -183,10 +222,11 @@ def pytest_configure(config: pytest.Config) -> None:
                 f"there: {problem}"
             )
     set_report_folder(config, _choose_report_folder(option_path(config, "report_dir")))
-    from .downloading import DownloadHooks
+    from .downloading import DownloadHooks, download_speed
 
     folders = (option_path(config, "data_root"), option_path(config, "checkpoint_dir"))
-    config.pluginmanager.register(DownloadHooks(*folders), "gradood-download")
+    hooks = DownloadHooks(*folders, speed=download_speed(config))
+    config.pluginmanager.register(hooks, "gradood-download")
     if hasattr(config, "workerinput") or config.getoption("dist", "no") != "no":
         from .gather import ReportParts  # pytest-xdist: the workers' reports join in one
 

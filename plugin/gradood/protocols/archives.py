@@ -38,9 +38,10 @@ class Archive:
 
     :param url: where to download it
     :param filename: the name it is saved under
-    :param md5: its published checksum; ``None`` where none is published (then its SHA-256 is
-        recorded at the first download and checked on every later use, and the dataset's image
-        count checks the result)
+    :param md5: its published checksum; ``None`` where none is published (then the dataset's
+        counts check what it installs, and only then is its SHA-256 recorded, to be checked on
+        every later use: :meth:`confirm`; a failed count check removes what it installed:
+        :meth:`discard`)
     :param member: the folder inside the archive to install, e.g. ``"dtd/images"``
     :param size: its size in bytes, where known (for plans)
     """
@@ -82,7 +83,7 @@ class Archive:
         if destination.exists():
             raise FileExistsError(f"{destination} exists; it is never overwritten")
         archive_folder = destination.parent if archive_folder is None else Path(archive_folder)
-        archive, sha256 = self.obtain(archive_folder, progress)
+        archive, sha256, downloaded = self.obtain(archive_folder, progress)
         destination.parent.mkdir(parents=True, exist_ok=True)
         installed = [destination]
         with self._extracted(
@@ -97,7 +98,7 @@ class Archive:
                     f"{sorted(p.name for p in staging.iterdir())}"
                 )
             os.rename(extracted, destination)
-            self._note(destination, sha256)
+            self._note(destination, sha256, downloaded, archive)
 
     def install_files(self, folder: Path, names: Sequence[str], progress: bool = True) -> None:
         """Put the files ``names`` of the archive's ``member`` folder (``"."``: its top) into
@@ -108,7 +109,7 @@ class Archive:
         existing = [str(folder / name) for name in names if (folder / name).exists()]
         if existing:
             raise FileExistsError(f"{', '.join(existing)} exist; they are never overwritten")
-        archive, sha256 = self.obtain(folder, progress)
+        archive, sha256, downloaded = self.obtain(folder, progress)
         installed = [folder / name for name in names]
         with self._extracted(
             archive, folder, Path(self.filename).stem, installed, progress
@@ -120,17 +121,22 @@ class Archive:
                 raise FileNotFoundError(f"{archive} has no files {absent} in {self.member}")
             for name in names:
                 os.rename(staging / self.member / name, folder / name)
-                self._note(folder / name, sha256)
+                self._note(folder / name, sha256, downloaded, archive)
 
-    def obtain(self, folder: Path, progress: bool = True) -> tuple[Path, str | None]:
-        """The archive in ``folder`` (downloaded and checked if absent, checked if present) and
-        its SHA-256 where it was computed (``None`` for a fresh download with a published md5).
+    def obtain(self, folder: Path, progress: bool = True) -> tuple[Path, str | None, bool]:
+        """The archive in ``folder`` (downloaded and checked if absent, checked if present), its
+        SHA-256 where it was computed (``None`` for a fresh download with a published md5), and
+        whether it was downloaded now. Without a published md5 no SHA-256 is recorded here
+        (:meth:`confirm` does, once the content checks out).
         """
         folder.mkdir(parents=True, exist_ok=True)
         archive = folder / self.filename
         if not archive.exists():
-            self.remote.fetch(archive, progress)  # checks the md5, or records the SHA-256
-            return archive, recorded_sha256(archive)
+            if self.md5 is not None:
+                self.remote.fetch(archive, progress)  # checks the md5
+                return archive, None, True
+            sha256 = self.remote.fetch_unrecorded(archive, progress)
+            return archive, sha256 or digests(archive)[1], True
         md5, sha256 = digests(archive)
         if self.md5 is not None and md5 != self.md5:
             raise FileExistsError(
@@ -142,8 +148,7 @@ class Archive:
                 check_record(archive, sha256)
             except ChecksumError as error:
                 raise FileExistsError(f"{error}; it is never overwritten") from error
-            write_record(archive, sha256)  # an archive put there by hand: recorded at first use
-        return archive, sha256
+        return archive, sha256, False
 
     @contextmanager
     def _extracted(
@@ -190,11 +195,51 @@ class Archive:
                 "from it; it is never overwritten"
             )
 
-    def _note(self, installed: Path, sha256: str | None) -> None:
+    def _note(self, installed: Path, sha256: str | None, downloaded: bool, archive: Path) -> None:
         note = {"url": self.url, "archive": self.filename, "md5": self.md5}
         if sha256 is not None:
             note["sha256"] = sha256
-        atomic_write_text(_note_path(installed), json.dumps(note, indent=1) + "\n")
+        if self.md5 is None and recorded_sha256(archive) is None:
+            note.update(unchecked=True, downloaded=downloaded)
+        _write_note(installed, note)
+
+    def unchecked(self, installed: Path) -> bool:
+        """Whether ``installed`` came from an archive without a published md5 whose SHA-256
+        is not recorded yet: its content awaits its check (:meth:`confirm` or :meth:`discard`)."""
+        note = installed_from(installed)
+        return note is not None and note.get("url") == self.url and bool(note.get("unchecked"))
+
+    def confirm(self, installed: Path, archive_folder: Path) -> None:
+        """``installed`` checked out: record its archive's SHA-256 (checked on every later use)."""
+        note = installed_from(installed)
+        if note is None or not note.get("unchecked"):
+            return
+        write_record(Path(archive_folder) / self.filename, note["sha256"])
+        note.pop("unchecked")
+        note.pop("downloaded", None)
+        _write_note(installed, note)
+
+    def discard(self, installed: Path, archive_folder: Path) -> str:
+        """``installed`` failed its check: remove it and its note, and the archive if it was
+        downloaded for it (an archive put there by hand is kept); what was done, in words."""
+        note = installed_from(installed) or {}
+        if installed.is_dir():
+            shutil.rmtree(installed)
+        else:
+            installed.unlink(missing_ok=True)
+        _note_path(installed).unlink(missing_ok=True)
+        archive = Path(archive_folder) / self.filename
+        if note.get("downloaded") and recorded_sha256(archive) is None:
+            archive.unlink(missing_ok=True)
+            return (
+                f"download it again: {installed} and the archive {archive} it was extracted "
+                "from were removed (no SHA-256 was recorded), so the next download fetches it "
+                "afresh"
+            )
+        return (
+            f"remove the archive {archive} to have it downloaded afresh (it was there before "
+            f"this download and is kept; {installed} was removed)"
+        )
 
 
 def archive_verification(archive: Archive | None, installed: Path) -> tuple[bool, str]:
@@ -210,10 +255,19 @@ def archive_verification(archive: Archive | None, installed: Path) -> tuple[bool
         return False, f"installed by hand, checked by count only{published}"
     if archive.md5 is not None and note.get("md5") == archive.md5:
         return True, f"installed by gradood from {archive.filename}, matching its published md5"
+    if note.get("unchecked"):
+        return False, (
+            f"no published checksum: installed by gradood from {archive.filename}, whose SHA-256 "
+            f"{note.get('sha256')} is recorded once the dataset's counts check out"
+        )
     return False, (
         f"no published checksum: installed by gradood from {archive.filename}, whose SHA-256 "
         f"{note.get('sha256')} was recorded at its first download (checked on every later use)"
     )
+
+
+def _write_note(installed: Path, note: dict) -> None:
+    atomic_write_text(_note_path(installed), json.dumps(note, indent=1) + "\n")
 
 
 def _note_path(installed: Path) -> Path:

@@ -38,8 +38,9 @@ class GradNormProtocol(Benchmark):
     :param transform: applied to every image; defaults to :meth:`default_transform`
     :param download: download the datasets that are entirely absent (where the protocol can:
         torchvision's and pytorch-ood's sources with their published md5s, the authors'
-        archives without one, whose SHA-256 is then recorded beside them and checked on every
-        later use), with :mod:`gradood.downloads`: resumable, a progress bar per file, every
+        archives without one: their SHA-256 is recorded beside them once the dataset's counts
+        check out, and checked on every later use; a download whose counts fail is removed,
+        saying so), with :mod:`gradood.downloads`: resumable, a progress bar per file, every
         archive member checked before extraction. Nothing on disk is ever overwritten.
     :param expected: the counts required of each dataset; defaults to the paper's
         (:attr:`paper_expected`). Miniatures (:mod:`gradood.testing`) pass their own.
@@ -200,6 +201,7 @@ class GradNormProtocol(Benchmark):
         was_present = source.is_present(self.root)
         if self.download and source.can_download and not was_present:
             source.download(self.root)
+            source.check_download(self.root, self.expected[source.name])
         try:
             return source.open(
                 self.root,

@@ -146,6 +146,15 @@ class ImageFolderSource(DataSource):
         # archives are kept in the data root: one archive (DTD) makes a folder of two layouts
         self.archive.install(Path(root) / self.installed_as, progress, archive_folder=Path(root))
 
+    def unchecked_download(self, root: Path) -> bool:
+        return self.archive is not None and self.archive.unchecked(Path(root) / self.installed_as)
+
+    def confirm_download(self, root: Path) -> None:
+        self.archive.confirm(Path(root) / self.installed_as, Path(root))
+
+    def discard_download(self, root: Path) -> str:
+        return self.archive.discard(Path(root) / self.installed_as, Path(root))
+
     def downloads(self, root: Path) -> list[tuple[RemoteFile, Path]]:
         if self.archive is None or self.is_present(root):
             return []

@@ -3,6 +3,7 @@ and how to get it."""
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +73,41 @@ class DataSource(ABC):
             failed checksum, no space left)
         """
         raise NotImplementedError(f"{self.name} cannot be downloaded: {self.how_to_get}")
+
+    def check_download(self, root: Path, expected: Expected) -> None:
+        """Check what :meth:`download` installed without a published checksum by ``expected``'s
+        counts: if they check out, its archive's SHA-256 is recorded (and checked on every later
+        use); if not, what it installed is removed, so that the next download starts afresh.
+        Nothing to do for data checked by a published checksum.
+
+        :raises DatasetNotFoundError: if the counts fail, saying what was removed
+        """
+        if not self.unchecked_download(root):
+            return
+        try:
+            self.open(root, expected, transform=None, target_transform=None, verify_checksums=False)
+        except DatasetNotFoundError as error:
+            removed = self.discard_download(root)
+            missing = dataclasses.replace(
+                error.missing,
+                problem=f"{error.missing.problem} as downloaded (no published checksum)",
+                source=f"{removed}; or {error.missing.source}",
+            )
+            raise DatasetNotFoundError(missing) from error
+        self.confirm_download(root)
+
+    def unchecked_download(self, root: Path) -> bool:
+        """Whether :meth:`download` installed data under ``root`` that awaits
+        :meth:`check_download`."""
+        return False
+
+    def confirm_download(self, root: Path) -> None:
+        """The unchecked download checked out (:meth:`check_download`)."""
+        raise NotImplementedError
+
+    def discard_download(self, root: Path) -> str:
+        """Remove the unchecked download that failed its counts; what was removed, in words."""
+        raise NotImplementedError
 
     def downloads(self, root: Path) -> list[tuple[RemoteFile, Path]]:
         """The files :meth:`download` would fetch now, with where each goes (``[]`` if the
