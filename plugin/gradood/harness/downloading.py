@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from .session import verbosity
+
 __all__ = [
     "DOWNLOAD_VARIABLE",
     "OPTION",
@@ -277,7 +279,7 @@ def _download_data(config: pytest.Config, name: str, root: Path) -> None:
 def _say(config: pytest.Config, message: str) -> None:
     """A progress line (output capture is off here)."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None and config.get_verbosity() >= 0:
+    if reporter is not None and verbosity(config) >= 0:
         reporter.ensure_newline()
         reporter.write_line(message)
 
