@@ -5,7 +5,9 @@ file, and a Markdown summary (each part's gradood summary, then images/s per cas
 
 reads ``WORK/<part>.json``, ``WORK/<part>.log`` (pytest's output) and ``WORK/<part>.status``
 (its exit status; 130 or 124 after the time limit) and writes ``STEM.json`` and ``STEM.md``.
-A part that wrote no JSON (interrupted before any benchmark, nothing selected) is noted. Where
+A part that wrote no JSON (interrupted before any benchmark, nothing selected), or JSON that
+does not parse as a pytest-benchmark document (a crash mid-write: empty or truncated), is noted
+as missing, by name and cause; the other parts are merged. Where
 a part left its reproduction report as ``WORK/<part>.md`` (the paper flow's ``paper.md``), its
 plan, stage times and checkpoints follow the part's summary.
 """
@@ -15,11 +17,22 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 #: the heading of gradood's closing summary in pytest's output (the last section)
 SUMMARY_HEADING = " gradood summary "
 #: exit statuses of a part stopped by its time limit (SIGINT: pytest's 2, timeout's 124)
 STOPPED = {2, 124, 130, 137}
+
+
+class Part(NamedTuple):
+    """What a part left: its benchmark document (``None`` if missing), pytest's output, its exit
+    status (-1 if unknown) and, when the document is missing, why."""
+
+    document: dict | None
+    log: str
+    status: int
+    missing: str = "no benchmark JSON"
 
 
 def merge(parts: list[dict]) -> dict:
@@ -70,13 +83,11 @@ def throughput_rows(document: dict) -> list[str]:
     return rows
 
 
-def markdown(
-    stem: str, parts: dict[str, tuple[dict | None, str, int]], reports: dict[str, str] | None = None
-) -> str:
+def markdown(stem: str, parts: dict[str, Part], reports: dict[str, str] | None = None) -> str:
     """The summary: each part's status and gradood summary (and ``reports[part]``'s
     :func:`report_sections`), then the images/s table."""
     lines = [f"# {Path(stem).name}", ""]
-    documents = [doc for doc, _log, _status in parts.values() if doc is not None]
+    documents = [part.document for part in parts.values() if part.document is not None]
     if documents:
         machine = documents[0].get("machine_info", {})
         commit = documents[0].get("commit_info", {})
@@ -87,10 +98,10 @@ def markdown(
             "",
         ]
     rows = []
-    for part, (document, log, status) in parts.items():
+    for part, (document, log, status, missing) in parts.items():
         state = "stopped by its time limit" if status in STOPPED else f"exit status {status}"
         if document is None:
-            state += ", no benchmark JSON"
+            state += f", {missing}"
         lines += [f"## {part} ({state})", "", "```", *summary_section(log), "```", ""]
         if (reports or {}).get(part):
             lines += [*report_sections(reports[part]), ""]
@@ -107,13 +118,26 @@ def markdown(
     return "\n".join(lines)
 
 
-def _read_part(work: Path, part: str) -> tuple[dict | None, str, int]:
-    path = work / f"{part}.json"
-    document = json.loads(path.read_text()) if path.is_file() else None
+def _read_document(path: Path) -> tuple[dict | None, str]:
+    """The pytest-benchmark document at ``path``, or ``None`` and why it is missing."""
+    if not path.is_file():
+        return None, "no benchmark JSON"
+    try:
+        document = json.loads(path.read_text(errors="replace"))
+    except json.JSONDecodeError as error:
+        return None, f"benchmark JSON unreadable ({path.name}: {error})"
+    if not isinstance(document, dict) or not isinstance(document.get("benchmarks"), list):
+        return None, f"benchmark JSON unreadable ({path.name}: no list of benchmarks)"
+    return document, ""
+
+
+def _read_part(work: Path, part: str) -> Part:
+    document, missing = _read_document(work / f"{part}.json")
     log_path, status_path = work / f"{part}.log", work / f"{part}.status"
     log = log_path.read_text(errors="replace") if log_path.is_file() else ""
-    status = int(status_path.read_text()) if status_path.is_file() else -1
-    return document, log, status
+    status_text = status_path.read_text().strip() if status_path.is_file() else ""
+    status = int(status_text) if status_text.lstrip("-").isdigit() else -1
+    return Part(document, log, status, missing)
 
 
 def main(argv: list[str]) -> int:
@@ -122,7 +146,7 @@ def main(argv: list[str]) -> int:
     reports = {
         name: (work / f"{name}.md").read_text() for name in names if (work / f"{name}.md").is_file()
     }
-    documents = [doc for doc, _log, _status in parts.values() if doc is not None]
+    documents = [part.document for part in parts.values() if part.document is not None]
     if documents:
         Path(f"{stem}.json").write_text(json.dumps(merge(documents), indent=2))
     Path(f"{stem}.md").write_text(markdown(stem, parts, reports))

@@ -5,6 +5,7 @@ would land outside the destination, with and without tarfile's data filter."""
 from __future__ import annotations
 
 import errno
+import gzip
 import hashlib
 import io
 import os
@@ -12,6 +13,7 @@ import random
 import re
 import socket
 import tarfile
+import time
 
 import pytest
 from download_server import Served, local_server
@@ -204,13 +206,15 @@ def test_the_mirror_is_test_only_and_loopback_only(monkeypatch):
 
 
 def _tar(members: list[tuple[tarfile.TarInfo, bytes | None]], mode: str = "w:gz") -> bytes:
+    """A tar archive of ``members``; gzipped (``"w:gz"``) with a zero timestamp in the gzip
+    header, so the same members give the same bytes (and checksum) at any time."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode=mode) as tar:
+    with tarfile.open(fileobj=buffer, mode="w" if mode == "w:gz" else mode) as tar:
         for info, data in members:
             if data is not None:
                 info.size = len(data)
             tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    return buffer.getvalue()
+    return gzip.compress(buffer.getvalue(), mtime=0) if mode == "w:gz" else buffer.getvalue()
 
 
 def _file(name: str, data: bytes = b"image") -> tuple[tarfile.TarInfo, bytes]:
@@ -225,6 +229,14 @@ def _entry(name: str, kind: bytes, linkname: str = "") -> tuple[tarfile.TarInfo,
 
 def _dataset(*extra) -> bytes:
     return _tar([_file("set/a/1.jpg"), _file("set/b/2.jpg"), *extra])
+
+
+def test_the_test_archives_do_not_depend_on_the_clock(monkeypatch):
+    """Two builds of one archive a second apart are the same bytes (the checksums that the
+    download tests compare were off by the gzip header's timestamp)."""
+    now = _dataset()
+    monkeypatch.setattr(time, "time", lambda: 2_000_000_000.0)
+    assert _dataset() == now
 
 
 EVIL = {

@@ -63,3 +63,44 @@ def test_dry_run_writes_the_json_and_the_summary(tmp_path):
         assert f"| {stage} |" in summary
     assert "shortened schedule (2 epochs, not the paper's 100)" in summary
     assert sorted(p.name for p in out.iterdir()) == ["cpu-dry-run.json", "cpu-dry-run.md"]
+
+
+def test_a_crashed_part_reads_as_missing_by_name(tmp_path):
+    """A part whose JSON is empty, truncated or not a benchmark document (its process died while
+    writing it) is noted as missing, naming the file and the cause; the others are merged."""
+    work = tmp_path / "work"
+    work.mkdir()
+    good = {"machine_info": {}, "commit_info": {}, "benchmarks": [{"name": "msp"}]}
+    texts = {
+        "good": json.dumps(good),
+        "empty": "",
+        "truncated": json.dumps(good)[:40],
+        "list": "[]",
+    }
+    for part, text in texts.items():
+        (work / f"{part}.json").write_text(text)
+        (work / f"{part}.status").write_text("0\n")
+    (work / "absent.status").write_text("124\n")
+    stem = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, "benchmarks/gpu_quick.py", str(work), str(stem), *texts, "absent"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert [
+        b["name"] for b in json.loads((stem.with_suffix(".json")).read_text())["benchmarks"]
+    ] == ["msp"]
+    summary = stem.with_suffix(".md").read_text()
+    assert "## good (exit status 0)\n" in summary
+    assert "## empty (exit status 0, benchmark JSON unreadable (empty.json: Expecting value" in (
+        summary
+    )
+    assert "## truncated (exit status 0, benchmark JSON unreadable (truncated.json: " in summary
+    assert (
+        "## list (exit status 0, benchmark JSON unreadable (list.json: no list of benchmarks))"
+        in (summary)
+    )
+    assert "## absent (stopped by its time limit, no benchmark JSON)" in summary

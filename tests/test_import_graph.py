@@ -12,7 +12,7 @@ PACKAGE = Path(gradood.__file__).parent
 #: low to high; a module may import its own layer's and lower layers' modules only
 LAYERS = [
     ["metrics", "paper"],
-    ["locking"],
+    ["locking", "grad_mode"],
     ["validation", "files", "fingerprint", "shared", "distributed", "representations"],
     ["capture"],
     ["gradients"],

@@ -45,6 +45,7 @@ from pytorch_ood.api import (
     RequiresFittingException,
 )
 from pytorch_ood.benchmark import Benchmark
+from pytorch_ood.detector import graduncertainty
 from pytorch_ood.metrics import OODMetrics
 from pytorch_ood.utils import GridSearch
 from test_registry_detectors import make_model, predicted
@@ -182,6 +183,44 @@ def test_inference_mode_scores_as_no_grad(case, data):
     _close(_loop(detector, test, torch.inference_mode), expected)
     labels = test.tensors[1]
     assert 0.0 <= _metrics(expected, labels)["AUROC"] <= 1.0
+
+
+#: autograd's entry points that the registered detectors call; pytorch-ood's GradUncertainty
+#: holds torch.func.grad under a name of its own
+_GRADIENT_CALLS = [
+    (torch.autograd, "grad"),
+    (torch.autograd, "backward"),
+    (torch.func, "grad"),
+    (torch.func, "vjp"),
+    (graduncertainty, "_func_grad"),
+]
+
+
+def _recording(call: Callable, in_inference_mode: list[bool]) -> Callable:
+    """``call``, appending whether inference mode is on to ``in_inference_mode`` first."""
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        in_inference_mode.append(torch.is_inference_mode_enabled())
+        return call(*args, **kwargs)
+
+    return recorded
+
+
+def test_gradients_are_taken_outside_inference_mode(case, data, monkeypatch):
+    """In a loop under ``torch.inference_mode()``, a detector takes every gradient with
+    inference mode off: ``torch.enable_grad()`` alone leaves it on, where ``torch.func.grad``
+    returns zero gradients on torch 2.1 to 2.8 (pytorch-ood's ``GradUncertainty``: every score
+    ``-0.``). The mode is recorded at each call of autograd, so this holds on a torch where
+    the scores happen to come out right inside inference mode."""
+    detector, _model = _fitted(case, data)
+    in_inference_mode = []
+    for owner, name in _GRADIENT_CALLS:
+        monkeypatch.setattr(owner, name, _recording(getattr(owner, name), in_inference_mode))
+    with torch.inference_mode():
+        detector(data["test"].tensors[0][:16])
+    assert True not in in_inference_mode, "a gradient taken inside inference mode"
+    if case in {"graduncertainty", "odin", "lee-alregib", "gradnorm[params=]"}:
+        assert in_inference_mode, "no gradient recorded for a detector that takes them"
 
 
 class _Benchmark(Benchmark):

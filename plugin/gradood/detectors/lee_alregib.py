@@ -57,6 +57,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..grad_mode import autograd_enabled, ordinary
 from ..gradients import per_sample_squared_norms, resolve_parameter_names
 from ..metrics import paper_metrics
 from ..shared import shared_for
@@ -434,9 +435,8 @@ class LeeAlRegib(ShowsSettings, GradientDetector):
         return (torch.log(features + self.log_epsilon) - self.feature_mean) / self.feature_std
 
     def _train(self, features: Tensor, is_ood: Tensor) -> LeeAlRegib:
-        with torch.inference_mode(False):  # training needs autograd, also under inference mode
-            ordinary = [t.clone() if t.is_inference() else t for t in (features, is_ood)]
-            return self._train_classifier(*ordinary)
+        with autograd_enabled():  # training needs autograd, also under inference mode
+            return self._train_classifier(ordinary(features), ordinary(is_ood))
 
     def _train_classifier(self, features: Tensor, is_ood: Tensor) -> LeeAlRegib:
         train, validation, heldout = self._split(is_ood)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..grad_mode import autograd_enabled, ordinary
 from ..validation import check_norm_order
 from .base import Settings, Target
 from .checks import (
@@ -113,7 +114,7 @@ def per_sample_gradient_powers(
     names = resolve_parameter_names(model, param_names)
     check_samples_are_independent(model)
     batch = x.shape[0]
-    with torch.inference_mode(False):  # autograd cannot run inside inference mode
+    with autograd_enabled():
         result = torch.zeros(batch, len(names), dtype=torch.float64, device=x.device)
         if batch == 0:
             return result
@@ -121,7 +122,7 @@ def per_sample_gradient_powers(
         targets = _targets(model, {name: parameters[name] for name in names})
         settings = Settings(batch, p, method, workspace_elements)
         session = Session(targets, settings, result, {name: k for k, name in enumerate(names)})
-        session.run(model, per_sample_loss, x.clone() if x.is_inference() else x)
+        session.run(model, per_sample_loss, ordinary(x))
     return result
 
 

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from .session import verbosity
+
 __all__ = [
     "DOWNLOAD_VARIABLE",
     "OPTION",
@@ -359,7 +361,7 @@ def _speed_limit(speed: tuple[float | None, float | None]):
 def _say(config: pytest.Config, message: str) -> None:
     """A progress line (output capture is off here)."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None and config.get_verbosity() >= 0:
+    if reporter is not None and verbosity(config) >= 0:
         reporter.ensure_newline()
         reporter.write_line(message)
 

@@ -29,6 +29,7 @@ __all__ = [
     "set_report_folder",
     "started_report",
     "uses_gpu",
+    "verbosity",
 ]
 
 #: path option -> (environment variable, default under the rootdir, what it holds)
@@ -109,10 +110,15 @@ def started_report(config: pytest.Config):
     return config.stash.get(_REPORT, None)
 
 
+def verbosity(config: pytest.Config) -> int:
+    """``-v`` counted up, ``-q`` down (0 by default). ``Config.get_verbosity`` needs pytest 8."""
+    return config.getoption("verbose")
+
+
 def say(config: pytest.Config, message: str) -> None:
     """Print a progress line now, past pytest's output capture."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is None or config.get_verbosity() < 0:
+    if reporter is None or verbosity(config) < 0:
         return
     capture = config.pluginmanager.get_plugin("capturemanager")
     if capture is None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from .inputs import open_benchmark
-from .session import details_hint, flag, option_path, run_report, uses_gpu
+from .session import details_hint, flag, option_path, run_report, uses_gpu, verbosity
 
 __all__ = [
     "PAPER_EPOCHS",
@@ -182,7 +182,7 @@ def _train(config: pytest.Config, protocol: str, cls, path: Path) -> None:
         train_data = to_device_dataset(train_split, device, fill)
         test_data = to_device_dataset(benchmark.test_in, device, fill)
         try:
-            progress = config.get_verbosity() >= 0
+            progress = verbosity(config) >= 0
             result = train(
                 settings, train_data, test_data, path, device=device, resume=True, progress=progress
             )

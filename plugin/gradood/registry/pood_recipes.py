@@ -12,6 +12,7 @@ from pytorch_ood import detector as pood
 from pytorch_ood.api import Detector
 from torch import nn
 
+from ..grad_mode import OutsideInferenceMode
 from ..heads import penultimate_encoder
 from ..models.preprocessing import CIFAR_RESNET20
 from ..wiring import (
@@ -26,7 +27,7 @@ from ..wiring import (
 )
 from .spec import PAPER_PROTOCOLS, DetectorSpec
 
-__all__ = ["PAPER_BASELINES", "PYTORCH_OOD"]
+__all__ = ["PAPER_BASELINES", "PYTORCH_OOD", "GradUncertainty"]
 
 
 def _mahalanobis(model: nn.Module, *, head: Any = None, **settings: Any) -> Detector:
@@ -45,6 +46,11 @@ def _vim(model: nn.Module, *, head: Any = None, d: int | None = None, **settings
     paper's ratio (1000 of BiT's 2048)."""
     d = feature_width(model, head) // 2 if d is None else d
     return on_features_and_weights(pood.ViM, model, head=head, d=d, **settings)
+
+
+class GradUncertainty(OutsideInferenceMode, pood.GradUncertainty):
+    """pytorch-ood's ``GradUncertainty``, scored outside inference mode: its ``torch.func.grad``
+    returns zero gradients inside it on torch 2.1 to 2.8 (every score ``-0.``)."""
 
 
 _PAPER_LOGIT_PRESETS = {name: {"t": 1.0} for name in PAPER_PROTOCOLS}
@@ -290,7 +296,7 @@ PYTORCH_OOD = [
     _pood(
         "graduncertainty",
         on_model,
-        pood.GradUncertainty,
+        GradUncertainty,
         "none",
         "inputs",
         "GradUncertainty (Lee & AlRegib): minus the sum over all parameters of the squared L2 "

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...grad_mode import autograd_enabled
+
 __all__ = ["ADVERSARIAL_STEP", "fgsm", "official_sign"]
 
 #: the FGSM perturbation size of the regression's "OOD" examples
@@ -54,7 +56,7 @@ def gradients_enabled() -> Iterator[None]:
             "MahalanobisEnsemble needs input gradients; inference mode is disabled for it",
             stacklevel=4,
         )
-    with torch.inference_mode(False), torch.enable_grad():
+    with autograd_enabled():
         yield
 
 
