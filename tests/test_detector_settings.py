@@ -153,3 +153,11 @@ def test_lee_alregib_shows_progress_only_when_asked(model, capsys):
     for bar in ("ID features", "noise features", "classifier"):
         assert f"LeeAlRegib: {bar}" in shown
     assert "OOD features" not in shown  # no OOD loader: no empty bar
+
+
+def test_gaia_shows_its_variant_and_layers(model):
+    assert _parameters(gradood.GAIA)[:2] == ["model", "variant"]
+    detector = gradood.GAIA(model, variant="Z")
+    shown = repr(detector)
+    assert shown.startswith("GAIA(variant='Z', layers=[")
+    assert f"head='{detector.head.name}'" in shown

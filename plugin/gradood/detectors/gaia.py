@@ -44,10 +44,12 @@ from pytorch_ood.api import DetectorInfo, GradientDetector, ModelNotSetException
 from torch import Tensor, nn
 
 from ..capture import layer_outputs
+from ..grad_mode import autograd_enabled, ordinary
 from ..gradients.checks import check_samples_are_independent
 from ..heads import check_output_is_head_output, find_head, forward_logits
 from ..validation import check_finite, check_finite_scores, check_positive_int
 from .gaia_layers import CHOICES, LayerChoice, choose_layers
+from .settings import ShowsSettings
 
 __all__ = ["GAIA", "GAIA_PAPER", "VARIANTS", "gaia_a_scores", "gaia_z_scores"]
 
@@ -100,7 +102,7 @@ def gaia_z_scores(logits: Tensor, layers: list[Tensor]) -> Tensor:
     return fractions.pow(2).mean(dim=1)
 
 
-class GAIA(GradientDetector):
+class GAIA(ShowsSettings, GradientDetector):
     """GAIA-A (``variant="A"``) or GAIA-Z (``variant="Z"``), exact to the official code (the
     math in the module docstring); a ``GradientDetector``: it scores model inputs, with
     gradients enabled for its pass also under ``torch.no_grad()`` and
@@ -155,6 +157,14 @@ class GAIA(GradientDetector):
         #: qualified name of the output layer; ``None``: the head's input
         self.output_layer: str | None = choice.output
 
+    def _settings(self) -> dict[str, object]:
+        return {
+            "variant": self.variant,
+            "layers": self.layers,
+            "output_layer": self.output_layer,
+            "head": self.head.name,
+        }
+
     def predict(self, x: Tensor) -> Tensor:
         """Outlier scores :math:`S_A` or :math:`S_Z` (float64, shape B) of a batch of inputs.
 
@@ -182,8 +192,8 @@ class GAIA(GradientDetector):
     def _scores(self, x: Tensor) -> Tensor:
         """One forward and one (Z) or two (A) backward passes over a micro-batch."""
         names = [*self.layers, *([self.output_layer] if self.output_layer else [])]
-        with torch.inference_mode(False), torch.enable_grad():
-            inputs = (x.clone() if x.is_inference() else x.detach()).requires_grad_()
+        with autograd_enabled():
+            inputs = ordinary(x).detach().requires_grad_()
             with (
                 layer_outputs(
                     self.model, {name: name for name in names}, copy_output=True
