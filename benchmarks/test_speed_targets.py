@@ -52,6 +52,9 @@ from gradood.harness.timing import PairedRounds, SpeedCheck, Target
 from gradood.heads import find_head
 from gradood.models import bit_s_r101x1, resnet20
 
+#: what a row of pytest-benchmark's side-by-side tables times: its parenthesized ratios compare
+#: rows (different pairs), not the two workloads of a row
+ROUND_NOTE = "a round times both workloads of a row; their ratio is in the gradood summary"
 #: images of the batch that the official per-sample loop is timed on
 OFFICIAL_IMAGES = 16
 #: seconds of paired rounds per comparison (at least five rounds), by device type
@@ -242,7 +245,7 @@ def test_side_by_side(setup: Setup, comparison: Comparison, benchmark, speed_che
     rounds = PairedRounds(comparison.a(model, x), comparison.b(model, x), device)
     kind = torch.device(device).type
     count = rounds.rounds_for(BUDGET_S[kind])
-    benchmark.group = f"side by side {setup}"
+    benchmark.group = f"side by side {setup}: {ROUND_NOTE}"
     benchmark.name = comparison.what
     benchmark.pedantic(rounds, rounds=count, warmup_rounds=0)
     ratio = rounds.result()

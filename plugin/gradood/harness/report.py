@@ -72,6 +72,9 @@ class Report:
     #: name -> {method: the settings the summary shows for it (e.g. the paper's)}
     defaults: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     speed: list[SpeedCheck] = field(default_factory=list)
+    #: how the run treats a missed speed target, where it does not fail (one line for the
+    #: summary, shown where a verdict is missed or inconclusive); empty where it fails
+    speed_policy: str = ""
     #: paper checks that were skipped, with the one-line reason
     skipped: list[tuple[PaperCheck, str]] = field(default_factory=list)
     #: what is missing (e.g. ``"imagenet data"``) -> Markdown with paths, counts and sources

@@ -26,6 +26,7 @@ from ..evaluate import AVERAGE, METRICS
 from ..registry import FACTORS
 from .report import MISSING_DATA, Report
 from .stages import seconds
+from .timing import INCONCLUSIVE, MISSED
 
 __all__ = ["MAX_LINES", "MAX_WIDTH", "below_chance_lines", "shown_path", "summary_lines"]
 
@@ -261,10 +262,10 @@ def _shared_line(
 def _speed_lines(report: Report) -> list[str]:
     verdicts = Counter(check.verdict for check in report.speed)
     counts = ", ".join(f"{n} {verdict}" for verdict, n in verdicts.items())
-    lines = [
-        f"speed, side by side: {counts} (median [IQR] of paired rounds)",
-        *("  " + check.line() for check in report.speed),
-    ]
+    lines = [f"speed, side by side: {counts} (median [IQR] of paired rounds)"]
+    if report.speed_policy and verdicts.keys() & {MISSED, INCONCLUSIVE}:
+        lines.append(f"  {report.speed_policy}")
+    lines += ["  " + check.line() for check in report.speed]
     notes = dict.fromkeys(check.note for check in report.speed if check.note)
     lines += [f"  note: {note}" for note in notes]
     return [*lines, ""]
