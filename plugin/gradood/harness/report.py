@@ -59,7 +59,7 @@ class _Files:
         self.write(path, lambda where: atomic_write_text(where, text))
 
 
-@dataclass
+@dataclass(repr=False)
 class Report:
     """What one run measured: paper comparisons, tables of other benchmarks, speed verdicts,
     and the paper checks that could not run, with why."""
@@ -95,6 +95,20 @@ class Report:
     measured: dict[str, pd.DataFrame] = field(default_factory=dict)
     #: file name -> text of another file of the report (e.g. ``data-provenance.md``)
     texts: dict[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        """One line: how much of each part the report holds (a test's traceback shows it)."""
+        parts = {
+            "comparison": len(self.comparisons),
+            "table": len(self.tables) + len(self.measured),
+            "speed check": len(self.speed),
+            "skipped check": len(self.skipped),
+            "missing input": len(self.missing),
+        }
+        counted = ", ".join(
+            f"{count} {name}{'s' if count > 1 else ''}" for name, count in parts.items() if count
+        )
+        return f"Report({counted or 'empty'})"
 
     def is_empty(self) -> bool:
         """Whether the run added nothing to report (no report folder, no summary then)."""
