@@ -90,7 +90,9 @@ def speed_check(request: pytest.FixtureRequest) -> Callable[[SpeedCheck], None]:
     def record(check: SpeedCheck) -> None:
         report = run_report(config)
         report.speed.append(check)
-        report.speed_policy = speed_policy(config)
+        policy = speed_policy(config)
+        if policy:
+            report.policies["speed"] = policy
         if check.verdict == MISSED and enforce_speed_targets(config):
             pytest.fail(f"speed target missed: {check.line()}")
 

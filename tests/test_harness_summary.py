@@ -213,7 +213,7 @@ def test_every_skipped_protocol_names_the_details_alike():
 
 def _speed_report(ratios: tuple[float, ...], policy: str) -> Report:
     check = SpeedCheck("resnet18 32px b64", "GradNorm / MSP", PairedRatio(ratios), Target(0.95))
-    return Report(speed=[check], speed_policy=policy)
+    return Report(speed=[check], policies={"speed": policy} if policy else {})
 
 
 POLICY = "CPU verdicts are reported, not enforced: --enforce-speed makes a missed target fail"

@@ -17,7 +17,7 @@ import pandas as pd
 from .. import reported
 from ..files import atomic_write, atomic_write_text
 from .checks import Comparison, PaperCheck
-from .document import exact, markdown_table, reproduction_report
+from .document import column_legend, exact, markdown_table, reproduction_report
 from .stages import Stages
 from .timing import SpeedCheck
 
@@ -72,9 +72,9 @@ class Report:
     #: name -> {method: the settings the summary shows for it (e.g. the paper's)}
     defaults: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     speed: list[SpeedCheck] = field(default_factory=list)
-    #: how the run treats a missed speed target, where it does not fail (one line for the
-    #: summary, shown where a verdict is missed or inconclusive); empty where it fails
-    speed_policy: str = ""
+    #: section (``"speed"``) -> how the run treats its verdicts where a miss does not fail
+    #: (one line; the summary shows it where a verdict is missed or inconclusive)
+    policies: dict[str, str] = field(default_factory=dict)
     #: paper checks that were skipped, with the one-line reason
     skipped: list[tuple[PaperCheck, str]] = field(default_factory=list)
     #: what is missing (e.g. ``"imagenet data"``) -> Markdown with paths, counts and sources
@@ -160,7 +160,9 @@ class Report:
         for name, table in tables.items():
             stem = _file_stem(name)
             files.text(directory / f"{stem}.csv", table.to_csv(index=False))
-            files.text(directory / f"{stem}.md", markdown_table(_percent(table)))
+            shown = _percent(table)
+            legend = column_legend(shown.columns)
+            files.text(directory / f"{stem}.md", f"{markdown_table(shown)}\n{legend}")
         defaults = {**self.defaults, **{_measured(p): self.defaults.get(p) for p in self.measured}}
         _figures(frame, tables, defaults, directory, files)
         if files.failed:

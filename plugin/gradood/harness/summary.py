@@ -263,8 +263,9 @@ def _speed_lines(report: Report) -> list[str]:
     verdicts = Counter(check.verdict for check in report.speed)
     counts = ", ".join(f"{n} {verdict}" for verdict, n in verdicts.items())
     lines = [f"speed, side by side: {counts} (median [IQR] of paired rounds)"]
-    if report.speed_policy and verdicts.keys() & {MISSED, INCONCLUSIVE}:
-        lines.append(f"  {report.speed_policy}")
+    policy = report.policies.get("speed")
+    if policy and verdicts.keys() & {MISSED, INCONCLUSIVE}:
+        lines.append(f"  {policy}")
     lines += ["  " + check.line() for check in report.speed]
     notes = dict.fromkeys(check.note for check in report.speed if check.note)
     lines += [f"  note: {note}" for note in notes]
