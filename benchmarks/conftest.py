@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 from gradood.harness.session import (
     GPU_MARKER,
@@ -110,7 +111,8 @@ def one_cpu_thread(device: str):
         return
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with threadpool_limits(limits=1):  # the BLAS of NumPy and SciPy (scikit-learn's fits) too
+        yield
     torch.set_num_threads(threads)
 
 

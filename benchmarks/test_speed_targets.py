@@ -267,9 +267,10 @@ MEMORY_SETUP = RESNET18_B64
 # a fresh process per workload, so that no earlier allocation is reused or counted
 _CHILD = r"""
 import json, sys
-import torchvision
+import torch, torchvision
 from gradood.harness import speed
 name, device = sys.argv[1], sys.argv[2]
+torch.set_num_threads(1)  # as the parent times: the two children share the cores
 model, x = speed.model_and_batch(
     lambda: torchvision.models.resnet18(num_classes=10), int(sys.argv[3]), int(sys.argv[4]), device
 )
