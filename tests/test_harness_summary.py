@@ -232,3 +232,9 @@ def test_no_policy_line_where_every_verdict_is_met_or_the_run_enforces():
     assert not any(
         "not enforced" in line for line in summary_lines(_speed_report((0.5,) * 5, ""), None)
     )
+
+
+def test_the_report_line_keeps_a_long_path_whole():
+    folder = Path("/tmp/a folder with spaces") / ("x" * 120)
+    lines = summary_lines(_speed_report((1.0,) * 5, ""), folder)
+    assert lines[-1] == f"report: {folder}"

@@ -50,15 +50,15 @@ def summary_lines(report: Report, folder: Path | None) -> list[str]:
     if report.comparisons or report.skipped:
         rest += _paper_lines(report, folder)
     rest += _stage_lines(report)
-    if folder is not None:
-        rest.append(f"report: {shown_path(folder)}")
+    # the folder's line is never shortened: a path cut at its first space would be lost
+    last = [f"report: {shown_path(folder)}"] if folder is not None else []
     rows = _TABLE_ROWS
     while True:
         tables = []
         for name, table in report.tables.items():
             tables += _table_lines(name, table, report, rows)
-        if len(tables) + len(rest) <= MAX_LINES or rows == 0:
-            return [_fit(line) for line in tables + rest]
+        if len(tables) + len(rest) + len(last) <= MAX_LINES or rows == 0:
+            return [_fit(line) for line in tables + rest] + last
         rows -= 1
 
 
