@@ -7,8 +7,16 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
-from gradood.harness.session import enforce_speed_targets, run_report
+from gradood.harness.session import (
+    GPU_MARKER,
+    enforce_speed_targets,
+    flag,
+    run_report,
+    speed_policy,
+    uses_gpu,
+)
 from gradood.harness.speed import SideBySide, steady_allocator
 from gradood.harness.timing import MISSED, SpeedCheck
 
@@ -42,14 +50,31 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     return f"gradood: {_XDIST}" if _under_xdist(config) else None
 
 
+_GPU_ONLY = pytest.StashKey[int]()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist, the tests that give speed verdicts do not run."""
-    if not _under_xdist(config):
-        return
-    speed = [item for item in items if "speed_check" in getattr(item, "fixturenames", ())]
-    if speed:
-        config.hook.pytest_deselected(items=speed)
-        items[:] = [item for item in items if item not in speed]
+    """Without ``--gradood-gpu``, the GPU-only cases are deselected (counted in one line, not
+    skipped one by one); under pytest-xdist, the tests that give speed verdicts do not run."""
+    dropped = []
+    if not uses_gpu(config):
+        gpu = [item for item in items if item.get_closest_marker(GPU_MARKER) is not None]
+        config.stash[_GPU_ONLY] = len(gpu)
+        dropped += gpu
+    if _under_xdist(config):
+        dropped += [item for item in items if "speed_check" in getattr(item, "fixturenames", ())]
+    if dropped:
+        gone = set(map(id, dropped))
+        config.hook.pytest_deselected(items=list({id(i): i for i in dropped}.values()))
+        items[:] = [item for item in items if id(item) not in gone]
+
+
+def pytest_report_collectionfinish(config: pytest.Config) -> str | None:
+    """One line for the GPU-only cases this run deselected."""
+    count = config.stash.get(_GPU_ONLY, 0)
+    if not count:
+        return None
+    return f"gradood: {count} GPU-only cases deselected (run with {flag('gpu', config)})"
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +89,11 @@ def speed_check(request: pytest.FixtureRequest) -> Callable[[SpeedCheck], None]:
     config = request.config
 
     def record(check: SpeedCheck) -> None:
-        run_report(config).speed.append(check)
+        report = run_report(config)
+        report.speed.append(check)
+        policy = speed_policy(config)
+        if policy:
+            report.policies["speed"] = policy
         if check.verdict == MISSED and enforce_speed_targets(config):
             pytest.fail(f"speed target missed: {check.line()}")
 
@@ -82,7 +111,8 @@ def one_cpu_thread(device: str):
         return
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with threadpool_limits(limits=1):  # the BLAS of NumPy and SciPy (scikit-learn's fits) too
+        yield
     torch.set_num_threads(threads)
 
 

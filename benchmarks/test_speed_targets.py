@@ -47,15 +47,21 @@ from gradood.harness.speed import (
     FEATURES,
     FORWARD_BACKWARD,
     GRAD_UNCERTAINTY,
+    forked_peak_memory,
+    forks_for_memory,
     lee_alregib_workload,
     model_and_batch,
     official_per_sample,
     random_batch,
+    start_forked_peak_memory,
 )
 from gradood.harness.timing import PairedRounds, SpeedCheck, Target
 from gradood.heads import find_head
 from gradood.models import bit_s_r101x1, resnet20
 
+#: what a row of pytest-benchmark's side-by-side tables times: its parenthesized ratios compare
+#: rows (different pairs), not the two workloads of a row
+ROUND_NOTE = "a round times both workloads of a row; their ratio is in the gradood summary"
 #: images of the batch that the official per-sample loop is timed on
 OFFICIAL_IMAGES = 16
 #: seconds of paired rounds per comparison (at least five rounds), by device type
@@ -273,7 +279,7 @@ def test_side_by_side(setup: Setup, comparison: Comparison, benchmark, speed_che
     rounds = PairedRounds(comparison.a(model, x), comparison.b(model, x), device)
     kind = torch.device(device).type
     count = rounds.rounds_for(BUDGET_S[kind])
-    benchmark.group = f"side by side {setup}"
+    benchmark.group = f"side by side {setup}: {ROUND_NOTE}"
     benchmark.name = comparison.what
     benchmark.pedantic(rounds, rounds=count, warmup_rounds=0)
     ratio = rounds.result()
@@ -295,9 +301,10 @@ MEMORY_SETUP = RESNET18_B64
 # a fresh process per workload, so that no earlier allocation is reused or counted
 _CHILD = r"""
 import json, sys
-import torchvision
+import torch, torchvision
 from gradood.harness import speed
 name, device = sys.argv[1], sys.argv[2]
+torch.set_num_threads(1)  # as the parent times: the two children share the cores
 model, x = speed.model_and_batch(
     lambda: torchvision.models.resnet18(num_classes=10), int(sys.argv[3]), int(sys.argv[4]), device
 )
@@ -307,7 +314,29 @@ print(json.dumps(speed.peak_memory(speed.lee_alregib_workload(name, model, x), d
 
 def _peak_increments(names: list[str], device: str) -> dict[str, int]:
     """Peak memory (bytes) of each workload above the memory in use after its setup, each in
-    a fresh process (started together: they share nothing)."""
+    a process of its own (started together: they share nothing): forked on the CPU (Linux),
+    else a fresh interpreter."""
+    setup = MEMORY_SETUP
+    if forks_for_memory(device):
+
+        def make(name: str) -> Callable[[], Callable[[], object]]:
+            def build() -> Callable[[], object]:
+                model, x = model_and_batch(setup.build, setup.batch, setup.size, device)
+                return lee_alregib_workload(name, model, x)
+
+            return build
+
+        started = {name: start_forked_peak_memory(make(name), device) for name in names}
+        try:
+            figures = {name: forked_peak_memory(child) for name, child in started.items()}
+        except RuntimeError as error:
+            pytest.fail(str(error)[-3000:])
+    else:
+        figures = _fresh_processes(names, device)
+    return {name: max(1, f["peak"] - f["before"]) for name, f in figures.items()}
+
+
+def _fresh_processes(names: list[str], device: str) -> dict[str, dict]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, sys.path)))
     setup = MEMORY_SETUP
     children = {
@@ -320,20 +349,20 @@ def _peak_increments(names: list[str], device: str) -> dict[str, int]:
         )
         for name in names
     }
-    increments = {}
+    figures = {}
     for name, child in children.items():
         stdout, stderr = child.communicate()
         if child.returncode != 0:
             pytest.fail(f"peak-memory probe of '{name}' failed:\n{stderr[-3000:]}")
-        figures = json.loads(stdout.strip().splitlines()[-1])
-        increments[name] = max(1, figures["peak"] - figures["before"])
-    return increments
+        figures[name] = json.loads(stdout.strip().splitlines()[-1])
+    return figures
 
 
 def test_peak_memory(request, speed_check, device):
     """Lee & AlRegib's features: <= 1.5x the peak memory of one batched forward + backward, each
-    measured once in a fresh process (CPU: ``VmHWM`` reset after setup; CUDA:
-    ``max_memory_allocated``). Memory does not drift with the machine's load: no spread."""
+    measured once in a process of its own (CPU: forked, ``VmHWM`` reset after setup and after
+    the free heap is handed back; CUDA: a fresh process, ``max_memory_allocated``). Memory does
+    not drift with the machine's load: no spread."""
     if request.config.getoption("benchmark_disable"):
         pytest.skip("measurements are disabled (--benchmark-disable)")
     peaks = _peak_increments([FEATURES, FORWARD_BACKWARD], device)

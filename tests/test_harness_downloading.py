@@ -81,7 +81,7 @@ def test_missing_data_names_the_option_for_downloadable_data_only(tmp_path):
     imagenet = missing_line("imagenet", _problem("ImageNet-1k val", tmp_path / "x"), tmp_path)
     assert inaturalist.endswith("With the harness: run with --gradood-download.")
     assert "--gradood-download" not in imagenet and "image-net.org" not in imagenet
-    assert imagenet == f"- {_problem('ImageNet-1k val', tmp_path / 'x')}"
+    assert imagenet == f"- {_problem('ImageNet-1k val', tmp_path / 'x')}."
     (tmp_path / "ood_data" / "iNaturalist").mkdir(parents=True)  # incomplete: never replaced
     incomplete = missing_line("imagenet", _problem("iNaturalist", tmp_path / "x"), tmp_path)
     assert "move it away, then run with --gradood-download" in incomplete

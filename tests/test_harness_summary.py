@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from gradood.harness.checks import Comparison, paper_checks
 from gradood.harness.report import Report
@@ -208,3 +209,32 @@ def test_every_skipped_protocol_names_the_details_alike():
     assert any(
         line.endswith("(details: reports/20260101-120000/missing-data.md)") for line in lines
     )
+
+
+def _speed_report(ratios: tuple[float, ...], policy: str) -> Report:
+    check = SpeedCheck("resnet18 32px b64", "GradNorm / MSP", PairedRatio(ratios), Target(0.95))
+    return Report(speed=[check], policies={"speed": policy} if policy else {})
+
+
+POLICY = "CPU verdicts are reported, not enforced: --enforce-speed makes a missed target fail"
+
+
+@pytest.mark.parametrize("ratios", [(0.5,) * 5, (0.5, 0.5, 1.0, 1.0, 1.0)])
+def test_a_missed_or_inconclusive_verdict_that_does_not_fail_says_so(ratios):
+    """Under "N passed", a missed target reads as a contradiction unless the summary says that
+    it does not fail the run, and how to make it fail."""
+    lines = summary_lines(_speed_report(ratios, POLICY), None)
+    assert lines[1] == f"  {POLICY}"
+
+
+def test_no_policy_line_where_every_verdict_is_met_or_the_run_enforces():
+    assert POLICY not in "\n".join(summary_lines(_speed_report((1.0,) * 5, POLICY), None))
+    assert not any(
+        "not enforced" in line for line in summary_lines(_speed_report((0.5,) * 5, ""), None)
+    )
+
+
+def test_the_report_line_keeps_a_long_path_whole():
+    folder = Path("/tmp/a folder with spaces") / ("x" * 120)
+    lines = summary_lines(_speed_report((1.0,) * 5, ""), folder)
+    assert lines[-1] == f"report: {folder}"

@@ -152,7 +152,7 @@ def test_missing_data_lists_the_checkpoints_up_front_and_only_working_instructio
     data, model = text.index("## cifar10 data"), text.index("## cifar10 model")
     assert data < model < text.index("## cifar100 data")
     checkpoint = Path("checkpoints", "resnet20-cifar10.pt")  # as given
-    assert f"- {checkpoint} (--gradood-checkpoint-dir) is missing: train it" in text
+    assert f"- {checkpoint} (--gradood-checkpoint-dir) is missing. How to get it: train it" in text
     assert "download=True here" not in text
 
 

@@ -248,6 +248,7 @@ def test_pytest_benchmarks_on_a_fresh_install(tmp_path):
     assert len(lines) - start <= 40 and max(map(len, summary)) <= 100, "\n".join(lines[start:])
     text = "\n".join(summary)
     assert "bundled digits benchmark: DigitsCNN" in text
+    assert "fitting" not in first.stdout  # progress shows on a terminal only, not in a log
     assert "gradnorm-u p=1 T=1" in text and "gradnorm-v p=1 T=1" in text
     assert "gradnorm AUROC " in text and "U (feature norm)" in text  # why it is below 50 %
     (folder,) = (tmp_path / "r1").iterdir()

@@ -39,6 +39,13 @@ def test_side_by_side():
     assert 0 < within < 20 and int(frame["within tolerance"].sum()) == within
 
 
+def test_repr_is_one_line_that_counts_the_parts():
+    """A failing test's traceback shows its fixtures: one line each, not every row."""
+    report = _report()
+    assert repr(report) == "Report(20 comparisons, 1 table)"
+    assert repr(Report()) == "Report(empty)"
+
+
 def test_writes_tables_and_figures(tmp_path):
     report = _report()
     written = report.write(tmp_path / "run")

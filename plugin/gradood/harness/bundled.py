@@ -45,6 +45,7 @@ __all__ = [
     "TITLE",
     "BundledRun",
     "run_bundled",
+    "with_companions",
 ]
 
 TITLE = "bundled digits benchmark"
@@ -88,7 +89,8 @@ class BundledRun:
     benchmark: DigitsBenchmark
     model: nn.Module
     entries: list[Entry]
-    table: pd.DataFrame
+    #: ``None`` where no detector was asked for
+    table: pd.DataFrame | None
 
     def accuracy(self) -> float:
         """The classifier's accuracy on the ID test set."""
@@ -166,6 +168,20 @@ def _entries(name: str, model: nn.Module, benchmark: DigitsBenchmark) -> list[En
     ]
 
 
+def with_companions(names: list[str]) -> list[str]:
+    """``names`` and the detectors their summary lines compare them with, in the registry's
+    order: a detector's factors (GradNorm: U and V), and for a paper detector without factors
+    the first factor of each factored one (the feature norm U, named where it falls below
+    chance)."""
+    factor_names = {f for factors in FACTORS.values() for f in factors}
+    needed = set(names)
+    for name in names:
+        needed.update(FACTORS.get(name, {}))
+        if name in PAPER_DETECTORS and name not in FACTORS and name not in factor_names:
+            needed.update(next(iter(factors)) for factors in FACTORS.values())
+    return [name for name in available_detectors() if name in needed]
+
+
 def run_bundled(
     threads: int = 1, progress: Progress | None = None, names: list[str] | None = None
 ) -> BundledRun:
@@ -181,5 +197,5 @@ def run_bundled(
             say(f"{TITLE}: fitting {name} ({index} of {len(names)})")
             entries += _entries(name, model, benchmark)
         say(f"{TITLE}: scoring {len(entries)} detector settings")
-        table = evaluate(benchmark, entries, batch_size=256, progress=False)
+        table = evaluate(benchmark, entries, batch_size=256, progress=False) if entries else None
     return BundledRun(benchmark, model, entries, table)

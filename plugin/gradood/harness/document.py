@@ -18,7 +18,7 @@ from ..paper import GRADNORM_PAPER
 from .checks import TOLERANCES
 from .stages import seconds
 
-__all__ = ["exact", "markdown_table", "reproduction_report"]
+__all__ = ["COLUMN_LEGEND", "column_legend", "exact", "markdown_table", "reproduction_report"]
 
 _ROW_COLUMNS = {
     "check": "row",
@@ -52,6 +52,33 @@ def markdown_table(frame: pd.DataFrame, rounded: Iterable[str] = METRICS) -> str
         for row in frame.itertuples(index=False)
     ]
     return "\n".join([header, rule, *body]) + "\n"
+
+
+#: what each column of a benchmark table means (metrics in percent)
+COLUMN_LEGEND = {
+    "method": "the detector's registry name",
+    "p": "the norm p of GradNorm (and of its factors U and V)",
+    "temperature": "the softmax temperature T",
+    "ood_data": "the OOD set; Average: the mean of the OOD sets' rows",
+    "FPR95": "the paper's false positive rate, ID positive: the % of OOD samples taken as ID "
+    "at the threshold that keeps 95 % of the ID samples (lower is better)",
+    "AUROC": "area under the ROC curve, % (higher is better; 50: chance)",
+    "AUPR-IN": "average precision with ID as the positive class, %",
+    "AUPR-OUT": "average precision with OOD as the positive class, %",
+    "FPR95TPR": "pytorch-ood's metric, OOD positive: the % of ID samples flagged as OOD at the "
+    "threshold that flags 95 % of the OOD samples; not the paper's FPR95 (lower is better)",
+    "n_id": "the ID samples scored",
+    "n_ood": "the OOD samples scored",
+}
+#: the legend of a setting column without its own line
+OTHER_SETTING = "a setting of the detector (see its recipe in gradood.registry)"
+
+
+def column_legend(columns: Iterable[str]) -> str:
+    """A Markdown list that says what each of ``columns`` means (:data:`COLUMN_LEGEND`; other
+    columns are the detectors' settings)."""
+    lines = [f"- `{c}`: {COLUMN_LEGEND.get(str(c), OTHER_SETTING)}" for c in columns]
+    return "Columns:\n\n" + "\n".join(lines) + "\n"
 
 
 def exact(value: float) -> str:
@@ -153,7 +180,15 @@ def _tables(frame: pd.DataFrame) -> list[str]:
         shown["tolerance"] = rows["tolerance"]
         shown["verdict"] = rows["within tolerance"].map({True: "within", False: "**outside**"})
         parts += [markdown_table(shown, rounded=_ROW_COLUMNS.values()), ""]
-    return parts
+    return [*parts, _ROW_LEGEND, ""] if parts else parts
+
+
+_ROW_LEGEND = (
+    "Columns: `row`: the printed row (its OOD set, method and setting); `FPR95 paper`, "
+    "`AUROC paper`: as printed, %; `FPR95 run`, `AUROC run`: this run's; `diff`: run minus "
+    "paper, in points; `tolerance`: the class and its bounds (± FPR95 / ± AUROC points); "
+    "`verdict`: whether both differences are within them."
+)
 
 
 def _figures(frame: pd.DataFrame) -> list[str]:

@@ -183,12 +183,18 @@ def missing_line(protocol: str, problem, root: str | os.PathLike, option: str = 
 
     sources = {source.name: source for source in protocol_class(protocol).sources()}
     source = sources.get(problem.name)
-    line = f"- {problem}"
+    line = f"- {sentence(str(problem))}"
     if source is None or not source.can_download:
         return line
     if source.is_present(Path(root)):
-        return f"{line} With the harness: move it away, then run with {option}."
-    return f"{line} With the harness: run with {option}."
+        return f"{line}\n  With the harness: move it away, then run with {option}."
+    return f"{line}\n  With the harness: run with {option}."
+
+
+def sentence(text: str) -> str:
+    """``text`` ending in a full stop (unless it ends in one already, or in ``?`` or ``!``)."""
+    text = text.rstrip()
+    return text if text.endswith((".", "?", "!")) else f"{text}."
 
 
 def provenance(

@@ -89,7 +89,26 @@ def announce(config: pytest.Config, items: Sequence[pytest.Item]) -> None:
     report.plan = lines
     report.environment = environment(_device(config), config.rootpath)
     for line in lines:
-        say(config, line[:MAX_WIDTH])
+        for part in wrapped(line):
+            say(config, part)
+
+
+def wrapped(line: str, width: int = MAX_WIDTH) -> list[str]:
+    """``line`` in lines of at most ``width`` columns, broken at spaces (a word or a path is
+    never split); the continuation lines are indented past the line's first column of text
+    (the protocol's name)."""
+    import textwrap
+
+    indent = len(line) - len(line.lstrip())
+    first_word = line.lstrip().split(" ", 1)[0]
+    hanging = " " * min(indent + max(len(first_word) + 1, 10), width // 2)
+    return textwrap.wrap(
+        line,
+        width,
+        subsequent_indent=hanging,
+        break_long_words=False,
+        break_on_hyphens=False,
+    ) or [line]
 
 
 def _device_name(config: pytest.Config) -> str:
@@ -142,10 +161,28 @@ def _open_or_describe(config: pytest.Config, cls, plan: ProtocolPlan):
     except pytest.skip.Exception as skipped:
         reason = str(skipped.msg).removeprefix(f"{cls.name}: ").split(" (")[0]
         default = not _custom(config, "pytest_gradood_open_protocol")
-        hint = f" (no {flag('download', config)})" if default and not download else ""
+        hint = _download_hint(config, cls) if default and not download else ""
         plan.data = f"{reason}{hint}"
         plan.runs = False
         return None
+
+
+def _download_hint(config: pytest.Config, cls) -> str:
+    """What ``--gradood-download`` would fetch of ``cls``'s missing datasets, in parentheses:
+    all of them, some (naming those it never fetches, e.g. ImageNet-1k), or nothing."""
+    from ..protocols import missing
+    from .session import option_path
+
+    absent = missing(cls.name, option_path(config, "data_root"))
+    sources = {source.name: source for source in cls.sources()}
+    never = [m.name for m in absent if not getattr(sources.get(m.name), "can_download", False)]
+    option = flag("download", config)
+    if not absent or len(never) == len(absent):
+        return ""
+    if not never:
+        return f" (no {option})"
+    fetched = len(absent) - len(never)
+    return f" ({option} would fetch {fetched}; never {', '.join(never)})"
 
 
 def _describe_model(config: pytest.Config, cls, plan: ProtocolPlan) -> None:
@@ -175,7 +212,15 @@ def _describe_model(config: pytest.Config, cls, plan: ProtocolPlan) -> None:
         plan.model = f"{path.name} missing"
         if cls.trainable:
             plan.model += f" (no {flag('train', config)})"
+        elif cls.checkpoint_download is not None and not _fetches(config):
+            plan.model += f" (no {flag('download', config)})"
         plan.runs = False
+
+
+def _fetches(config: pytest.Config) -> bool:
+    """Whether this run downloads what is missing (the option, and the default hooks)."""
+    download = config.getoption("gradood_download", default=False)
+    return bool(download) and not _custom(config, "pytest_gradood_load_model")
 
 
 def _complete(path) -> bool:

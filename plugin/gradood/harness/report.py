@@ -17,7 +17,7 @@ import pandas as pd
 from .. import reported
 from ..files import atomic_write, atomic_write_text
 from .checks import Comparison, PaperCheck
-from .document import exact, markdown_table, reproduction_report
+from .document import column_legend, exact, markdown_table, reproduction_report
 from .stages import Stages
 from .timing import SpeedCheck
 
@@ -59,7 +59,7 @@ class _Files:
         self.write(path, lambda where: atomic_write_text(where, text))
 
 
-@dataclass
+@dataclass(repr=False)
 class Report:
     """What one run measured: paper comparisons, tables of other benchmarks, speed verdicts,
     and the paper checks that could not run, with why."""
@@ -72,6 +72,9 @@ class Report:
     #: name -> {method: the settings the summary shows for it (e.g. the paper's)}
     defaults: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     speed: list[SpeedCheck] = field(default_factory=list)
+    #: section (``"speed"``) -> how the run treats its verdicts where a miss does not fail
+    #: (one line; the summary shows it where a verdict is missed or inconclusive)
+    policies: dict[str, str] = field(default_factory=dict)
     #: paper checks that were skipped, with the one-line reason
     skipped: list[tuple[PaperCheck, str]] = field(default_factory=list)
     #: what is missing (e.g. ``"imagenet data"``) -> Markdown with paths, counts and sources
@@ -92,6 +95,20 @@ class Report:
     measured: dict[str, pd.DataFrame] = field(default_factory=dict)
     #: file name -> text of another file of the report (e.g. ``data-provenance.md``)
     texts: dict[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        """One line: how much of each part the report holds (a test's traceback shows it)."""
+        parts = {
+            "comparison": len(self.comparisons),
+            "table": len(self.tables) + len(self.measured),
+            "speed check": len(self.speed),
+            "skipped check": len(self.skipped),
+            "missing input": len(self.missing),
+        }
+        counted = ", ".join(
+            f"{count} {name}{'s' if count > 1 else ''}" for name, count in parts.items() if count
+        )
+        return f"Report({counted or 'empty'})"
 
     def is_empty(self) -> bool:
         """Whether the run added nothing to report (no report folder, no summary then)."""
@@ -143,7 +160,9 @@ class Report:
         for name, table in tables.items():
             stem = _file_stem(name)
             files.text(directory / f"{stem}.csv", table.to_csv(index=False))
-            files.text(directory / f"{stem}.md", markdown_table(_percent(table)))
+            shown = _percent(table)
+            legend = column_legend(shown.columns)
+            files.text(directory / f"{stem}.md", f"{markdown_table(shown)}\n{legend}")
         defaults = {**self.defaults, **{_measured(p): self.defaults.get(p) for p in self.measured}}
         _figures(frame, tables, defaults, directory, files)
         if files.failed:

@@ -8,6 +8,8 @@ the options.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pytest
@@ -27,7 +29,9 @@ __all__ = [
     "run_report",
     "say",
     "set_report_folder",
+    "speed_policy",
     "started_report",
+    "status_line",
     "uses_gpu",
     "verbosity",
 ]
@@ -86,6 +90,17 @@ def enforce_speed_targets(config: pytest.Config) -> bool:
     )
 
 
+def speed_policy(config: pytest.Config) -> str:
+    """One line on how this run treats a missed speed target where it does not fail it (empty
+    where it does: :func:`enforce_speed_targets`)."""
+    if enforce_speed_targets(config):
+        return ""
+    return (
+        f"CPU verdicts are reported, not enforced: {flag('enforce_speed', config)} makes a "
+        "missed target fail"
+    )
+
+
 def set_report_folder(config: pytest.Config, planned: Path) -> None:
     config.stash[_FOLDER] = planned
 
@@ -127,6 +142,41 @@ def say(config: pytest.Config, message: str) -> None:
     with capture.global_and_fixture_disabled():
         reporter.ensure_newline()
         reporter.write_line(message)
+
+
+#: ANSI: save the cursor, restore it, erase to the end of the line
+_SAVE, _RESTORE, _ERASE = "\x1b7", "\x1b8", "\x1b[K"
+
+
+@contextmanager
+def status_line(config: pytest.Config) -> Iterator[Callable[[str], None]]:
+    """A function that shows a progress message on the terminal's current line, after what
+    pytest wrote there (the test file's name), each message replacing the last, erased when
+    the block ends: progress without lines between pytest's own. Not on a terminal (a file, a
+    pipe, a CI log), and not with ``-q -q``: nothing is shown."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    shown = reporter is not None and config.get_verbosity() >= 0 and bool(reporter.isatty)
+    if not shown:
+        yield lambda _message: None
+        return
+    writer = reporter._tw
+    capture = config.pluginmanager.get_plugin("capturemanager")
+
+    def write(text: str) -> None:
+        # past the writer's own bookkeeping of the line, which pytest's progress column reads
+        with capture.global_and_fixture_disabled() if capture else nullcontext():
+            writer._file.write(text)
+            writer._file.flush()
+
+    def show(message: str) -> None:
+        room = writer.fullwidth - writer.width_of_current_line - 4
+        text = f"[{message}]"[: max(0, room)]
+        write(f"{_ERASE}{_SAVE} {text}{_RESTORE}")
+
+    try:
+        yield show
+    finally:
+        write(_ERASE)
 
 
 def details_hint(config: pytest.Config) -> str:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import ctypes
 import math
+import multiprocessing
 import os
 import platform
 import resource
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -261,6 +263,68 @@ def peak_memory(work: Callable[[], object], device: str) -> dict[str, object]:
     work()
     method = "VmHWM after clear_refs" if was_reset else "ru_maxrss (an upper bound)"
     return {"before": before, "peak": peak_resident_bytes(was_reset), "method": method}
+
+
+def release_free_heap() -> bool:
+    """Hand the C library's free heap memory back to the kernel (glibc ``malloc_trim``), so that
+    memory reused from it is faulted in afresh and counted by :func:`peak_memory`; ``False``
+    where the C library has no ``malloc_trim``."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True
+
+
+def forks_for_memory(device: str) -> bool:
+    """Whether :func:`start_forked_peak_memory` measures on ``device``: the CPU, on Linux (a
+    forked child's ``VmHWM``, with glibc's free heap handed back first)."""
+    return (
+        torch.device(device).type == "cpu"
+        and os.path.exists("/proc/self/clear_refs")
+        and "fork" in multiprocessing.get_all_start_methods()
+        and release_free_heap()
+    )
+
+
+def start_forked_peak_memory(make_work: Callable[[], Callable[[], object]], device: str):
+    """Start a forked child that builds ``make_work()`` (one torch thread), hands the free heap
+    back (:func:`release_free_heap`) and returns :func:`peak_memory` of the work through a pipe:
+    what it allocates, not what the parent freed, raises its peak. No interpreter start and
+    no imports (a fresh process spends seconds on them). Collect with
+    :func:`forked_peak_memory`."""
+    receiving, sending = multiprocessing.Pipe(duplex=False)
+
+    def child() -> None:
+        try:
+            torch.set_num_threads(1)
+            work = make_work()
+            release_free_heap()
+            sending.send(peak_memory(work, device))
+        except BaseException:  # the parent raises it
+            sending.send({"error": traceback.format_exc()})
+
+    process = multiprocessing.get_context("fork").Process(target=child, daemon=True)
+    process.start()
+    sending.close()
+    return process, receiving
+
+
+def forked_peak_memory(started) -> dict[str, object]:
+    """The figures of a child of :func:`start_forked_peak_memory` (waits for it).
+
+    :raises RuntimeError: with the child's traceback, or its exit code where it sent nothing
+    """
+    process, receiving = started
+    try:
+        figures = receiving.recv()
+    except EOFError:
+        figures = {"error": f"the child exited with code {process.join() or process.exitcode}"}
+    process.join()
+    if "error" in figures:
+        raise RuntimeError(f"peak-memory child failed: {figures['error']}")
+    return figures
 
 
 # -- pytest-benchmark timings of a run ------------------------------------------------------

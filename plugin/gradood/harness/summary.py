@@ -26,6 +26,7 @@ from ..evaluate import AVERAGE, METRICS
 from ..registry import FACTORS
 from .report import MISSING_DATA, Report
 from .stages import seconds
+from .timing import INCONCLUSIVE, MISSED
 
 __all__ = ["MAX_LINES", "MAX_WIDTH", "below_chance_lines", "shown_path", "summary_lines"]
 
@@ -49,15 +50,15 @@ def summary_lines(report: Report, folder: Path | None) -> list[str]:
     if report.comparisons or report.skipped:
         rest += _paper_lines(report, folder)
     rest += _stage_lines(report)
-    if folder is not None:
-        rest.append(f"report: {shown_path(folder)}")
+    # the folder's line is never shortened: a path cut at its first space would be lost
+    last = [f"report: {shown_path(folder)}"] if folder is not None else []
     rows = _TABLE_ROWS
     while True:
         tables = []
         for name, table in report.tables.items():
             tables += _table_lines(name, table, report, rows)
-        if len(tables) + len(rest) <= MAX_LINES or rows == 0:
-            return [_fit(line) for line in tables + rest]
+        if len(tables) + len(rest) + len(last) <= MAX_LINES or rows == 0:
+            return [_fit(line) for line in tables + rest] + last
         rows -= 1
 
 
@@ -261,10 +262,11 @@ def _shared_line(
 def _speed_lines(report: Report) -> list[str]:
     verdicts = Counter(check.verdict for check in report.speed)
     counts = ", ".join(f"{n} {verdict}" for verdict, n in verdicts.items())
-    lines = [
-        f"speed, side by side: {counts} (median [IQR] of paired rounds)",
-        *("  " + check.line() for check in report.speed),
-    ]
+    lines = [f"speed, side by side: {counts} (median [IQR] of paired rounds)"]
+    policy = report.policies.get("speed")
+    if policy and verdicts.keys() & {MISSED, INCONCLUSIVE}:
+        lines.append(f"  {policy}")
+    lines += ["  " + check.line() for check in report.speed]
     notes = dict.fromkeys(check.note for check in report.speed if check.note)
     lines += [f"  note: {note}" for note in notes]
     return [*lines, ""]

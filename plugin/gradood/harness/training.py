@@ -147,8 +147,11 @@ def record_missing_model(config: pytest.Config, protocol: str) -> str | None:
     how = cls.how_to_get_model(path)
     if cls.trainable:
         how += f"; or pass {flag('train', config)} to train it in the run"
+    if cls.checkpoint_download is not None:
+        how += f"; or run with {flag('download', config)}, which does it"
     where = f"({flag('checkpoint_dir', config)})"
-    run_report(config).add_missing(protocol, "model", reason, f"- {path} {where} is missing: {how}")
+    line = f"- {path} {where} is missing. How to get it: {how}."
+    run_report(config).add_missing(protocol, "model", reason, line)
     return reason
 
 

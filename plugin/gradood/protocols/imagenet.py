@@ -79,10 +79,7 @@ class ImageNetGradNorm(GradNormProtocol):
 
     @classmethod
     def how_to_get_model(cls, path) -> str:
-        return (
-            f"download the authors' fine-tuned checkpoint {BIT_S_R101X1_URL} to {path} (the "
-            "harness does with --gradood-download)"
-        )
+        return f"download the authors' fine-tuned checkpoint {BIT_S_R101X1_URL} to {path}"
 
     id_test_source = ImageFolderSource(
         "ImageNet-1k val", "id_data/ILSVRC-2012/val", _IMAGENET.format(split="val")

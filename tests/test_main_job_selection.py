@@ -1,0 +1,82 @@
+"""What the main job runs: ``-k`` keeps the bundled rows of the detectors it names (with those
+their summary lines compare them with), GPU-only cases are not collected without ``--gpu``
+(one line counts them), and progress shows on a terminal only, on pytest's own line."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from gradood.harness.bundled import PAPER_DETECTORS, with_companions
+from gradood.harness.session import status_line
+from gradood.registry import FACTORS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _collected(*args: str) -> list[str]:
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "benchmarks", "--collect-only", "-q", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == pytest.ExitCode.OK, run.stdout[-2000:] + run.stderr[-2000:]
+    return run.stdout.splitlines()
+
+
+def test_k_selects_a_detectors_bundled_rows_and_gpu_cases_are_one_line():
+    lines = _collected("-k", "gradnorm")
+    bundled = {line.split("[")[-1].rstrip("]") for line in lines if "test_bundled.py" in line}
+    assert bundled == {"gradnorm", *FACTORS["gradnorm"]}
+    assert any(
+        line.startswith("gradood: ") and "GPU-only cases deselected" in line for line in lines
+    )
+    assert not any("resnet50" in line or "bit-s-r101x1-480px-b" in line for line in lines)
+
+
+def test_a_detectors_companions_are_those_its_summary_lines_name():
+    assert set(with_companions(["gradnorm"])) == {"gradnorm", *FACTORS["gradnorm"]}
+    u = next(iter(FACTORS["gradnorm"]))
+    assert set(with_companions(["msp"])) == {"msp", u}  # "U (feature norm) there"
+    assert with_companions(["knn"]) == ["knn"]  # not a paper detector: no summary line
+    assert "msp" in PAPER_DETECTORS and "knn" not in PAPER_DETECTORS
+
+
+class _Writer:
+    def __init__(self, written: str) -> None:
+        self._file = io.StringIO()
+        self.fullwidth = 80
+        self.width_of_current_line = len(written)
+
+
+def _config(isatty: bool, verbosity: int = 0) -> SimpleNamespace:
+    reporter = SimpleNamespace(isatty=isatty, _tw=_Writer("benchmarks/test_bundled.py "))
+    plugins = {"terminalreporter": reporter, "capturemanager": None}
+    manager = SimpleNamespace(get_plugin=plugins.get)
+    return SimpleNamespace(pluginmanager=manager, get_verbosity=lambda: verbosity)
+
+
+def test_progress_shows_on_a_terminal_after_pytests_text_and_is_erased():
+    config = _config(isatty=True)
+    with status_line(config) as show:
+        show("fitting ash (1 of 31)")
+        show("fitting dice (2 of 31)")
+    written = config.pluginmanager.get_plugin("terminalreporter")._tw._file.getvalue()
+    assert "\n" not in written and "\r" not in written  # pytest's line stays where it is
+    assert "fitting dice (2 of 31)" in written
+    assert written.endswith("\x1b[K")  # erased to the end of the line
+
+
+@pytest.mark.parametrize(("isatty", "verbosity"), [(False, 0), (True, -2)])
+def test_no_progress_in_a_log_or_when_asked_for_quiet(isatty, verbosity):
+    config = _config(isatty, verbosity)
+    with status_line(config) as show:
+        show("fitting ash (1 of 31)")
+    assert config.pluginmanager.get_plugin("terminalreporter")._tw._file.getvalue() == ""
