@@ -37,7 +37,15 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .cache import CacheError, OnChunk, Reading, cache_key, cached_pass, check_same_key
+from .cache import (
+    CacheError,
+    CorruptCacheError,
+    OnChunk,
+    Reading,
+    cache_key,
+    cached_pass,
+    check_same_key,
+)
 from .capture import layer_outputs
 from .distributed import Ranks, current_ranks, resolve_device
 from .heads import Head, check_deferred, find_head, forward_logits, forward_with_features
@@ -47,6 +55,7 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "REDUCTIONS",
     "CacheError",
+    "CorruptCacheError",
     "Features",
     "default_num_workers",
     "extract_features",
@@ -98,6 +107,7 @@ def extract_features(
     key_extra: Any = None,
     hash_files: bool = False,
     recompute: bool = False,
+    on_corrupt: Callable[[CorruptCacheError], object] | None = None,
     progress: bool = True,
     desc: str | None = None,
 ) -> Features:
@@ -136,6 +146,9 @@ def extract_features(
         every file), not only by their size and modification time
     :param recompute: extract again and replace the cache entry (e.g. after a
         :class:`~gradood.cache.store.CacheError`)
+    :param on_corrupt: where a file of the cache entry fails its check, call
+        ``on_corrupt(error)`` (e.g. to say so), then extract again and replace the entry, in a
+        single process; ``None``: raise the error
     :param progress: show a progress bar (on rank 0)
     :param desc: label of the progress bar
     :raises ValueError: on bad arguments, an empty dataset, items that are not pairs, ranks that
@@ -199,6 +212,7 @@ def extract_features(
         lambda mine, on_chunk: _run(model, found_head, dataset, mine, plan, on_chunk),
         recompute=recompute,
         on_wait=lambda lock: _tell_waiting(plan, lock),
+        on_corrupt=on_corrupt,
     )
 
 

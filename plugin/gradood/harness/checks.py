@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .. import reported
 from ..evaluate import evaluate
-from ..features import default_num_workers
+from ..features import CorruptCacheError, default_num_workers
 from ..registry import FACTORS, build_and_fit, create_detector, detector_spec
 
 __all__ = [
@@ -335,6 +335,7 @@ def measure_table(
     num_workers: int | None = None,
     cache_dir: Any = None,
     progress: bool = True,
+    on_corrupt: Callable[[CorruptCacheError], object] | None = None,
 ) -> pd.DataFrame:
     """Measure the settings of ``plan`` (one measurement ``group``) on ``benchmark``: build the
     detectors with the protocol's ``preset``, fit those that need it, and score them all with one
@@ -345,6 +346,8 @@ def measure_table(
     :param num_workers: DataLoader workers for the fits and the forward passes; ``None``: as
         :func:`gradood.features.default_num_workers` chooses (on CUDA, decoding in parallel
         workers keeps the device busy; on the CPU, none)
+    :param on_corrupt: called with the error where a cache entry fails its check, which is
+        then computed again (see :func:`gradood.features.extract_features`); ``None``: raised
     :raises DatasetNotFoundError: if a fit needs the ID training set and it is missing
     """
     workers = default_num_workers(device or "cpu") if num_workers is None else num_workers
@@ -372,6 +375,7 @@ def measure_table(
         num_workers=num_workers,
         cache_dir=cache_dir,
         progress=progress,
+        on_corrupt=on_corrupt,
     )
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from .session import DOWNLOAD_VARIABLE
+
 __all__ = [
     "DOWNLOAD_VARIABLE",
     "OPTION",
@@ -40,17 +42,14 @@ __all__ = [
 
 #: the option (registered by :mod:`.plugin`)
 OPTION = "--gradood-download"
-#: the environment variable of ``--gradood-download`` (``1``: on)
-DOWNLOAD_VARIABLE = "GRADOOD_DOWNLOAD"
 #: the report's file of what was checked against published checksums
 PROVENANCE = "data-provenance.md"
 
 
 def wants_download(config: pytest.Config) -> bool:
-    """Whether this run downloads what is missing (``--gradood-download``)."""
-    return bool(config.getoption("gradood_download", False)) or (
-        os.environ.get(DOWNLOAD_VARIABLE) == "1"
-    )
+    """Whether this run downloads what is missing (``--gradood-download``, or
+    ``GRADOOD_DOWNLOAD=1``: :func:`gradood.harness.session.apply_environment`)."""
+    return bool(config.getoption("gradood_download", False))
 
 
 @dataclass(frozen=True)
@@ -199,8 +198,6 @@ class DownloadHooks:
 
     def __init__(self, data_root: Path, checkpoint_dir: Path) -> None:
         self.data_root, self.checkpoint_dir = Path(data_root), Path(checkpoint_dir)
-        #: protocol -> the error its download raised (raised again, never retried in a run)
-        self.failed: dict[str, BaseException] = {}
         #: protocol -> (data root, checksums verified) of the benchmark the hooks returned
         self.opened: dict[str, tuple[Path, bool]] = {}
 
@@ -217,14 +214,14 @@ class DownloadHooks:
         return benchmark
 
     def _download(self, config: pytest.Config, name: str) -> None:
-        if name in self.failed:
-            raise self.failed[name]
-        try:
+        """A failed download is never retried in the run: raised again, in one line."""
+        from .failures import shared_failures
+
+        def download() -> None:
             with _uncaptured(config):
                 _download_data(config, name, self.data_root)
-        except Exception as error:
-            self.failed[name] = error
-            raise
+
+        shared_failures(config).call(("download data", name), download)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_gradood_load_model(self, config: pytest.Config, protocol: str) -> None:
@@ -235,9 +232,14 @@ class DownloadHooks:
         path = self.checkpoint_dir / cls.checkpoint_file
         remote = cls.checkpoint_download
         if remote is not None and not path.exists() and wants_download(config):
-            with _uncaptured(config):
-                _say(config, f"gradood: downloading {remote.url} to {path}")
-                remote.fetch(path)
+            from .failures import shared_failures
+
+            def download() -> None:
+                with _uncaptured(config):
+                    _say(config, f"gradood: downloading {remote.url} to {path}")
+                    remote.fetch(path)
+
+            shared_failures(config).call(("download model", protocol), download)
         elif path.is_file() and recorded_sha256(path) is not None:
             check_record(path, digests(path)[1])  # a downloaded checkpoint, at every load
         return None
