@@ -173,10 +173,10 @@ def _describe_fetch(cls, absent: list, root, plan: ProtocolPlan) -> None:
             kept.append(f"{problem.name} (incomplete)")
         else:
             fetched.append(problem.name)
-    parts = [f"to fetch: {', '.join(fetched)}"] if fetched else []
-    if kept:
-        parts.append(f"missing: {', '.join(kept)}")
-        plan.runs = False
+    parts = [f"missing: {', '.join(kept)}"] if kept else []  # first: it stops the protocol
+    if fetched:
+        parts.append(f"to fetch: {', '.join(fetched)}")
+    plan.runs = not kept
     plan.data = "; ".join(parts)
 
 

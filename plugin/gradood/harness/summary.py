@@ -364,17 +364,32 @@ def _outcome_lines(report: Report, protocol: str) -> list[str]:
         if outcome.kind == "skipped":
             lines.append(f"{'':12}skipped: {outcome.reason}")
         elif outcome.kind == "raised":  # the paths are in the report's details
-            lines.append(f"{'':12}first error: {_file_names(outcome.reason)}")
+            lines += _wrapped(f"first error: {_file_names(outcome.reason)}", " " * 12)
     return lines
 
 
-#: an absolute path (not a URL's): its folders, then the file name
-_PATH = re.compile(r"(?<![\w:/.])/(?:[^\s'\"/]+/)+([^\s'\"/]+)")
+#: an absolute path or a URL: its folders, then the file name
+_PATH = re.compile(r"(?:(?<![\w:/.])|\b[a-z]+://)/?(?:[^\s'\"/]+/)+([^\s'\"/]+)")
 
 
 def _file_names(text: str) -> str:
-    """``text`` with each absolute path shortened to its last part (the file's name)."""
+    """``text`` with each absolute path and URL shortened to its last part (the file's
+    name)."""
     return _PATH.sub(lambda match: match.group(1), text)
+
+
+def _wrapped(text: str, indent: str, most: int = 2) -> list[str]:
+    """``text`` in at most ``most`` lines of :data:`MAX_WIDTH` (at spaces), each after
+    ``indent``; the last shortened where the text is longer."""
+    lines, words = [], text.split(" ")
+    while words and len(lines) < most - 1:
+        line = indent + words.pop(0)
+        while words and len(line) + 1 + len(words[0]) <= MAX_WIDTH:
+            line += " " + words.pop(0)
+        lines.append(line)
+    if words:
+        lines.append(_fit(indent + " ".join(words)))
+    return lines
 
 
 def _stage_lines(report: Report) -> list[str]:
