@@ -46,10 +46,10 @@ from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from .cache import CorruptCacheError
 from .distributed import Ranks, current_ranks, resolve_device
 from .features import (
     DEFAULT_CHUNK_SIZE,
-    CorruptCacheError,
     DeviceStage,
     Features,
     extract_features,

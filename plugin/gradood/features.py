@@ -55,7 +55,6 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "REDUCTIONS",
     "CacheError",
-    "CorruptCacheError",
     "Features",
     "default_num_workers",
     "extract_features",

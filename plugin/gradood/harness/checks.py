@@ -35,8 +35,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .. import reported
+from ..cache import CorruptCacheError
 from ..evaluate import evaluate
-from ..features import CorruptCacheError, default_num_workers
+from ..features import default_num_workers
 from ..registry import FACTORS, build_and_fit, create_detector, detector_spec
 
 __all__ = [

@@ -19,13 +19,19 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any
 
 import pytest
 
-__all__ = ["RepeatedFailure", "SharedFailures", "current_test", "one_line", "shared_failures"]
+__all__ = [
+    "RepeatedFailure",
+    "SharedFailures",
+    "current_test",
+    "one_line",
+    "shared_failures",
+    "shorten",
+]
 
-_T = TypeVar("_T")
 _STORE = pytest.StashKey["SharedFailures"]()
 
 
@@ -72,7 +78,7 @@ class SharedFailures:
     def __init__(self) -> None:
         self._first: dict[Hashable, _First] = {}
 
-    def call(self, key: Hashable, make: Callable[[], _T]) -> _T:
+    def call(self, key: Hashable, make: Callable[[], Any]) -> Any:
         """``make()``; if it raises (an ``Exception``), the error is kept under ``key`` and raised;
         a later call with ``key`` raises again without calling ``make`` (:meth:`raise_again`)."""
         if key in self._first:

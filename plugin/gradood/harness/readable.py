@@ -24,7 +24,7 @@ def checkpoint_problem(path: Path, read_whole: bool) -> str | None:
     """Why the checkpoint at ``path`` (a file) cannot be loaded, in words, or ``None``.
 
     :param read_whole: read it as a ResNet-20 checkpoint of :mod:`gradood.models.train`
-        (:func:`gradood.models.resnet20.read_checkpoint`); else check its header only
+        (``gradood.models.resnet20.read_checkpoint``); else check its header only
     """
     if read_whole:
         from ..models.resnet20 import read_checkpoint
