@@ -15,7 +15,7 @@ from filelock import FileLock
 from torch.utils.data import TensorDataset
 
 import gradood.files
-from gradood.cache import CacheError
+from gradood.cache import CacheError, CorruptCacheError
 from gradood.features import extract_features
 from gradood.files import WriteError, atomic_write
 
@@ -217,3 +217,47 @@ def test_a_writer_killed_mid_run_leaves_a_cache_the_next_run_completes(tmp_path,
     assert model.calls == 24 - on_disk  # one batch of 2 per chunk still to do
     left = sorted(p.name for p in tmp_path.rglob("*"))
     assert len(left) == 1 and left[0].startswith("features-") and left[0].endswith(".pt"), left
+
+
+def _flip_a_bit(path, value: torch.Tensor) -> None:
+    """Flip an exponent bit of ``value`` (a float32) where it is stored in the file."""
+    raw = bytearray(path.read_bytes())
+    where = raw.find(value.numpy().tobytes())
+    assert where > 0
+    raw[where + 3] ^= 0x10
+    path.write_bytes(bytes(raw))
+
+
+class _Batches(torch.nn.Module):
+    """A linear classifier that counts its forward passes in its class (an attribute of the
+    instance would change the cache key)."""
+
+    passes = 0
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        type(self).passes += 1
+        return self.fc(x)
+
+
+def test_a_corrupt_entry_is_recomputed_where_asked_and_the_caller_told(tmp_path):
+    model = _Batches()
+    first = _extract(model, tmp_path)
+    (final,) = tmp_path.glob("features-*.pt")
+    _flip_a_bit(final, first.logits[5, 1])
+    with pytest.raises(CacheError, match="pass recompute=True"):
+        _extract(model, tmp_path)  # without on_corrupt: raised, naming what to do
+    told = []
+    passes = _Batches.passes
+    again = _extract(model, tmp_path, on_corrupt=told.append)
+    (error,) = told
+    assert isinstance(error, CorruptCacheError) and str(final) in error.problem
+    assert _Batches.passes == passes + 3  # three batches of 8 computed again
+    torch.testing.assert_close(again.logits, first.logits, rtol=0, atol=0)  # same process
+    passes = _Batches.passes
+    _extract(model, tmp_path, on_corrupt=told.append)  # the new entry is sound
+    assert _Batches.passes == passes and len(told) == 1

@@ -238,3 +238,43 @@ def test_the_report_line_keeps_a_long_path_whole():
     folder = Path("/tmp/a folder with spaces") / ("x" * 120)
     lines = summary_lines(_speed_report((1.0,) * 5, ""), folder)
     assert lines[-1] == f"report: {folder}"
+
+
+def test_every_selected_row_is_counted_run_skipped_raised_or_not_reached():
+    report = _report()
+    cifar10 = [c for c in paper_checks(["table6"]) if c.protocol == "cifar10"]
+    report.skipped = [(c, "cifar10: 5 datasets missing (...)") for c in cifar10[:3]]
+    report.errored = [(c, "ValueError: the checkpoint is not one") for c in cifar10[3:5]]
+    report.errored.append((cifar10[5], "RuntimeError: a later error"))
+    report.planned["cifar10"] = [c.id for c in cifar10]
+    report.planned["cifar100"] = ["table6[CIFAR-100-SVHN-MSP]"]  # selected, never reached
+    report.add_missing("cifar10", "error", "", "- the traceback")
+    lines = summary_lines(report, Path("reports/run"))
+    assert len(lines) <= MAX_LINES and max(map(len, lines)) <= MAX_WIDTH
+    start = lines.index("the paper's checks:")
+    line = next(line for line in lines[start:] if line.startswith("  cifar10 "))
+    at = lines.index(line)
+    rest = len(cifar10) - 6
+    assert line == (
+        f"  cifar10   0 of {len(cifar10)} rows run: 3 skipped, 3 raised, {rest} not reached "
+        "(details: missing-data.md)"  # the path would pass MAX_WIDTH
+    )
+    assert lines[at + 1 : at + 3] == [
+        " " * 12 + "skipped: 5 datasets missing",
+        " " * 12 + "first error: ValueError: the checkpoint is not one",
+    ]
+    assert "  cifar100  0 of 1 rows run: 1 not reached" in lines
+
+
+def test_a_protocol_whose_rows_all_raised_says_the_first_error():
+    report = Report()
+    cifar10 = [c for c in paper_checks(["table6"]) if c.protocol == "cifar10"]
+    report.planned["cifar10"] = [c.id for c in cifar10]
+    report.errored = [(c, "ValueError: 'x.pt' is not a checkpoint") for c in cifar10]
+    report.add_missing("cifar10", "error", "", "- the traceback")
+    assert summary_lines(report, None) == [
+        "the paper's checks:",
+        f"  cifar10   0 of {len(cifar10)} rows run: {len(cifar10)} raised",
+        "            first error: ValueError: 'x.pt' is not a checkpoint",
+        "",
+    ]

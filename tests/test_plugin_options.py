@@ -179,3 +179,68 @@ def test_an_absent_input_directory_is_allowed_where_an_option_creates_it(pyteste
     option = "--gradood" + _flag(name)[1:]
     assert pytester.runpytest(option, absent).ret == pytest.ExitCode.USAGE_ERROR
     pytester.runpytest(option, absent, f"--{creator}").assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_download_allows_an_absent_data_root_by_its_option_or_its_variable(
+    pytester, monkeypatch, how
+):
+    monkeypatch.delenv("GRADOOD_DOWNLOAD", raising=False)
+    pytester.makepyfile(
+        test_sample="def test_runs(request):\n    assert request.config.option.gradood_download"
+    )
+    args = ["--gradood-data-root", str(pytester.path / "absent")]
+    if how == "option":
+        args.append("--gradood-download")
+    else:
+        monkeypatch.setenv("GRADOOD_DOWNLOAD", "1")
+    pytester.runpytest(*args).assert_outcomes(passed=1)
+
+
+#: each environment variable, its option's destination, and a value of each
+VARIABLES = {
+    "GRADOOD_DATA_ROOT": ("gradood_data_root", "data-there"),
+    "GRADOOD_CHECKPOINTS": ("gradood_checkpoint_dir", "checkpoints-there"),
+    "GRADOOD_CACHE_DIR": ("gradood_cache_dir", "cache-there"),
+    "GRADOOD_REPORT_DIR": ("gradood_report_dir", "reports-there"),
+    "GRADOOD_DOWNLOAD": ("gradood_download", "1"),
+    "GRADOOD_ENFORCE_SPEED": ("gradood_enforce_speed", "1"),
+}
+
+
+def test_every_variable_is_its_option_to_every_reader(pytester, monkeypatch):
+    """The variables become the options' values when the run is configured, so that whatever
+    reads an option (a check, the plan, a project's conftest) sees the variable; an option
+    typed wins."""
+    expected = {}
+    for variable, (dest, value) in VARIABLES.items():
+        if value == "1":
+            expected[dest] = True
+        else:
+            expected[dest] = str(pytester.mkdir(value))
+        monkeypatch.setenv(variable, str(expected[dest]) if value != "1" else value)
+    typed = pytester.mkdir("typed")
+    expected["gradood_data_root"] = str(typed)  # typed, over GRADOOD_DATA_ROOT's folder
+    pytester.makepyfile(
+        test_sample=f"""
+        from gradood.harness.session import enforce_speed_targets, given, option_path
+
+        def test_sees(request):
+            config = request.config
+            for dest, value in {expected!r}.items():
+                assert config.getoption(dest) == value, dest
+            assert enforce_speed_targets(config) and given(config, "cache_dir")
+            assert option_path(config, "data_root").name == "typed"
+        """
+    )
+    pytester.runpytest("--gradood-data-root", str(typed)).assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize("variable", ["GRADOOD_DOWNLOAD", "GRADOOD_ENFORCE_SPEED"])
+@pytest.mark.parametrize("value", ["yes", "true", "2"])
+def test_a_bad_switch_value_is_a_usage_error(pytester, monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+    pytester.makepyfile(test_sample="def test_never_runs():\n    raise AssertionError")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{variable}={value!r}: expected 1 (as --gradood-*) or 0*"])

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from .cache import CorruptCacheError
 from .distributed import Ranks, current_ranks, resolve_device
 from .features import (
     DEFAULT_CHUNK_SIZE,
@@ -128,6 +129,7 @@ class _Options:
     progress: bool
     hash_files: bool
     recompute: bool
+    on_corrupt: Callable[[CorruptCacheError], object] | None
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,7 @@ def evaluate(
     progress: bool | None = None,
     hash_files: bool = False,
     recompute: bool = False,
+    on_corrupt: Callable[[CorruptCacheError], object] | None = None,
 ) -> pd.DataFrame:
     """The paper's metrics of every detector on every OOD set of ``benchmark``.
 
@@ -195,6 +198,8 @@ def evaluate(
         (:func:`gradood.features.progress_shown`)
     :param hash_files: key cached datasets that list their files also by the files' bytes
     :param recompute: extract again and replace the cache entries
+    :param on_corrupt: where a cache entry fails its check: told the error, then the entry is
+        extracted again (see :func:`gradood.features.extract_features`); ``None``: raised
     :return: one row per (method, settings, OOD set) in the order given, then an ``Average``
         row per (method, settings) with the mean of each metric over the OOD sets. Columns:
         ``method``, ``settings`` (text, e.g. ``"p=1, temperature=1"``), one column per setting
@@ -220,6 +225,7 @@ def evaluate(
         progress=progress_shown(progress),
         hash_files=hash_files,
         recompute=recompute,
+        on_corrupt=on_corrupt,
     )
     if options.device is not None:
         for entry in entries:
@@ -421,6 +427,7 @@ def _score_dataset(
             chunk_size=options.chunk_size,
             hash_files=options.hash_files,
             recompute=options.recompute,
+            on_corrupt=options.on_corrupt,
             progress=options.progress,
             desc=f"{name}: forward {type(source.model).__name__}",
         )

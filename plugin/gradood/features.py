@@ -37,7 +37,15 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .cache import CacheError, OnChunk, Reading, cache_key, cached_pass, check_same_key
+from .cache import (
+    CacheError,
+    CorruptCacheError,
+    OnChunk,
+    Reading,
+    cache_key,
+    cached_pass,
+    check_same_key,
+)
 from .capture import layer_outputs
 from .distributed import Ranks, current_ranks, resolve_device
 from .heads import Head, check_deferred, find_head, forward_logits, forward_with_features
@@ -99,6 +107,7 @@ def extract_features(
     key_extra: Any = None,
     hash_files: bool = False,
     recompute: bool = False,
+    on_corrupt: Callable[[CorruptCacheError], object] | None = None,
     progress: bool | None = None,
     desc: str | None = None,
 ) -> Features:
@@ -137,6 +146,9 @@ def extract_features(
         every file), not only by their size and modification time
     :param recompute: extract again and replace the cache entry (e.g. after a
         :class:`~gradood.cache.store.CacheError`)
+    :param on_corrupt: where a file of the cache entry fails its check, call
+        ``on_corrupt(error)`` (e.g. to say so), then extract again and replace the entry, in a
+        single process; ``None``: raise the error
     :param progress: show a progress bar (on rank 0); ``None``: only where stderr is a terminal
         (:func:`progress_shown`)
     :param desc: label of the progress bar
@@ -201,6 +213,7 @@ def extract_features(
         lambda mine, on_chunk: _run(model, found_head, dataset, mine, plan, on_chunk),
         recompute=recompute,
         on_wait=lambda lock: _tell_waiting(plan, lock),
+        on_corrupt=on_corrupt,
     )
 
 

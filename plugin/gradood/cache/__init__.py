@@ -30,8 +30,9 @@ torchvision's random transforms (``Random*``, ``ColorJitter``, ``RandAugment``,
 ``AutoAugment``, ...), or the first, middle or last sample differs between two reads.
 
 **Integrity.** Every cache file records a BLAKE2b checksum of its tensors, verified on every read: a
-file changed on disk (a flipped bit) raises :class:`~gradood.cache.store.CacheError` naming it;
-``recompute=True`` extracts again and replaces it.
+file changed on disk (a flipped bit) raises :class:`~gradood.cache.store.CorruptCacheError` (a
+``CacheError``) naming it; ``recompute=True`` extracts again and replaces it, and so does
+``on_corrupt`` (a callback, told first) where the file is found to be bad.
 
 **Concurrency.** Processes sharing a ``cache_dir`` take turns per key: the extraction holds an
 exclusive lock on ``features-<key>.lock`` (:func:`gradood.locking.exclusive_lock`, through
@@ -50,12 +51,13 @@ removed.
 from ..locking import exclusive_lock
 from .cached import OnChunk, RunChunks, cached_pass
 from .key import FORMAT_VERSION, CacheKey, Reading, cache_key, check_same_key
-from .store import CacheError, Store
+from .store import CacheError, CorruptCacheError, Store
 
 __all__ = [
     "FORMAT_VERSION",
     "CacheError",
     "CacheKey",
+    "CorruptCacheError",
     "OnChunk",
     "Reading",
     "RunChunks",

@@ -14,7 +14,7 @@ from ..distributed import Ranks
 from ..locking import exclusive_lock
 from ..representations import Features
 from .key import CacheKey
-from .store import CacheError, Store
+from .store import CacheError, CorruptCacheError, Store
 
 __all__ = ["OnChunk", "RunChunks", "cached_pass"]
 
@@ -35,14 +35,18 @@ def cached_pass(
     *,
     recompute: bool = False,
     on_wait: Callable[[Path], object] | None = None,
+    on_corrupt: Callable[[CorruptCacheError], object] | None = None,
 ) -> Features:
     """The rows of ``ranges`` from the cache in ``directory``, computed by ``run`` where
     missing; rank 0 holds the key's lock for every rank (``on_wait(lock)`` if it must wait)
     and first removes the temporary files that killed writers left. ``recompute``: remove the
     key's files first. A read-only ``directory`` that holds the finished result serves it
-    without the lock.
+    without the lock. ``on_corrupt``: in a single process, where a file of the key fails its
+    check, ``on_corrupt(error)`` is called, the key's files are removed and the rows computed
+    again (``None``: the error is raised).
 
     :raises CacheError: if ``directory`` is read-only and lacks the result
+    :raises CorruptCacheError: if a file of the key fails its check (see ``on_corrupt``)
     """
     store = Store(Path(directory).expanduser(), key)
     if ranks.main and not recompute and store.final.exists() and not _writable(store.directory):
@@ -53,7 +57,14 @@ def cached_pass(
             store.remove_orphans(before=time.time())
             if recompute:
                 store.clear()
-        return _fill(store, ranges, ranks, run)
+        if on_corrupt is None or ranks.world_size > 1:
+            return _fill(store, ranges, ranks, run)
+        try:
+            return _fill(store, ranges, ranks, run)
+        except CorruptCacheError as error:
+            on_corrupt(error)
+            store.clear()
+            return _fill(store, ranges, ranks, run)
 
 
 def _writable(directory: Path) -> bool:
@@ -71,8 +82,8 @@ def _locked(store: Store, on_wait: Callable[[], object] | None) -> ExitStack:
             raise
         raise CacheError(
             f"the cache folder {store.directory} is read-only ({error.strerror}) and holds no "
-            f"finished result for this key ({store.final.name}): extract into a writable "
-            "cache_dir, or without one"
+            f"finished result for this key ({store.final.name})",
+            "extract into a writable cache_dir, or without one",
         ) from error
     return stack
 

@@ -14,7 +14,7 @@ from ..fingerprint import Fingerprint
 from ..representations import Features
 from .key import FORMAT_VERSION, CacheKey
 
-__all__ = ["CacheError", "Store"]
+__all__ = ["CacheError", "CorruptCacheError", "Store"]
 
 _CHUNK_NAME = re.compile(r"chunk-\d{10}-\d{10}\.pt")
 #: the temporary files of :func:`gradood.files.atomic_write`: ``.<final name>.<random>.tmp``
@@ -23,7 +23,20 @@ _AGAIN = "delete it, or pass recompute=True, to extract again"
 
 
 class CacheError(ValueError):
-    """A cache file does not hold what its name says (it was changed by something else)."""
+    """A cache file does not hold what its name says (it was changed by something else), or the
+    cache cannot be used; ``problem`` says what, the message adds what to do (``remedy``)."""
+
+    def __init__(self, problem: str, remedy: str = _AGAIN) -> None:
+        super().__init__(f"{problem}; {remedy}")
+        self.problem = problem
+        self.remedy = remedy
+
+    def __reduce__(self):  # pickled with both parts (e.g. between processes)
+        return type(self), (self.problem, self.remedy)
+
+
+class CorruptCacheError(CacheError):
+    """A cache file that fails its check: the key's files can be removed and computed again."""
 
 
 def _checksum(features: Features) -> str:
@@ -73,18 +86,18 @@ class Store:
             )
             recorded = payload["checksum"] if found == expected else None
         except Exception as error:
-            raise CacheError(
-                f"the cache file {path} cannot be read ({type(error).__name__}: {error}); {_AGAIN}"
+            raise CorruptCacheError(
+                f"the cache file {path} cannot be read ({type(error).__name__}: {error})"
             ) from error
         if found != expected:
-            raise CacheError(
+            raise CorruptCacheError(
                 f"the cache file {path} holds (format, key, start, stop, rows) = {found}, not "
-                f"{expected}; {_AGAIN}"
+                f"{expected}"
             )
         if recorded != _checksum(features):
-            raise CacheError(
+            raise CorruptCacheError(
                 f"the cache file {path} fails its checksum: its tensors changed on disk (a "
-                f"flipped bit?); {_AGAIN}"
+                "flipped bit?)"
             )
         return features
 

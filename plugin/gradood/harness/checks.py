@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .. import reported
+from ..cache import CorruptCacheError
 from ..evaluate import evaluate
 from ..features import default_num_workers
 from ..registry import FACTORS, build_and_fit, create_detector, detector_spec
@@ -336,6 +337,7 @@ def measure_table(
     num_workers: int | None = None,
     cache_dir: Any = None,
     progress: bool = True,
+    on_corrupt: Callable[[CorruptCacheError], object] | None = None,
 ) -> pd.DataFrame:
     """Measure the settings of ``plan`` (one measurement ``group``) on ``benchmark``: build the
     detectors with the protocol's ``preset``, fit those that need it, and score them all with one
@@ -346,6 +348,8 @@ def measure_table(
     :param num_workers: DataLoader workers for the fits and the forward passes; ``None``: as
         :func:`gradood.features.default_num_workers` chooses (on CUDA, decoding in parallel
         workers keeps the device busy; on the CPU, none)
+    :param on_corrupt: called with the error where a cache entry fails its check, which is
+        then computed again (see :func:`gradood.features.extract_features`); ``None``: raised
     :raises DatasetNotFoundError: if a fit needs the ID training set and it is missing
     """
     workers = default_num_workers(device or "cpu") if num_workers is None else num_workers
@@ -376,6 +380,7 @@ def measure_table(
         num_workers=num_workers,
         cache_dir=cache_dir,
         progress=progress,
+        on_corrupt=on_corrupt,
     )
 
 

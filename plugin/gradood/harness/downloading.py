@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from .session import verbosity
+from .session import DOWNLOAD_VARIABLE, verbosity
 
 __all__ = [
     "DOWNLOAD_VARIABLE",
@@ -48,8 +48,6 @@ __all__ = [
 
 #: the option (registered by :mod:`.plugin`)
 OPTION = "--gradood-download"
-#: the environment variable of ``--gradood-download`` (``1``: on)
-DOWNLOAD_VARIABLE = "GRADOOD_DOWNLOAD"
 #: the report's file of what was checked against published checksums
 PROVENANCE = "data-provenance.md"
 
@@ -96,10 +94,9 @@ def download_speed(config: pytest.Config) -> tuple[float | None, float | None]:
 
 
 def wants_download(config: pytest.Config) -> bool:
-    """Whether this run downloads what is missing (``--gradood-download``)."""
-    return bool(config.getoption("gradood_download", False)) or (
-        os.environ.get(DOWNLOAD_VARIABLE) == "1"
-    )
+    """Whether this run downloads what is missing (``--gradood-download``, or
+    ``GRADOOD_DOWNLOAD=1``: :func:`gradood.harness.session.apply_environment`)."""
+    return bool(config.getoption("gradood_download", False))
 
 
 @dataclass(frozen=True)
@@ -261,8 +258,6 @@ class DownloadHooks:
         self.data_root, self.checkpoint_dir = Path(data_root), Path(checkpoint_dir)
         #: ``(min_speed, speed_time)`` of the downloads (:func:`download_speed`)
         self.speed = speed
-        #: protocol -> the error its download raised (raised again, never retried in a run)
-        self.failed: dict[str, BaseException] = {}
         #: protocol -> (data root, checksums verified) of the benchmark the hooks returned
         self.opened: dict[str, tuple[Path, bool]] = {}
 
@@ -288,14 +283,14 @@ class DownloadHooks:
         return benchmark
 
     def _download(self, config: pytest.Config, name: str) -> None:
-        if name in self.failed:
-            raise self.failed[name]
-        try:
+        """A failed download is never retried in the run: raised again, in one line."""
+        from .failures import shared_failures
+
+        def download() -> None:
             with _uncaptured(config), _speed_limit(self.speed):
                 _download_data(config, name, self.data_root)
-        except Exception as error:
-            self.failed[name] = error
-            raise
+
+        shared_failures(config).call(("download data", name), download)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_gradood_load_model(self, config: pytest.Config, protocol: str) -> None:
@@ -306,9 +301,14 @@ class DownloadHooks:
         path = self.checkpoint_dir / cls.checkpoint_file
         remote = cls.checkpoint_download
         if remote is not None and not path.exists() and wants_download(config):
-            with _uncaptured(config):
-                _say(config, f"gradood: downloading {remote.url} to {path}")
-                remote.fetch(path, min_speed=self.speed[0], speed_time=self.speed[1])
+            from .failures import shared_failures
+
+            def download() -> None:
+                with _uncaptured(config):
+                    _say(config, f"gradood: downloading {remote.url} to {path}")
+                    remote.fetch(path, min_speed=self.speed[0], speed_time=self.speed[1])
+
+            shared_failures(config).call(("download model", protocol), download)
         elif path.is_file() and recorded_sha256(path) is not None:
             check_record(path, digests(path)[1])  # a downloaded checkpoint, at every load
         return None

@@ -1,5 +1,6 @@
 """The protocols' benchmarks, opened once per run through the ``pytest_gradood_open_protocol``
-hook, for the plan, the training and the measurements alike."""
+hook, for the plan, the training and the measurements alike; a skip is repeated, an error is
+reported in full once (:mod:`.failures`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
+
+from .failures import shared_failures
 
 __all__ = ["hook_model", "load_model", "open_benchmark"]
 
@@ -21,7 +24,7 @@ class _Skipped:
 
 def open_benchmark(config: pytest.Config, name: str):
     """The benchmark of protocol ``name`` from the hook, opened on the first call; a skip (what
-    is missing) is remembered and repeated."""
+    is missing) is remembered and repeated; an error is raised in full once, then in one line."""
     return _once(
         config,
         _OPENED,
@@ -43,8 +46,8 @@ def load_model(config: pytest.Config, protocol: str):
 
 def hook_model(config: pytest.Config, protocol: str):
     """The model of ``protocol`` from an implementation of ``pytest_gradood_load_model`` other
-    than the harness's default (which may train), kept for :func:`load_model`; ``None`` if none
-    returns one."""
+    than the harness's own (which may train or download), kept for :func:`load_model`; ``None``
+    if none returns one."""
     from .session import harness_defaults
 
     defaults = harness_defaults(config.hook.pytest_gradood_load_model)
@@ -52,12 +55,16 @@ def hook_model(config: pytest.Config, protocol: str):
         "pytest_gradood_load_model", remove_plugins=defaults
     )
     loaded = config.stash.setdefault(_LOADED, {})
-    if protocol in loaded:
+    failures = shared_failures(config)
+    if protocol in loaded or failures.failed((_LOADED, protocol)):
         return _once(config, _LOADED, protocol, lambda: None)
     try:
         model = caller(config=config, protocol=protocol)
     except pytest.skip.Exception as skipped:
         loaded[protocol] = _Skipped(str(skipped.msg))
+        raise
+    except Exception as error:  # the first test that loads the model shows it in full
+        failures.record((_LOADED, protocol), error)
         raise
     if model is not None:
         loaded[protocol] = model
@@ -68,7 +75,7 @@ def _once(config: pytest.Config, key: pytest.StashKey[dict], name: str, make: Ca
     done = config.stash.setdefault(key, {})
     if name not in done:
         try:
-            done[name] = make()
+            done[name] = shared_failures(config).call((key, name), make)
         except pytest.skip.Exception as skipped:
             done[name] = _Skipped(str(skipped.msg))
     value = done[name]

@@ -9,11 +9,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ..cache import CorruptCacheError
 from ..protocols import DatasetNotFoundError, protocol_class
 from ..registry import detector_spec
 from .checks import Comparison, PaperCheck, compare, measure_table, measured_rows, measurement_plan
+from .failures import shared_failures
 from .inputs import load_model, open_benchmark
 from .report import Report
+from .session import say
 
 __all__ = ["PaperMeasurements"]
 
@@ -45,10 +48,11 @@ class PaperMeasurements:
         return compare(check, measured)
 
     def _once(self, key: tuple, compute):
-        """``compute()`` on the first call for ``key``; a skip is remembered and repeated."""
+        """``compute()`` on the first call for ``key``; a skip is remembered and repeated, an
+        error raised in full once, then in one line (:mod:`.failures`)."""
         if key not in self._memo:
             try:
-                self._memo[key] = compute()
+                self._memo[key] = shared_failures(self.config).call(key, compute)
             except pytest.skip.Exception as skipped:
                 self._memo[key] = _Skip(str(skipped.msg))
             except DatasetNotFoundError as error:
@@ -80,9 +84,14 @@ class PaperMeasurements:
                 preset=preset,
                 device=self.device,
                 cache_dir=self.cache_dir,
+                on_corrupt=self._recomputing,
             )
         self.report.add_measured(protocol, table, _preset_settings(table, preset))
         return measured_rows(table, plan)
+
+    def _recomputing(self, error: CorruptCacheError) -> None:
+        """A cache entry that fails its check is the cache's loss only: computed again."""
+        say(self.config, f"gradood: {error.problem}: extracting it again")
 
 
 def _preset_settings(table: pd.DataFrame, preset: str) -> dict[str, dict[str, float]]:

@@ -36,6 +36,9 @@ def _check(check: PaperCheck, paper_measurements, gradood_report) -> None:
     except pytest.skip.Exception as skipped:
         gradood_report.skipped.append((check, str(skipped.msg)))
         raise
+    except Exception as error:  # counted in the summary, the first in full in missing-data.md
+        gradood_report.add_error(check, error)
+        raise
     gradood_report.comparisons.append(comparison)
     tolerance = check.tolerance
     assert comparison.within_tolerance, (

@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 import pytest
 
 from .checks import FORWARD, PaperCheck
+from .downloading import wants_download
 from .environment import environment
+from .failures import one_line
 from .inputs import hook_model, open_benchmark
+from .readable import checkpoint_problem
 from .session import flag, run_report, say, uses_gpu
 from .stages import Stage, seconds
 from .summary import MAX_WIDTH
@@ -75,6 +78,7 @@ def announce(config: pytest.Config, items: Sequence[pytest.Item]) -> None:
     protocols = dict.fromkeys(check.protocol for check in checks)
     plans = [_protocol_plan(config, p, [c for c in checks if c.protocol == p]) for p in protocols]
     report = run_report(config)
+    _record_rows(report, checks)
     for plan in plans:
         for stage in plan.stages:
             report.stages.plan(stage)
@@ -111,6 +115,13 @@ def wrapped(line: str, width: int = MAX_WIDTH) -> list[str]:
     ) or [line]
 
 
+def _record_rows(report, checks: list[PaperCheck]) -> None:
+    """Each protocol's selected rows, which the summary accounts for (run, skipped, raised or
+    not reached)."""
+    for check in checks:
+        report.planned.setdefault(check.protocol, []).append(check.id)
+
+
 def _device_name(config: pytest.Config) -> str:
     import torch
 
@@ -143,19 +154,19 @@ def _open_or_describe(config: pytest.Config, cls, plan: ProtocolPlan):
     """The benchmark if it opens now; else ``None``, with what is missing (and fetched) said in
     ``plan``. With ``--gradood-download`` and the default hook, what is missing is listed first
     (opening would fetch it before the plan is shown)."""
-    download = config.getoption("gradood_download", default=False)
+    download = wants_download(config)
     if download and not _custom(config, "pytest_gradood_open_protocol"):
         from ..protocols import missing
         from .session import option_path
 
         absent = missing(cls.name, option_path(config, "data_root"))
         if absent:
-            plan.data = f"to fetch: {', '.join(m.name for m in absent)}"
+            _describe_fetch(cls, absent, option_path(config, "data_root"), plan)
             return None
     try:
         return open_benchmark(config, cls.name)
     except Exception as error:  # the measurement raises it again, where it belongs
-        plan.data = f"cannot be opened: {type(error).__name__}"
+        plan.data = f"cannot be opened: {one_line(error)}"
         plan.runs = False
         return None
     except pytest.skip.Exception as skipped:
@@ -185,6 +196,27 @@ def _download_hint(config: pytest.Config, cls) -> str:
     return f" ({option} would fetch {fetched}; never {', '.join(never)})"
 
 
+def _describe_fetch(cls, absent: list, root, plan: ProtocolPlan) -> None:
+    """What ``--gradood-download`` fetches of the ``absent`` datasets, and what it cannot: a
+    dataset no download gives (ImageNet), or one that is there but incomplete (never
+    replaced); the protocol does not run while one of those is missing."""
+    sources = {source.name: source for source in cls.sources()}
+    fetched, kept = [], []
+    for problem in absent:
+        source = sources.get(problem.name)
+        if source is None or not source.can_download:
+            kept.append(f"{problem.name} (no download)")
+        elif source.is_present(root):
+            kept.append(f"{problem.name} (incomplete)")
+        else:
+            fetched.append(problem.name)
+    parts = [f"missing: {', '.join(kept)}"] if kept else []  # first: it stops the protocol
+    if fetched:
+        parts.append(f"to fetch: {', '.join(fetched)}")
+    plan.runs = not kept
+    plan.data = "; ".join(parts)
+
+
 def _describe_model(config: pytest.Config, cls, plan: ProtocolPlan) -> None:
     try:
         plan.model_object = hook_model(config, cls.name)
@@ -193,16 +225,22 @@ def _describe_model(config: pytest.Config, cls, plan: ProtocolPlan) -> None:
         plan.runs = False
         return
     except Exception as error:  # the measurement raises it again, where it belongs
-        plan.model = f"cannot be loaded: {type(error).__name__}"
+        plan.model = f"cannot be loaded: {one_line(error)}"
         plan.runs = False
         return
     if plan.model_object is not None:
         plan.model = "from a pytest_gradood_load_model hook"
         return
     path = checkpoint_path(config, cls)
-    complete = path.is_file() and (not cls.trainable or _complete(path))
-    if complete:
+    problem = checkpoint_problem(path, read_whole=cls.trainable) if path.is_file() else None
+    complete = path.is_file() and problem is None and (not cls.trainable or _complete(path))
+    if problem is not None:
+        plan.model = f"{path.name} unreadable: {problem}"
+        plan.runs = False
+    elif complete:
         plan.model = f"{path.name} found"
+    elif cls.checkpoint_download is not None and not path.exists() and wants_download(config):
+        plan.model = f"to fetch: {path.name}"
     elif cls.trainable and wants_training(config):
         epochs = recipe(cls.name, train_epochs(config)).epochs
         verb = "resume training" if path.is_file() else "train"
@@ -224,12 +262,10 @@ def _fetches(config: pytest.Config) -> bool:
 
 
 def _complete(path) -> bool:
+    """Whether the ResNet-20 checkpoint at ``path`` (readable) finished its training."""
     from ..models.resnet20 import read_checkpoint
 
-    try:
-        return bool(read_checkpoint(path)["complete"])
-    except ValueError:
-        return False
+    return bool(read_checkpoint(path)["complete"])
 
 
 def _stages(config: pytest.Config, cls, benchmark, plan: ProtocolPlan) -> list[Stage]:

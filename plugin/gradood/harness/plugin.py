@@ -56,6 +56,7 @@ from .session import (  # noqa: F401  (the names the harness's modules had from 
     ENFORCE_VARIABLE,
     GPU_MARKER,
     PATH_OPTIONS,
+    apply_environment,
     details_hint,
     enforce_speed_targets,
     flag,
@@ -196,7 +197,9 @@ def _choose_report_folder(base: Path) -> Path:
     return base / time.strftime("%Y%m%d-%H%M%S")
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    apply_environment(config)  # first: from here on, the options alone say what the run does
     config.addinivalue_line(
         "markers", f"{GPU_MARKER}: needs a CUDA device; runs only with {flag('gpu', config)}"
     )
@@ -325,6 +328,16 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     from .plan import announce
 
     announce(session.config, session.items)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A failure shared by many tests is shown in full once, then in one line per test."""
+    from .failures import shorten
+
+    report = yield
+    shorten(report, call)
+    return report
 
 
 # -- the report ------------------------------------------------------------------------------

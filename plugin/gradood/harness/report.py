@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -95,6 +96,10 @@ class Report:
     measured: dict[str, pd.DataFrame] = field(default_factory=dict)
     #: file name -> text of another file of the report (e.g. ``data-provenance.md``)
     texts: dict[str, str] = field(default_factory=dict)
+    #: paper checks that raised, with the error in one line (:func:`~.failures.one_line`)
+    errored: list[tuple[PaperCheck, str]] = field(default_factory=list)
+    #: protocol -> the ids of the paper checks the run selected (to count those not reached)
+    planned: dict[str, list[str]] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         """One line: how much of each part the report holds (a test's traceback shows it)."""
@@ -113,7 +118,18 @@ class Report:
     def is_empty(self) -> bool:
         """Whether the run added nothing to report (no report folder, no summary then)."""
         shown = (self.comparisons, self.tables, self.speed, self.skipped, self.plan, self.texts)
-        return not any(shown)
+        return not any(shown) and not self.errored
+
+    def add_error(self, check: PaperCheck, error: BaseException) -> None:
+        """Record that ``check`` raised ``error``; the first error of its protocol goes into
+        ``missing-data.md`` in full (where it was raised, its traceback)."""
+        from .failures import current_test, one_line
+
+        self.errored.append((check, one_line(error)))
+        where = current_test() or check.id
+        trace = "".join(traceback.format_exception(error)).rstrip()
+        details = f"- {where} raised it first:\n\n```text\n{trace}\n```"
+        self.missing.setdefault(f"{check.protocol} error", details)
 
     def add_measured(self, protocol: str, table: pd.DataFrame, defaults: dict) -> None:
         """Add ``table`` (one measurement group) to ``protocol``'s measured table; ``defaults``:
@@ -174,8 +190,9 @@ class Report:
         return {**self.tables, **{_measured(p): table for p, table in self.measured.items()}}
 
     def missing_markdown(self) -> str:
-        """What the skipped paper checks need, as Markdown."""
-        parts = ["# What this run's skipped paper checks need", ""]
+        """What the skipped paper checks need, and the first error of each protocol whose checks
+        raised, as Markdown."""
+        parts = ["# What this run's skipped and failed paper checks need", ""]
         for what, details in self.missing.items():
             parts += [f"## {what}", "", details.rstrip(), ""]
         return "\n".join(parts)

@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 
 __all__ = [
+    "DOWNLOAD_VARIABLE",
     "ENFORCE_VARIABLE",
     "GPU_MARKER",
     "PATH_OPTIONS",
+    "SWITCH_VARIABLES",
+    "apply_environment",
     "details_hint",
     "enforce_speed_targets",
     "flag",
@@ -45,11 +48,14 @@ PATH_OPTIONS = {
 }
 #: the environment variable of ``--gradood-enforce-speed``
 ENFORCE_VARIABLE = "GRADOOD_ENFORCE_SPEED"
+#: the environment variable of ``--gradood-download``
+DOWNLOAD_VARIABLE = "GRADOOD_DOWNLOAD"
+#: switch option -> its environment variable (``1``: on, ``0`` or empty: off)
+SWITCH_VARIABLES = {"download": DOWNLOAD_VARIABLE, "enforce_speed": ENFORCE_VARIABLE}
 #: the marker of tests that need the CUDA device
 GPU_MARKER = "gradood_gpu"
 _REPORT = pytest.StashKey["object"]()
 _FOLDER = pytest.StashKey[Path]()
-_PLUGIN = "gradood.harness.plugin"
 
 
 def flag(name: str, config: pytest.Config | None = None) -> str:
@@ -66,28 +72,44 @@ def uses_gpu(config: pytest.Config) -> bool:
     return bool(config.getoption("gradood_gpu"))
 
 
+def apply_environment(config: pytest.Config) -> None:
+    """Each option not given on the command line takes the value of its environment variable,
+    here, once, when the run is configured: every check of the harness then reads the options
+    alone, so that a variable behaves exactly as its option.
+
+    :raises pytest.UsageError: if a switch's variable is neither ``1``, ``0`` nor empty
+    """
+    for name, (variable, _default, _what) in PATH_OPTIONS.items():
+        value = os.environ.get(variable)
+        if value and not config.getoption(f"gradood_{name}"):
+            setattr(config.option, f"gradood_{name}", value)
+    for name, variable in SWITCH_VARIABLES.items():
+        value = os.environ.get(variable, "")
+        if value not in ("", "0", "1"):
+            raise pytest.UsageError(
+                f"{variable}={value!r}: expected 1 (as {flag(name, config)}) or 0 (without it)"
+            )
+        if value == "1":
+            setattr(config.option, f"gradood_{name}", True)
+
+
 def given(config: pytest.Config, name: str) -> bool:
     """Whether path option ``name`` was given (flag or environment variable)."""
-    return bool(config.getoption(f"gradood_{name}") or os.environ.get(PATH_OPTIONS[name][0]))
+    return bool(config.getoption(f"gradood_{name}"))
 
 
 def option_path(config: pytest.Config, name: str) -> Path:
     """The directory of path option ``name`` (``"data_root"``, ``"checkpoint_dir"``,
-    ``"cache_dir"``, ``"report_dir"``): the option, else its environment variable, else the
+    ``"cache_dir"``, ``"report_dir"``): the option (or its environment variable), else the
     default under pytest's rootdir."""
-    variable, default, _what = PATH_OPTIONS[name]
-    value = config.getoption(f"gradood_{name}") or os.environ.get(variable)
-    return Path(value).expanduser() if value else Path(config.rootpath) / default
+    value = config.getoption(f"gradood_{name}")
+    return Path(value).expanduser() if value else Path(config.rootpath) / PATH_OPTIONS[name][1]
 
 
 def enforce_speed_targets(config: pytest.Config) -> bool:
     """Whether a missed speed target fails: with ``--gradood-gpu`` or
-    ``--gradood-enforce-speed``."""
-    return bool(
-        uses_gpu(config)
-        or config.getoption("gradood_enforce_speed")
-        or os.environ.get(ENFORCE_VARIABLE) == "1"
-    )
+    ``--gradood-enforce-speed`` (or its environment variable)."""
+    return bool(uses_gpu(config) or config.getoption("gradood_enforce_speed"))
 
 
 def speed_policy(config: pytest.Config) -> str:
@@ -188,9 +210,9 @@ def details_hint(config: pytest.Config) -> str:
 
 
 def harness_defaults(hook) -> list:
-    """The harness's default implementations of ``hook`` (those of
-    :mod:`gradood.harness.plugin`)."""
-    return [impl.plugin for impl in hook.get_hookimpls() if _module(impl.plugin) == _PLUGIN]
+    """The harness's own implementations of ``hook`` (its defaults, in
+    :mod:`gradood.harness.plugin`, and those of ``--gradood-download``)."""
+    return [impl.plugin for impl in hook.get_hookimpls() if _is_gradood(impl.plugin)]
 
 
 def only_gradood_implements(hook) -> bool:

@@ -7,7 +7,8 @@
   worst OOD set, :data:`gradood.registry.FACTORS <gradood.registry.gradood_recipes.FACTORS>`);
 - speed: each side-by-side ratio with its target and verdict;
 - the paper's checks: one line per protocol (how many rows ran, within tolerance, the worst
-  deviation, or why they did not run), and the same why-lines on the protocol's data;
+  deviation; how many were skipped, raised or never reached, and why: the skip's reason, the
+  first error in one line), and the same why-lines on the protocol's data;
 - where the report folder is.
 
 A line too wide is shortened at a word, never inside a word or a path.
@@ -16,6 +17,7 @@ A line too wide is shortened at a word, never inside a word or a path.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -47,7 +49,7 @@ def summary_lines(report: Report, folder: Path | None) -> list[str]:
     rest = []
     if report.speed:
         rest += _speed_lines(report)
-    if report.comparisons or report.skipped:
+    if _has_paper_rows(report):
         rest += _paper_lines(report, folder)
     rest += _stage_lines(report)
     # the folder's line is never shortened: a path cut at its first space would be lost
@@ -274,24 +276,19 @@ def _speed_lines(report: Report) -> list[str]:
 
 def _paper_lines(report: Report, folder: Path | None) -> list[str]:
     protocols = dict.fromkeys(
-        [c.check.protocol for c in report.comparisons] + [c.protocol for c, _ in report.skipped]
+        [*report.planned]
+        + [c.check.protocol for c in report.comparisons]
+        + [c.protocol for c, _ in report.skipped + report.errored]
     )
     lines = ["the paper's checks:"]
     needs_details: list[int] = []  # the lines that get where the missing data is described
     for protocol in protocols:
         compared = [c for c in report.comparisons if c.check.protocol == protocol]
-        skipped = [reason for check, reason in report.skipped if check.protocol == protocol]
-        total = len(compared) + len(skipped)
-        line = f"  {protocol:<9} {len(compared)} of {total} rows run"
-        if compared:
-            within = sum(c.within_tolerance for c in compared)
-            line += f", {within} within tolerance"
-        if skipped:
-            reason = report.unavailable.get(protocol) or Counter(skipped).most_common(1)[0][0]
-            line += f"; {reason}" if compared else f": {reason}"
-        if skipped and report.missing and folder:
+        line, explained = _protocol_line(report, protocol)
+        if explained and report.missing and folder:
             needs_details.append(len(lines))
         lines.append(line)
+        lines += _outcome_lines(report, protocol)
         if compared:
             lines.append(f"            worst: {_deviation(max(compared, key=_excess))}")
         if protocol in report.measured:
@@ -300,6 +297,101 @@ def _paper_lines(report: Report, folder: Path | None) -> list[str]:
     if needs_details:
         _add_details(lines, needs_details, folder)
     return [*lines, ""]
+
+
+def _has_paper_rows(report: Report) -> bool:
+    return bool(report.comparisons or report.skipped or report.errored or report.planned)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """Rows of a protocol that did not run: how many, why in words (the first error's line for
+    the rows that raised)."""
+
+    count: int
+    kind: str
+    reason: str | None
+
+
+def _outcomes(report: Report, protocol: str) -> list[_Outcome]:
+    """The protocol's rows that were skipped, raised, or were never reached (selected, with no
+    outcome: the run stopped first, or their setup failed)."""
+    skipped = [reason for check, reason in report.skipped if check.protocol == protocol]
+    raised = [reason for check, reason in report.errored if check.protocol == protocol]
+    done = {c.check.id for c in report.comparisons}
+    done |= {check.id for check, _ in report.skipped + report.errored}
+    unreached = [i for i in report.planned.get(protocol, []) if i not in done]
+    outcomes = []
+    if skipped:
+        reason = report.unavailable.get(protocol) or Counter(skipped).most_common(1)[0][0]
+        outcomes.append(_Outcome(len(skipped), "skipped", reason))
+    if raised:
+        outcomes.append(_Outcome(len(raised), "raised", raised[0]))
+    if unreached:
+        outcomes.append(_Outcome(len(unreached), "not reached", None))
+    return outcomes
+
+
+def _protocol_line(report: Report, protocol: str) -> tuple[str, bool]:
+    """E.g. ``cifar10   3 of 25 rows run, 3 within tolerance; 20 skipped, 2 raised``, and
+    whether the report details why; where every row that did not run was skipped, the reason
+    is said on the line instead of the counts."""
+    compared = [c for c in report.comparisons if c.check.protocol == protocol]
+    outcomes = _outcomes(report, protocol)
+    total = len(compared) + sum(o.count for o in outcomes)
+    line = f"  {protocol:<9} {len(compared)} of {total} rows run"
+    if compared:
+        line += f", {sum(c.within_tolerance for c in compared)} within tolerance"
+    if not outcomes:
+        return line, False
+    separator = "; " if compared else ": "
+    if _skipped_only(outcomes):
+        return f"{line}{separator}{outcomes[0].reason}", True
+    counts = ", ".join(f"{o.count} {o.kind}" for o in outcomes)
+    return f"{line}{separator}{counts}", any(o.reason for o in outcomes)
+
+
+def _skipped_only(outcomes: list[_Outcome]) -> bool:
+    return [o.kind for o in outcomes] == ["skipped"]
+
+
+def _outcome_lines(report: Report, protocol: str) -> list[str]:
+    """Under a protocol's line that counts kinds of rows that did not run: why the rows were
+    skipped, and the first error, one line each."""
+    outcomes = _outcomes(report, protocol)
+    if _skipped_only(outcomes):
+        return []
+    lines = []
+    for outcome in outcomes:
+        if outcome.kind == "skipped":
+            lines.append(f"{'':12}skipped: {outcome.reason}")
+        elif outcome.kind == "raised":  # the paths are in the report's details
+            lines += _wrapped(f"first error: {_file_names(outcome.reason)}", " " * 12)
+    return lines
+
+
+#: an absolute path or a URL: its folders, then the file name
+_PATH = re.compile(r"(?:(?<![\w:/.])|\b[a-z]+://)/?(?:[^\s'\"/]+/)+([^\s'\"/]+)")
+
+
+def _file_names(text: str) -> str:
+    """``text`` with each absolute path and URL shortened to its last part (the file's
+    name)."""
+    return _PATH.sub(lambda match: match.group(1), text)
+
+
+def _wrapped(text: str, indent: str, most: int = 2) -> list[str]:
+    """``text`` in at most ``most`` lines of :data:`MAX_WIDTH` (at spaces), each after
+    ``indent``; the last shortened where the text is longer."""
+    lines, words = [], text.split(" ")
+    while words and len(lines) < most - 1:
+        line = indent + words.pop(0)
+        while words and len(line) + 1 + len(words[0]) <= MAX_WIDTH:
+            line += " " + words.pop(0)
+        lines.append(line)
+    if words:
+        lines.append(_fit(indent + " ".join(words)))
+    return lines
 
 
 def _stage_lines(report: Report) -> list[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from .failures import shared_failures
 from .inputs import open_benchmark
 from .session import details_hint, flag, option_path, run_report, uses_gpu, verbosity
 
@@ -28,7 +29,6 @@ __all__ = [
     "train_epochs",
 ]
 
-_FAILED = pytest.StashKey[dict]()
 #: the paper's schedule length (Appendix A)
 PAPER_EPOCHS = 100
 _PAPER_MILESTONES = (50, 75, 90)
@@ -108,15 +108,10 @@ def load_or_train(config: pytest.Config, protocol: str):
     path = checkpoint_path(config, cls)
     complete = path.is_file() and (not cls.trainable or _is_complete(path))
     trained_now = not complete and cls.trainable and wants_training(config)
-    if trained_now:
-        failed = config.stash.setdefault(_FAILED, {})
-        if protocol in failed:  # raised again for every row, trained once
-            raise failed[protocol]
-        try:
-            _train(config, protocol, cls, path)
-        except Exception as error:
-            failed[protocol] = error
-            raise
+    if trained_now:  # a failed training is raised again for every row (in one line), once run
+        shared_failures(config).call(
+            ("train", protocol), lambda: _train(config, protocol, cls, path)
+        )
     elif not path.is_file():
         _skip_missing_model(config, protocol)
     model = cls.load_model(path)
