@@ -184,6 +184,7 @@ def test_the_plan_of_a_download_says_what_no_download_gives(pytester, tmp_path, 
         )  # fmt: skip
     text = result.stdout.str()
     plan = text[text.index("gradood plan:") : text.index("test_paper.py")]
+    plan = " ".join(plan.split())  # the plan wraps its long lines at spaces
     assert "not run; data: missing: ImageNet-1k val (no download); to fetch: iN" in plan
     assert "model: to fetch: BiT-S-R101x1-flat-finetune.pth.tar" in plan
     assert "cannot be loaded" not in plan and "to fetch: ImageNet" not in plan
