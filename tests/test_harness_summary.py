@@ -263,7 +263,7 @@ def test_every_selected_row_is_counted_run_skipped_raised_or_not_reached():
         " " * 12 + "skipped: 5 datasets missing",
         " " * 12 + "first error: ValueError: the checkpoint is not one",
     ]
-    assert "  cifar100  0 of 1 rows run: 1 not reached" in lines
+    assert "  cifar100  0 of 1 row run: 1 not reached" in lines
 
 
 def test_a_protocol_whose_rows_all_raised_says_the_first_error():

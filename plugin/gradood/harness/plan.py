@@ -54,7 +54,7 @@ class ProtocolPlan:
         tables = f"Table{'s' if len(numbers) > 1 else ''} {', '.join(numbers)}"
         verdict = "" if self.runs else "; not run"
         return [
-            f"{self.name:<9} {len(self.checks)} rows ({tables}){verdict}; data: {self.data}",
+            f"{self.name:<9} {len(self.checks)} {'row' if len(self.checks) == 1 else 'rows'} ({tables}){verdict}; data: {self.data}",
             f"{'':<9} model: {self.model}",
         ]
 

@@ -339,7 +339,7 @@ def _protocol_line(report: Report, protocol: str) -> tuple[str, bool]:
     compared = [c for c in report.comparisons if c.check.protocol == protocol]
     outcomes = _outcomes(report, protocol)
     total = len(compared) + sum(o.count for o in outcomes)
-    line = f"  {protocol:<9} {len(compared)} of {total} rows run"
+    line = f"  {protocol:<9} {len(compared)} of {total} {'row' if total == 1 else 'rows'} run"
     if compared:
         line += f", {sum(c.within_tolerance for c in compared)} within tolerance"
     if not outcomes:
