@@ -1,7 +1,7 @@
 """Downloads of published files: resumable, checked, atomic transfers (:mod:`.remote`) that end
-below a minimum rate (:mod:`~gradood.downloads.speed`), tar extraction that refuses members landing outside the
-destination (:mod:`.extraction`), and the SHA-256 recorded for files without a published
-checksum (:mod:`.records`)."""
+below a minimum rate (:mod:`~gradood.downloads.speed`), tar extraction that refuses members
+landing outside the destination (:mod:`.extraction`), and the SHA-256 recorded for files
+without a published checksum (:mod:`.records`)."""
 
 from .extraction import ArchiveError, UnsafeArchiveError, extract_tar, is_no_space
 from .records import ChecksumError, check_record, digests, recorded_sha256, write_record

@@ -7,9 +7,9 @@ one, else against the SHA-256 recorded at the file's first download (:mod:`.reco
 this download records if there is none (:meth:`RemoteFile.fetch_unrecorded` leaves the record to
 the caller, once the content checks out). A partial file is never taken for data.
 
-A transfer slower than a minimum rate over a window (:mod:`~gradood.downloads.speed`: by default 1 KiB/s over
-60 s) ends with :class:`SlowDownloadError`, its bytes kept for a resume. Bytes are read as they
-arrive, so the progress bar moves on a slow link.
+A transfer slower than a minimum rate over a window (:mod:`~gradood.downloads.speed`: by
+default 1 KiB/s over 60 s) ends with :class:`SlowDownloadError`, its bytes kept for a resume.
+Bytes are read as they arrive, so the progress bar moves on a slow link.
 
 Test-only: the environment variable ``GRADOOD_TEST_DOWNLOAD_MIRROR`` (e.g.
 ``http://127.0.0.1:8765``) sends every request for ``scheme://host/path`` to
