@@ -397,6 +397,7 @@ def test_a_broken_detector_fails_the_contract(pytester):
     }
     assert failed == {
         "test_inference_mode_scores_as_no_grad[broken-inference-mode]",
+        "test_gradients_are_taken_outside_inference_mode[broken-inference-mode]",
         "test_the_type_dispatching_cached_loop_gives_predicts_scores[broken-type]",
         "test_a_gradient_detector_is_no_features_detector_and_features_mean_pooled_features"
         "[broken-type]",
