@@ -5,7 +5,8 @@ file, and a Markdown summary (each part's gradood summary, then images/s per cas
 
 reads ``WORK/<part>.json``, ``WORK/<part>.log`` (pytest's output) and ``WORK/<part>.status``
 (its exit status; 130 or 124 after the time limit) and writes ``STEM.json`` and ``STEM.md``.
-A part that wrote no JSON (interrupted before any benchmark, nothing selected), or JSON that
+A part that wrote no JSON (interrupted before any benchmark, nothing selected; an empty file
+counts as none), or JSON that
 does not parse as a pytest-benchmark document (a crash mid-write: empty or truncated), is noted
 as missing, by name and cause; the other parts are merged. Where
 a part left its reproduction report as ``WORK/<part>.md`` (the paper flow's ``paper.md``), its
@@ -120,10 +121,11 @@ def markdown(stem: str, parts: dict[str, Part], reports: dict[str, str] | None =
 
 def _read_document(path: Path) -> tuple[dict | None, str]:
     """The pytest-benchmark document at ``path``, or ``None`` and why it is missing."""
-    if not path.is_file():
+    text = path.read_text(errors="replace") if path.is_file() else ""
+    if not text.strip():  # pytest-benchmark < 5 creates the file when it parses its options
         return None, "no benchmark JSON"
     try:
-        document = json.loads(path.read_text(errors="replace"))
+        document = json.loads(text)
     except json.JSONDecodeError as error:
         return None, f"benchmark JSON unreadable ({path.name}: {error})"
     if not isinstance(document, dict) or not isinstance(document.get("benchmarks"), list):

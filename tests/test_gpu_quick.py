@@ -95,9 +95,8 @@ def test_a_crashed_part_reads_as_missing_by_name(tmp_path):
     ] == ["msp"]
     summary = stem.with_suffix(".md").read_text()
     assert "## good (exit status 0)\n" in summary
-    assert "## empty (exit status 0, benchmark JSON unreadable (empty.json: Expecting value" in (
-        summary
-    )
+    # pytest-benchmark < 5 leaves an empty file where no benchmark ran
+    assert "## empty (exit status 0, no benchmark JSON)\n" in summary
     assert "## truncated (exit status 0, benchmark JSON unreadable (truncated.json: " in summary
     assert (
         "## list (exit status 0, benchmark JSON unreadable (list.json: no list of benchmarks))"

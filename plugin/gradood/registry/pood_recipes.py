@@ -27,7 +27,7 @@ from ..wiring import (
 )
 from .spec import PAPER_PROTOCOLS, DetectorSpec
 
-__all__ = ["PAPER_BASELINES", "PYTORCH_OOD", "GradUncertainty"]
+__all__ = ["PAPER_BASELINES", "PYTORCH_OOD"]
 
 
 def _mahalanobis(model: nn.Module, *, head: Any = None, **settings: Any) -> Detector:
