@@ -61,10 +61,11 @@ def _table(comparison: Comparison, name: str) -> list[str]:
     rows = [row for row in comparison.rows if row.table == name]
     metrics = [m for m in SHOWN_METRICS if m in rows[0].values]
     tags = _tags(comparison)
-    header = ["method", "settings", "ood_data"]
+    groups, header = ["", "", ""], ["method", "settings", "ood_data"]
     for metric in metrics:
-        header += [f"{metric} {tag}" for tag in tags] + [f"{metric} diff/tol"]
-    cells = [[*header, "verdict"]]
+        groups += [metric] + [""] * len(tags)
+        header += [*tags, "diff/tol"]
+    cells = [[*groups, ""], [*header, "verdict"]]
     for row in rows:
         line = [row.key.get("method", ""), row.key.get("settings", ""), row.key.get("ood_data", "")]
         for metric in metrics:
@@ -74,9 +75,9 @@ def _table(comparison: Comparison, name: str) -> list[str]:
     differing = sum(1 for row in rows if row.problems)
     return [
         f"{name}: {len(rows)} rows, {len(rows) - differing} same, {differing} differ",
-        f"  (percent; diff: the largest difference between the runs; tol: what {SWAPS} swapped "
-        f"pairs of nearly tied ID/OOD scores can change on the row's test sets; every metric is "
-        f"compared, {' and '.join(metrics)} shown)",
+        f"  percent; diff: the largest difference between the runs; tol: what {SWAPS} swapped",
+        "  pairs of nearly tied ID/OOD scores can change on the row's test sets (n_id, n_ood);",
+        f"  every metric is compared, {' and '.join(metrics)} shown",
         *_aligned(cells),
     ]
 
@@ -107,8 +108,8 @@ def _speed(comparison: Comparison) -> list[str]:
         cells.append([row.what, row.setting, _target(row.runs), *map(_speed_cell, row.runs)])
     return [
         f"speed: median ratio [interquartile range of the rounds] and verdict; timed on {timed}",
-        "  (information: differences fail the comparison only as a target met and missed on "
-        "the same GPU)",
+        "  for information: a difference fails the comparison only as a target met in one run",
+        "  and missed in another on the same GPU",
         *_aligned(cells),
     ]
 
