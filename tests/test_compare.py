@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from gradood.harness import records
+from gradood.harness import report_records as records
 from gradood.harness.bundled import TITLE, run_bundled
 from gradood.harness.cli import main
 from gradood.harness.compare import SWAPS, NotAReport, compare, read_run, resolve_runs, tolerance
@@ -95,7 +95,7 @@ def test_two_identical_runs_agree_and_show_both_environments(report, tmp_path, c
     assert torch_line.split()[1:] == [report.environment["torch"]] * 2
     rows = len(report.tables[TITLE])
     assert f"{TABLE}: {rows} rows, {rows} same, 0 differ" in out
-    assert "GradNorm / MSP throughput" in out and "0.98 [0.97-0.99] met" in out
+    assert "GradNorm / MSP throughput" in out and "0.980 [0.970-0.990] met" in out
     assert out.rstrip().endswith("within tolerance; speed shown for information")
 
 
@@ -234,7 +234,7 @@ def test_a_speed_target_met_then_missed_fails_on_the_same_gpu_only(
     second = _write(_timed_on(report, device, MISSED), tmp_path / "b" / "20260101-000000")
     assert main(["compare", str(first), str(second)]) == status
     out = capsys.readouterr().out
-    assert "0.82 [0.81-0.83] missed" in out
+    assert "0.820 [0.810-0.830] missed" in out
     if status:
         assert "speed: GradNorm / MSP throughput resnet18 32px b64: met in one run" in out
     else:

@@ -32,7 +32,7 @@ import pandas as pd
 
 from ..evaluate import AVERAGE
 from ..metrics import swap_tolerance
-from . import records
+from . import report_records as records
 from .timing import MET, MISSED
 
 __all__ = [
@@ -40,7 +40,9 @@ __all__ = [
     "SWAPS",
     "Comparison",
     "NotAReport",
+    "RowVerdict",
     "Run",
+    "SpeedRow",
     "compare",
     "read_run",
     "resolve_runs",
@@ -82,9 +84,9 @@ class Run:
     folder: Path
     environment: dict[str, str]
     #: each table of :func:`gradood.evaluate` by its file's name without ``.csv``, indexed by
-    #: its key (:data:`_KEY`, as text), its metrics and sizes as numbers
+    #: its key (method, settings, ood_data, as text), its metrics and sizes as numbers
     tables: dict[str, pd.DataFrame]
-    #: :data:`gradood.harness.records.SPEED_COLUMNS` (no rows if not recorded)
+    #: :data:`gradood.harness.report_records.SPEED_COLUMNS` (no rows if not recorded)
     speed: pd.DataFrame
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 from .compare import SWAPS, Comparison, RowVerdict, SpeedRow, label
+from .timing import _figure  # as the summary prints ratios: never contradicting the verdict
 
 __all__ = ["comparison_lines"]
 
@@ -86,7 +87,8 @@ def _speed_cell(row: dict[str, str] | None) -> str:
     """E.g. ``0.97 [0.95-0.99] met``."""
     if row is None:
         return "-"
-    figures = [f"{float(row[c]):.3g}" for c in ("median", "iqr_low", "iqr_high")]
+    bound = float(row["bound"]) if row["bound"] else None
+    figures = [_figure(float(row[c]), bound) for c in ("median", "iqr_low", "iqr_high")]
     spread = "" if figures[1] == figures[2] else f" [{figures[1]}-{figures[2]}]"
     return f"{figures[0]}{spread} {row['verdict']}"
 

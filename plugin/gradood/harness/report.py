@@ -16,7 +16,7 @@ import pandas as pd
 
 from .. import reported
 from ..files import atomic_write, atomic_write_text
-from . import records
+from . import report_records as records
 from .checks import Comparison, PaperCheck
 from .document import exact, markdown_table, reproduction_report
 from .stages import Stages
@@ -153,7 +153,7 @@ class Report:
         return files.written
 
     def _write_records(self, directory: Path, files: _Files) -> None:
-        """The machine-readable records (:mod:`gradood.harness.records`) of what was recorded."""
+        """The machine-readable records (:mod:`gradood.harness.report_records`)."""
         frames = {
             records.ENVIRONMENT: records.environment_frame(self.environment),
             records.SPEED: records.speed_frame(self.speed),
