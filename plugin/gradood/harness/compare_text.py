@@ -119,15 +119,11 @@ def _speed(comparison: Comparison) -> list[str]:
 def _flips(rows: list[SpeedRow]) -> list[str]:
     """Speed verdicts that changed between runs without failing the comparison."""
     flipped = [
-        f"{row.what} {row.setting}"
+        f"    {row.what} {row.setting}"
         for row in rows
         if not row.problem and len({r["verdict"] for r in row.runs if r is not None}) > 1
     ]
-    return (
-        [f"  verdicts that differ between the runs (not a failure): {'; '.join(flipped)}"]
-        if (flipped)
-        else []
-    )
+    return ["  verdicts that differ between the runs (not a failure):", *flipped] if flipped else []
 
 
 def _verdict(comparison: Comparison) -> list[str]:
