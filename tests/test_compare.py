@@ -144,6 +144,17 @@ def test_an_average_row_allows_the_swaps_over_all_its_sets(report, tmp_path):
     assert tolerance(table, (*key[:2], "Letters")) == swap_tolerance(719, 719, SWAPS)
 
 
+def test_a_metric_that_is_nan_in_one_run_differs(report, tmp_path):
+    changed = copy.deepcopy(report)
+    changed.tables[TITLE].loc[_gradnorm_row(changed.tables[TITLE]), "AUPR-IN"] = float("nan")
+    runs = [
+        read_run(_write(report, tmp_path / "a" / "20260101-000000")),
+        read_run(_write(changed, tmp_path / "b" / "20260101-000000")),
+    ]
+    (failure,) = compare(runs).failures()
+    assert failure.endswith("Letters: AUPR-IN is not a number in some of the runs")
+
+
 def test_a_row_missing_in_one_run_differs(report, tmp_path):
     shorter = copy.deepcopy(report)
     table = shorter.tables[TITLE]

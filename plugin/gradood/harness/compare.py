@@ -234,8 +234,9 @@ class RowVerdict:
         values = self.values[metric]
         if any(value is None for value in values):
             return None
-        if all(math.isnan(value) for value in values):
-            return 0.0
+        missing = [math.isnan(value) for value in values]
+        if any(missing):  # a metric no run could compute is the same; one only some could, not
+            return 0.0 if all(missing) else math.inf
         return max(values) - min(values)
 
     def name(self) -> str:
@@ -305,7 +306,9 @@ def _row_verdict(name: str, tables: list[pd.DataFrame], key: tuple[str, ...]) ->
         row.problems.append(f"the test sets differ (n_id/n_ood {shown})")
     for metric in metrics:
         difference = row.difference(metric)
-        if difference is not None and not difference <= row.tolerance[metric] + _ROUNDING:
+        if difference == math.inf:
+            row.problems.append(f"{metric} is not a number in some of the runs")
+        elif difference is not None and not difference <= row.tolerance[metric] + _ROUNDING:
             row.problems.append(
                 f"{metric} differs by {100 * difference:.3g} % "
                 f"(tolerance {100 * row.tolerance[metric]:.2g} %)"
