@@ -65,5 +65,10 @@ def test_every_environment_runs_the_tests_and_the_main_job_into_its_report_folde
     assert "torch21-oldest" in tox["tox"]["env_list"]
     commands = [line.strip() for line in tox["testenv"]["commands"].splitlines()]
     assert "pytest tests {posargs}" in commands
-    # one report folder per environment: what a comparison of the environments reads
-    assert "pytest benchmarks --gradood-report-dir {toxinidir}/.tox/reports/{env_name}" in commands
+    # one report folder per environment: what a comparison of the environments reads; the
+    # oldest corner's apart (other scikit-learn and SciPy: not a torch upgrade's difference)
+    reports = "pytest benchmarks --gradood-report-dir {toxinidir}/.tox/"
+    assert f"!oldest: {reports}reports/{{env_name}}" in commands
+    assert f"oldest: {reports}reports-oldest/{{env_name}}" in commands
+    assert "compare" in tox["tox"]["env_list"]
+    assert tox["testenv:compare"]["commands"].strip() == "gradood compare {toxinidir}/.tox/reports"

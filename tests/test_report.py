@@ -80,7 +80,7 @@ def test_what_is_missing_and_the_speed_verdicts(tmp_path):
     report.add_missing("cifar10", "data", "2 datasets missing", "- SVHN: not found at /x")
     report.speed.append(SpeedCheck("resnet20 32px b64", "memory", 1.5, Target(2.0, False)))
     written = {path.name: path for path in report.write(tmp_path)}
-    assert set(written) == {MISSING_DATA, "speed.txt"}
+    assert set(written) == {MISSING_DATA, "speed.txt", "speed.csv"}
     assert "## cifar10 data\n\n- SVHN: not found at /x" in written[MISSING_DATA].read_text()
     assert written["speed.txt"].read_text().split()[-1] == "met"
     assert report.unavailable == {"cifar10": "2 datasets missing"}

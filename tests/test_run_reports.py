@@ -17,7 +17,7 @@ from gradood.files import WriteError
 from gradood.harness.writing import new_folder
 
 #: a test module whose tests each add paper comparisons (several per test, and one that adds
-#: a speed verdict), so that a report has paper.csv, paper.md, a figure and speed.txt
+#: a speed verdict), so that a report has paper.csv, paper.md, a figure, speed.txt and speed.csv
 TESTS = """
 import pytest
 
@@ -38,7 +38,7 @@ def test_speed(gradood_report):
         SpeedCheck("toy", "A / B", PairedRatio((1.0,) * 5), Target(0.95))
     )
 """
-FILES = ["paper.csv", "paper.md", "figure4_norms.png", "speed.txt", "summary.txt"]
+FILES = ["paper.csv", "paper.md", "figure4_norms.png", "speed.txt", "speed.csv", "summary.txt"]
 
 
 def test_new_folders_are_exclusive(tmp_path):

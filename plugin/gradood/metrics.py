@@ -27,7 +27,7 @@ import torch
 from pytorch_ood.metrics import functional as pood_metrics
 from torch import Tensor
 
-__all__ = ["average_precision", "fpr_at_recall", "paper_metrics"]
+__all__ = ["average_precision", "fpr_at_recall", "paper_metrics", "swap_tolerance"]
 
 
 def _as_1d_tensor(values: Any, name: str) -> Tensor:
@@ -112,4 +112,34 @@ def paper_metrics(scores: Any, labels: Any) -> dict[str, float]:
         "AUPR-IN": average_precision(id_scores, is_id),
         "AUPR-OUT": average_precision(scores, ~is_id),
         "FPR95TPR": float(pood_metrics.fpr_at_tpr(scores, ood_labels, 0.95)),
+    }
+
+
+def swap_tolerance(n_id: int, n_ood: int, swaps: int) -> dict[str, float]:
+    """How far each metric of :func:`paper_metrics` can move when ``swaps`` pairs of an ID and
+    an OOD sample, adjacent in the ranking of scores, trade places (or a tie of such a pair is
+    broken), on a test of ``n_id`` ID and ``n_ood`` OOD samples; the ID scores' own order and
+    ties are kept. Per swap:
+
+    - AUROC counts ordered ID/OOD pairs: one swap moves it by exactly :math:`1/(n_{id} n_{ood})`
+      (a broken tie, which counted half, by half of that);
+    - FPR95 is the fraction of OOD samples at or above a threshold chosen among the ID scores
+      by ID recall alone, which no swap changes: at most one OOD sample crosses it,
+      :math:`1/n_{ood}`; pytorch-ood's FPR95TPR likewise :math:`1/n_{id}`;
+    - average precision with :math:`P` positives: only the swapped positive's precision term
+      changes, from :math:`k/(r+1)` to :math:`k/r` (rank :math:`r \\geq k`), by
+      :math:`k/(r(r+1)) \\leq 1/2`, weighted :math:`1/P`: at most :math:`1/(2P)` (AUPR-IN:
+      :math:`P = n_{id}`, AUPR-OUT: :math:`P = n_{ood}`).
+
+    ``swaps`` times these bounds the difference (an ``Average`` over OOD sets moves no more
+    than its worst set). FPR's bound is loose: a swap moves it only at the threshold.
+    """
+    if n_id < 1 or n_ood < 1 or swaps < 0:
+        raise ValueError(f"need n_id, n_ood >= 1 and swaps >= 0, got {n_id}, {n_ood}, {swaps}")
+    return {
+        "FPR95": swaps / n_ood,
+        "AUROC": swaps / (n_id * n_ood),
+        "AUPR-IN": swaps / (2 * n_id),
+        "AUPR-OUT": swaps / (2 * n_ood),
+        "FPR95TPR": swaps / n_id,
     }

@@ -11,12 +11,16 @@ __all__ = ["environment"]
 
 def environment(device: str, root: Path) -> dict[str, str]:
     """``{what: value}``: the device (``"cuda"`` or ``"cpu"``, by name), Python's, torch's,
-    torchvision's, pytorch-ood's and gradood's versions, and the git commit of ``root``."""
+    torchvision's, pytorch-ood's and gradood's versions, and the git commit of ``root``; then
+    numpy's, scipy's and scikit-learn's versions, the CPU's model, the GPU's (``none``) and
+    what the run timed on (the GPU's name, or ``cpu``)."""
     import pytorch_ood
     import torch
     import torchvision
 
     import gradood
+
+    from .speed import device_name
 
     if device == "cuda":
         shown = f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
@@ -31,6 +35,24 @@ def environment(device: str, root: Path) -> dict[str, str]:
         "pytorch-ood": getattr(pytorch_ood, "__version__", "unknown"),
         "gradood": f"{getattr(gradood, '__version__', '?')} ({Path(gradood.__file__).parent})",
         "commit": _commit(root),
+        **_numerics(),
+        "cpu": device_name("cpu"),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        # what the speed verdicts ran on: ``gradood compare`` holds them to agree on a GPU only
+        "timed on": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+    }
+
+
+def _numerics() -> dict[str, str]:
+    """The versions of the numerical libraries under the detectors and the metrics."""
+    import numpy
+    import scipy
+    import sklearn
+
+    return {
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "scikit-learn": sklearn.__version__,
     }
 
 

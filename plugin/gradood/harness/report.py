@@ -17,6 +17,7 @@ import pandas as pd
 
 from .. import reported
 from ..files import atomic_write, atomic_write_text
+from . import report_records as records
 from .checks import Comparison, PaperCheck
 from .document import column_legend, exact, markdown_table, reproduction_report
 from .stages import Stages
@@ -167,6 +168,7 @@ class Report:
             files.text(directory / name, text)
         if self.speed:
             files.text(directory / "speed.txt", "".join(c.line() + "\n" for c in self.speed))
+        self._write_records(directory, files)
         frame = self.side_by_side()
         if len(frame):
             files.text(directory / "paper.csv", frame.to_csv(index=False))
@@ -184,6 +186,16 @@ class Report:
         if files.failed:
             raise ReportNotWritten(directory, files.failed)
         return files.written
+
+    def _write_records(self, directory: Path, files: _Files) -> None:
+        """The machine-readable records (:mod:`gradood.harness.report_records`)."""
+        frames = {
+            records.ENVIRONMENT: records.environment_frame(self.environment),
+            records.SPEED: records.speed_frame(self.speed),
+        }
+        for name, frame in frames.items():
+            if len(frame):
+                files.text(directory / name, frame.to_csv(index=False))
 
     def _all_tables(self) -> dict[str, pd.DataFrame]:
         """The benchmark tables, and each protocol's measured table."""
