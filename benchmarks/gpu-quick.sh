@@ -52,6 +52,9 @@ if ((dry_run)) && [[ -z $out ]]; then
 fi
 out=${out:-benchmarks/results}
 mkdir -p "$out"
+# its pytest runs are no xdist workers, also when this script runs inside one (a test under
+# pytest -n): pytest-benchmark and the harness read these variables from the environment
+unset PYTEST_XDIST_WORKER PYTEST_XDIST_WORKER_COUNT PYTEST_XDIST_TESTRUNUID
 export PYTHONPATH="$work/site:$PWD/plugin:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}"
 
 # -- what is missing, from the wheels ------------------------------------------------------
@@ -126,7 +129,9 @@ extra=(-p paper_miniature --gradood-train --gradood-train-epochs 2
     --gradood-checkpoint-dir "$work/checkpoints" --gradood-report-dir "$work/paper-reports")
 run_part paper benchmarks/test_paper_tables.py "$paper_k" "$paper_limit"
 for report in "$work"/paper-reports/*/paper.md; do
-    [[ -f $report ]] && cp "$report" "$work/paper.md"
+    if [[ -f $report ]]; then  # (a bare `[[ ]] &&` would end the script under set -e)
+        cp "$report" "$work/paper.md"
+    fi
 done
 
 "$PYTHON" benchmarks/gpu_quick.py "$work" "$out/$name" targets throughput pipeline paper

@@ -23,6 +23,9 @@ def test_dry_run_writes_the_json_and_the_summary(tmp_path):
     # this test checks what the script writes, not how fast this machine is
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     env["GRADOOD_GPU_QUICK_LIMIT_S"] = "900"
+    # as inside a worker of pytest -n: the script's own runs must not take themselves for one
+    # (pytest-benchmark and the harness read these from the environment)
+    env.update(PYTEST_XDIST_WORKER="gw1", PYTEST_XDIST_WORKER_COUNT="2")
     run = subprocess.run(
         ["bash", "benchmarks/gpu-quick.sh", "--dry-run", "--out", str(out)],
         cwd=REPO,
