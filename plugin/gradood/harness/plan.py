@@ -53,8 +53,9 @@ class ProtocolPlan:
         numbers = [t.removeprefix("table") for t in self.tables]
         tables = f"Table{'s' if len(numbers) > 1 else ''} {', '.join(numbers)}"
         verdict = "" if self.runs else "; not run"
+        rows = f"{len(self.checks)} {'row' if len(self.checks) == 1 else 'rows'}"
         return [
-            f"{self.name:<9} {len(self.checks)} {'row' if len(self.checks) == 1 else 'rows'} ({tables}){verdict}; data: {self.data}",
+            f"{self.name:<9} {rows} ({tables}){verdict}; data: {self.data}",
             f"{'':<9} model: {self.model}",
         ]
 
