@@ -20,8 +20,8 @@ from gradood import available_detectors, paper_metrics
 from gradood.detectors.gradnorm import PAPER_NORMS, PAPER_TEMPERATURES
 from gradood.evaluate import AVERAGE
 from gradood.harness.bundled import (
+    LISTED_DETECTORS,
     NEAR_TIE_TOLERANCE,
-    PAPER_DETECTORS,
     TITLE,
     BundledRun,
     run_bundled,
@@ -57,7 +57,7 @@ def bundled(request, gradood_report) -> BundledRun:
     if run.table is not None:
         gradood_report.tables[TITLE] = run.table
         gradood_report.captions[TITLE] = f"DigitsCNN, {100 * run.accuracy():.1f} % accurate"
-        gradood_report.defaults[TITLE] = PAPER_DETECTORS
+        gradood_report.defaults[TITLE] = LISTED_DETECTORS
     return run
 
 

@@ -278,3 +278,22 @@ def test_a_protocol_whose_rows_all_raised_says_the_first_error():
         "            first error: ValueError: 'x.pt' is not a checkpoint",
         "",
     ]
+
+
+def test_many_speed_checks_fit_the_summary_and_keep_what_was_not_met():
+    """Every check is in speed.txt; the summary keeps its line budget, lists the checks that
+    were not met first of all, and counts the rest."""
+    met = [
+        SpeedCheck(f"resnet{i} 32px b64", "GradNorm / MSP", PairedRatio((1.0,) * 5), Target(0.95))
+        for i in range(40)
+    ]
+    missed = SpeedCheck(
+        "resnet99 32px b64", "GradNorm / MSP", PairedRatio((0.5,) * 5), Target(0.95)
+    )
+    report = Report(speed=[*met[:30], missed, *met[30:]], policies={"speed": POLICY})
+    lines = summary_lines(report, Path("reports/run"))
+    assert len(lines) <= MAX_LINES
+    assert "  " + missed.line() in lines
+    shown = [line for line in lines if "resnet" in line]
+    assert len(shown) == len(lines) - 5  # header, policy, the count, a blank, the report
+    assert f"  ... {41 - len(shown)} more ({41 - len(shown)} met): speed.txt" in lines

@@ -39,6 +39,7 @@ from ..protocols.digits import DigitsBenchmark
 from ..registry import FACTORS, available_detectors, build_and_fit
 
 __all__ = [
+    "LISTED_DETECTORS",
     "NEAR_TIE_TOLERANCE",
     "PAPER_DETECTORS",
     "PAPER_SETTING",
@@ -57,6 +58,9 @@ PAPER_DETECTORS = {
     **{name: PAPER_SETTING for name in ("gradnorm", *FACTORS["gradnorm"])},
     **{name: {} for name in ("msp", "odin", "energy", "mahalanobis-paper", "lee-alregib")},
 }
+#: the detectors always listed in the summary: the paper's, and GAIA, the gradient family's
+#: strongest since GradNorm
+LISTED_DETECTORS = {**PAPER_DETECTORS, "gaia-a": {}, "gaia-z": {}}
 #: the outputs of the CNN's two convolution blocks, for the paper's Mahalanobis ensemble
 MAHALANOBIS_LAYERS = ["body.2", "body.5"]
 _ID_TEST = 719

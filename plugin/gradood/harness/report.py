@@ -23,10 +23,12 @@ from .document import column_legend, exact, markdown_table, reproduction_report
 from .stages import Stages
 from .timing import SpeedCheck
 
-__all__ = ["MISSING_DATA", "Report", "ReportNotWritten", "reason"]
+__all__ = ["MISSING_DATA", "SPEED_FILE", "Report", "ReportNotWritten", "reason"]
 
 #: the report's file of what the skipped checks need
 MISSING_DATA = "missing-data.md"
+#: the report's file of every speed verdict (the summary may list fewer)
+SPEED_FILE = "speed.txt"
 
 
 class ReportNotWritten(OSError):
@@ -167,7 +169,7 @@ class Report:
         for name, text in self.texts.items():
             files.text(directory / name, text)
         if self.speed:
-            files.text(directory / "speed.txt", "".join(c.line() + "\n" for c in self.speed))
+            files.text(directory / SPEED_FILE, "".join(c.line() + "\n" for c in self.speed))
         self._write_records(directory, files)
         frame = self.side_by_side()
         if len(frame):

@@ -26,7 +26,7 @@ import pandas as pd
 
 from ..evaluate import AVERAGE, METRICS
 from ..registry import FACTORS
-from .report import MISSING_DATA, Report
+from .report import MISSING_DATA, SPEED_FILE, Report
 from .stages import seconds
 from .timing import INCONCLUSIVE, MISSED
 
@@ -41,19 +41,23 @@ _NAME_WIDTH = 30
 #: of the others up to this count (fewer where the summary would pass MAX_LINES); the rest are
 #: counted
 _TABLE_ROWS = 10
+#: speed checks listed at least, where the summary would pass MAX_LINES (all are in speed.txt)
+_FEWEST_SPEED_ROWS = 6
+_UNSETTLED = {MISSED, INCONCLUSIVE}
 
 
 def summary_lines(report: Report, folder: Path | None) -> list[str]:
     """The summary of ``report``, whose files are (or would be) in ``folder``: at most
     :data:`MAX_LINES` lines (the tables list fewer of their other detectors where needed)."""
     rest = []
-    if report.speed:
-        rest += _speed_lines(report)
     if _has_paper_rows(report):
         rest += _paper_lines(report, folder)
     rest += _stage_lines(report)
     # the folder's line is never shortened: a path cut at its first space would be lost
     last = [f"report: {shown_path(folder)}"] if folder is not None else []
+    if report.speed:
+        fewest_tables = sum(len(_table_lines(n, t, report, 0)) for n, t in report.tables.items())
+        rest = _speed_lines(report, MAX_LINES - fewest_tables - len(rest) - len(last)) + rest
     rows = _TABLE_ROWS
     while True:
         tables = []
@@ -261,17 +265,37 @@ def _shared_line(
     return line
 
 
-def _speed_lines(report: Report) -> list[str]:
+def _speed_lines(report: Report, budget: int) -> list[str]:
+    """The speed verdicts in at most ``budget`` lines where they fit (a header, the policy, the
+    checks and their notes): else every missed or inconclusive check, then the others in their
+    order, as many as fit (at least :data:`_FEWEST_SPEED_ROWS`), and a line counting the rest
+    (all are in ``speed.txt``)."""
     verdicts = Counter(check.verdict for check in report.speed)
     counts = ", ".join(f"{n} {verdict}" for verdict, n in verdicts.items())
-    lines = [f"speed, side by side: {counts} (median [IQR] of paired rounds)"]
+    head = [f"speed, side by side: {counts} (median [IQR] of paired rounds)"]
     policy = report.policies.get("speed")
     if policy and verdicts.keys() & {MISSED, INCONCLUSIVE}:
-        lines.append(f"  {policy}")
-    lines += ["  " + check.line() for check in report.speed]
-    notes = dict.fromkeys(check.note for check in report.speed if check.note)
-    lines += [f"  note: {note}" for note in notes]
-    return [*lines, ""]
+        head.append(f"  {policy}")
+    fewest = min(len(report.speed), _FEWEST_SPEED_ROWS)
+    count = len(report.speed)
+    while count > fewest and len(head) + len(_speed_rows(report.speed, count)) + 1 > budget:
+        count -= 1
+    return [*head, *_speed_rows(report.speed, count), ""]
+
+
+def _speed_rows(checks: list, count: int) -> list[str]:
+    """``count`` of ``checks`` (those not met or reported first), their notes, and a line
+    counting the checks left out."""
+    ranked = sorted(range(len(checks)), key=lambda i: checks[i].verdict not in _UNSETTLED)
+    kept = sorted(ranked[:count])
+    shown = [checks[i] for i in kept]
+    rows = ["  " + check.line() for check in shown]
+    left = Counter(checks[i].verdict for i in ranked[count:])
+    if left:
+        counted = ", ".join(f"{n} {verdict}" for verdict, n in left.items())
+        rows.append(f"  ... {sum(left.values())} more ({counted}): {SPEED_FILE}")
+    notes = dict.fromkeys(check.note for check in shown if check.note)
+    return rows + [f"  note: {note}" for note in notes]
 
 
 def _paper_lines(report: Report, folder: Path | None) -> list[str]:
