@@ -151,7 +151,9 @@ def test_recipe_scores_equal_pytorch_ood_used_directly(name, data):
         train_loader=_loader(data["train"]),
         tuning_loader=_loader(data["tuning"]),
     )
-    assert type(ours) is type(direct)
+    # pytorch-ood's own class, or a subclass of it that only changes where it scores
+    # (graduncertainty: outside inference mode, gradood.grad_mode)
+    assert isinstance(ours, type(direct))
     x = data["test"].tensors[0]
     expected = _scores(direct, x)
     assert expected.shape == (len(x),) and bool(expected.isfinite().all())
