@@ -177,7 +177,7 @@ def status_line(config: pytest.Config) -> Iterator[Callable[[str], None]]:
     the block ends: progress without lines between pytest's own. Not on a terminal (a file, a
     pipe, a CI log), and not with ``-q -q``: nothing is shown."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    shown = reporter is not None and config.get_verbosity() >= 0 and bool(reporter.isatty)
+    shown = reporter is not None and verbosity(config) >= 0 and bool(reporter.isatty)
     if not shown:
         yield lambda _message: None
         return
