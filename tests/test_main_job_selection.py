@@ -60,7 +60,8 @@ def _config(isatty: bool, verbosity: int = 0) -> SimpleNamespace:
     reporter = SimpleNamespace(isatty=isatty, _tw=_Writer("benchmarks/test_bundled.py "))
     plugins = {"terminalreporter": reporter, "capturemanager": None}
     manager = SimpleNamespace(get_plugin=plugins.get)
-    return SimpleNamespace(pluginmanager=manager, get_verbosity=lambda: verbosity)
+    options = {"verbose": verbosity}
+    return SimpleNamespace(pluginmanager=manager, getoption=lambda name, *default: options[name])
 
 
 def test_progress_shows_on_a_terminal_after_pytests_text_and_is_erased():
