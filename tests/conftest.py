@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _pytest import pytester as pytester_module
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -15,3 +16,34 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# Libraries an in-process run may import lazily. pytester drops every module a run imported,
+# and these fail when imported a second time in one interpreter: their compiled parts stay
+# loaded and no longer match the classes made anew (pandas: "AssertionError: StringArray").
+LIBRARIES_KEPT_BETWEEN_RUNS = ("numpy", "pandas", "matplotlib", "PIL", "scipy", "sklearn", "torch")
+
+
+class _SnapshotKeepingLibraries(pytester_module.SysModulesSnapshot):
+    def __init__(self, preserve=None) -> None:
+        def kept(name: str) -> bool:
+            library = name.partition(".")[0]
+            return library in LIBRARIES_KEPT_BETWEEN_RUNS or bool(preserve and preserve(name))
+
+        super().__init__(preserve=kept)
+
+
+@pytest.fixture
+def _libraries_kept_between_runs(monkeypatch):
+    monkeypatch.setattr(pytester_module, "SysModulesSnapshot", _SnapshotKeepingLibraries)
+
+
+@pytest.fixture
+def pytester(_libraries_kept_between_runs, pytester, monkeypatch):
+    """pytester, with runs that keep the libraries they imported (``LIBRARIES_KEPT_BETWEEN_RUNS``)
+    and print the same on every machine: 80 columns whatever the terminal, and no CI mode (pytest
+    prints the short test summary untruncated when ``CI`` or ``BUILD_NUMBER`` is set)."""
+    monkeypatch.setenv("COLUMNS", "80")
+    for name in ("CI", "BUILD_NUMBER"):
+        monkeypatch.delenv(name, raising=False)
+    return pytester
