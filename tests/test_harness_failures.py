@@ -6,30 +6,12 @@ computed again."""
 from __future__ import annotations
 
 import io
-import pickle
 import zipfile
 
 import pytest
 import torch
 from download_server import Served, local_server
-
-from gradood.testing import make_cifar_layout
-
-CIFAR10_ONLY = """
-import pickle
-from pathlib import Path
-
-import pytest
-
-LAYOUTS = pickle.loads(Path(__file__).with_name("layouts.pkl").read_bytes())
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_gradood_open_protocol(config, name):
-    if name != "cifar10":
-        pytest.skip("only the CIFAR-10 miniature")
-    return LAYOUTS["cifar10"].open()
-"""
+from miniature_projects import CIFAR10_HOOKS, harness_options, make_cifar10_project
 
 RANDOM_MODEL = """
 
@@ -46,25 +28,7 @@ def pytest_gradood_load_model(config, protocol):
 
 @pytest.fixture
 def project(pytester, tmp_path):
-    layouts = make_cifar_layout(tmp_path / "data", test_images=8, train_images=20)
-    (pytester.path / "layouts.pkl").write_bytes(pickle.dumps(layouts))
-    pytester.makeconftest(CIFAR10_ONLY)
-    pytester.makepyfile(test_paper="from gradood.harness.paper_tests import test_table6\n")
-    for folder in ("checkpoints", "reports", "cache"):
-        (tmp_path / folder).mkdir()
-    return pytester
-
-
-def _options(tmp_path) -> list[str]:
-    return [
-        "-p",
-        "no:cacheprovider",
-        "-k",
-        "not Mahalanobis",
-        f"--gradood-checkpoint-dir={tmp_path / 'checkpoints'}",
-        f"--gradood-cache-dir={tmp_path / 'cache'}",
-        f"--gradood-report-dir={tmp_path / 'reports'}",
-    ]
+    return make_cifar10_project(pytester, tmp_path)
 
 
 def _truncated_torch_file() -> bytes:
@@ -83,7 +47,7 @@ def test_an_unreadable_checkpoint_is_said_in_the_plan_and_its_rows_counted(proje
     checkpoint = tmp_path / "checkpoints" / "resnet20-cifar10-1epochs.pt"
     checkpoint.write_bytes(_truncated_torch_file())
     result = project.runpytest_inprocess(
-        *_options(tmp_path), "--gradood-train", "--gradood-train-epochs", "1"
+        *harness_options(tmp_path), "--gradood-train", "--gradood-train-epochs", "1"
     )
     text = result.stdout.str()
     result.assert_outcomes(failed=20, skipped=20)
@@ -112,7 +76,7 @@ def test_an_offline_download_fails_each_row_in_proportion(project, tmp_path, mon
     data = tmp_path / "nothing-here"
     with local_server(served, monkeypatch):
         result = project.runpytest_inprocess(
-            *_options(tmp_path), "--gradood-download", f"--gradood-data-root={data}"
+            *harness_options(tmp_path), "--gradood-download", f"--gradood-data-root={data}"
         )
     text = result.stdout.str()
     result.assert_outcomes(failed=40)
@@ -128,8 +92,8 @@ def test_an_offline_download_fails_each_row_in_proportion(project, tmp_path, mon
 
 
 def test_a_corrupt_cache_entry_is_computed_again_with_a_line_saying_so(project, tmp_path):
-    project.makeconftest(CIFAR10_ONLY + RANDOM_MODEL)
-    options = [*_options(tmp_path), "-k", "GradNorm and not Average"]
+    project.makeconftest(CIFAR10_HOOKS + RANDOM_MODEL)
+    options = [*harness_options(tmp_path), "-k", "GradNorm and not Average"]
     first = project.runpytest_inprocess(*options)
     outcomes = first.parseoutcomes()  # a random model: most rows fail, none raises
     assert outcomes.get("failed", 0) + outcomes.get("passed", 0) == 4, first.stdout.str()[-3000:]

@@ -8,46 +8,21 @@ import dataclasses
 import pickle
 
 import pytest
+from miniature_projects import CIFAR10_HOOKS, MINIATURE_FILE, harness_options, make_cifar10_project
 
 from gradood.harness.training import recipe
 from gradood.models.resnet20 import read_checkpoint
 from gradood.models.train import TrainConfig
 from gradood.protocols import Expected, ExpectedData
-from gradood.testing import make_cifar_layout
-
-HOOKS = """
-import pickle
-from pathlib import Path
-
-import pytest
-
-LAYOUTS = pickle.loads(Path(__file__).with_name("layouts.pkl").read_bytes())
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_gradood_open_protocol(config, name):
-    if name != "cifar10":
-        pytest.skip("only the CIFAR-10 miniature")
-    return LAYOUTS["cifar10"].open()
-"""
 
 
 @pytest.fixture
 def project(pytester, tmp_path):
-    layouts = make_cifar_layout(tmp_path / "data", test_images=8, train_images=20)
-    (pytester.path / "layouts.pkl").write_bytes(pickle.dumps(layouts))
-    pytester.makeconftest(HOOKS)
-    pytester.makepyfile(test_paper="from gradood.harness.paper_tests import test_table6\n")
-    return pytester
+    return make_cifar10_project(pytester, tmp_path)
 
 
 def _run(project, tmp_path, *args: str):
-    (tmp_path / "checkpoints").mkdir(exist_ok=True)  # given and absent: a usage error
-    common = ["-p", "no:cacheprovider", "-k", "not Mahalanobis"]
-    common += ["--gradood-checkpoint-dir", str(tmp_path / "checkpoints")]
-    common += ["--gradood-cache-dir", str(tmp_path / "cache")]
-    common += ["--gradood-report-dir", str(tmp_path / "reports")]
-    return project.runpytest_inprocess(*common, *args)
+    return project.runpytest_inprocess(*harness_options(tmp_path), *args)
 
 
 def test_trains_the_missing_checkpoint_then_reuses_it(project, tmp_path):
@@ -97,11 +72,11 @@ def test_without_the_option_the_missing_model_says_how_to_get_it(project, tmp_pa
 
 
 def test_train_without_the_training_split_names_the_missing_files(project, tmp_path):
-    layouts = pickle.loads((project.path / "layouts.pkl").read_bytes())
-    counts = dict(layouts["cifar10"].expected.counts)
+    miniature = pickle.loads((project.path / MINIATURE_FILE).read_bytes())
+    counts = dict(miniature.expected.counts)
     counts["CIFAR-10 train"] = Expected(999, classes=3)  # 20 images there
-    short = dataclasses.replace(layouts["cifar10"], expected=ExpectedData(counts, False))
-    (project.path / "layouts.pkl").write_bytes(pickle.dumps({"cifar10": short}))
+    short = dataclasses.replace(miniature, expected=ExpectedData(counts, False))
+    (project.path / MINIATURE_FILE).write_bytes(pickle.dumps(short))
     result = _run(project, tmp_path, "--gradood-train", "--gradood-train-epochs", "1")
     result.assert_outcomes(skipped=40)
     assert "cifar10   0 of 20 rows run: --gradood-train needs the ID training set" in (
@@ -142,7 +117,7 @@ def pytest_unconfigure(config):
 
 
 def test_a_diverging_training_is_reported_and_its_last_good_epoch_kept(project, tmp_path):
-    project.makeconftest(HOOKS + DIVERGING)
+    project.makeconftest(CIFAR10_HOOKS + DIVERGING)
     result = _run(project, tmp_path, "--gradood-train", "--gradood-train-epochs", "2")
     result.assert_outcomes(skipped=40)
     assert "cifar10   0 of 20 rows run: ResNet-20 training diverged" in result.stdout.str()
@@ -176,7 +151,7 @@ def pytest_unconfigure(config):
 
 
 def test_a_training_that_fails_otherwise_fails_every_row_and_runs_once(project, tmp_path):
-    project.makeconftest(HOOKS + FAILING)
+    project.makeconftest(CIFAR10_HOOKS + FAILING)
     result = _run(project, tmp_path, "--gradood-train", "--gradood-train-epochs", "1")
     result.assert_outcomes(failed=20, skipped=20)
     assert result.stdout.str().count("RuntimeError: out of memory, say") >= 20

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from miniature_projects import MINIATURE_FILE, only_protocol_hooks
 from PIL import Image
 from torch import Tensor
 
@@ -75,23 +76,13 @@ def test_repository_paths_accept_the_gpu_option(path, spelling):
 
 # -- the harness, end to end -------------------------------------------------------------------
 
-HOOKS = """
-import pickle
-from pathlib import Path
+HOOKS = (
+    only_protocol_hooks("imagenet", "ImageNet")
+    + """
 
-import pytest
 import torch
 
 from gradood.testing import BigTransferStyleNet
-
-MINIATURE = pickle.loads(Path(__file__).with_name("miniature.pkl").read_bytes())
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_gradood_open_protocol(config, name):
-    if name != "imagenet":
-        pytest.skip("only the ImageNet miniature")
-    return MINIATURE.open()
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -99,6 +90,7 @@ def pytest_gradood_load_model(config, protocol):
     torch.manual_seed(0)
     return BigTransferStyleNet(num_classes=3)
 """
+)
 
 
 def _run_pytest(args: list[str], tmp_path: Path, extra_path: Path | None = None):
@@ -185,7 +177,7 @@ def test_harness_end_to_end_on_a_miniature_imagenet(tmp_path):
     )
     plugin_dir = tmp_path / "plugin"
     plugin_dir.mkdir()
-    (plugin_dir / "miniature.pkl").write_bytes(pickle.dumps(miniature))
+    (plugin_dir / MINIATURE_FILE).write_bytes(pickle.dumps(miniature))
     (plugin_dir / "miniature_hooks.py").write_text(HOOKS)
     run = _run_pytest(
         [
