@@ -94,21 +94,26 @@ def _archive(folder: Path, name: str) -> bytes:
     return archive.read_bytes()
 
 
+def _open_with_the_miniatures_counts(pytester, layout) -> None:
+    """A conftest whose protocols expect the miniature's counts (and no published checksums)."""
+    pytester.makeconftest(
+        f"""
+        from gradood.protocols import Expected, ExpectedData, make_protocol  # the repr needs both
+
+        def pytest_gradood_open_protocol(config, name):
+            expected = ExpectedData({dict(layout.expected.counts)!r}, verify_checksums=False)
+            return make_protocol(name, {str(layout.root)!r}, expected=expected)
+        """
+    )
+
+
 def test_a_run_with_the_option_downloads_records_and_reports(pytester, tmp_path, monkeypatch):
     layout = make_imagenet_layout(tmp_path / "data")
     subset = layout.root / "ood_data" / "iNaturalist"
     content = _archive(subset, "iNaturalist")
     shutil.rmtree(subset)
     served = Served({AUTHORS[0]: content, BIT_S_R101X1_URL: b"checkpoint bytes"})
-    pytester.makeconftest(
-        f"""
-        from gradood.protocols import Expected, ExpectedData, make_protocol
-
-        def pytest_gradood_open_protocol(config, name):  # the miniature's counts
-            expected = ExpectedData({dict(layout.expected.counts)!r}, verify_checksums=False)
-            return make_protocol(name, {str(layout.root)!r}, expected=expected)
-        """
-    )
+    _open_with_the_miniatures_counts(pytester, layout)
     pytester.makepyfile(
         """
         def test_open(request):
@@ -207,15 +212,7 @@ def test_a_download_that_fails_its_counts_is_removed_and_the_next_run_fetches_it
     wrong = _archive(subset, "iNaturalist")
     shutil.rmtree(subset)
     served = Served({AUTHORS[0]: wrong})
-    pytester.makeconftest(
-        f"""
-        from gradood.protocols import Expected, ExpectedData, make_protocol
-
-        def pytest_gradood_open_protocol(config, name):  # the miniature's counts
-            expected = ExpectedData({dict(layout.expected.counts)!r}, verify_checksums=False)
-            return make_protocol(name, {str(layout.root)!r}, expected=expected)
-        """
-    )
+    _open_with_the_miniatures_counts(pytester, layout)
     pytester.makepyfile(
         """
         def test_open(request):
