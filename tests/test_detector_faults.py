@@ -147,6 +147,16 @@ def test_one_output_class_is_an_error_for_the_factors_and_the_function():
         gradnorm_score(torch.zeros(3, 1), torch.ones(3, 2))
 
 
+def test_the_feature_norm_u_of_a_one_class_model_is_defined():
+    """U = ||h||_p needs no second class: GradNormU scores it, -U (V and the score refuse it)."""
+    model = Net(0).double().eval()
+    model.fc = nn.Linear(8, 1).double()
+    x = _inputs(0)
+    with torch.no_grad():
+        features = torch.relu(model.body(x))
+    torch.testing.assert_close(GradNormU(model, p=2).predict(x), -features.norm(p=2, dim=1))
+
+
 class PairNet(Net):
     """Returns ``(logits, features)``, as many research models do."""
 

@@ -109,6 +109,7 @@ def gradnorm_factors(
         one output class (then :math:`V = 0` for every input)
     :warns RuntimeWarning: if a factor is 0 for the whole batch, naming why
     """
+    _check_classes(logits.shape[1])
     log_u, log_v = _log_factors(logits, features, p, temperature)
     return (
         _finite_exp(log_u, p, temperature, _FACTORS[0]),
@@ -120,7 +121,9 @@ def gradnorm_factor(
     logits: Tensor, features: Tensor, factor: int, p: float = 1.0, temperature: float = 1.0
 ) -> Tensor:
     """One of :func:`gradnorm_factors`: ``factor`` 0 for :math:`U`, 1 for :math:`V` (a warning
-    only for that one)."""
+    only for that one). :math:`U` is defined for a one-class model too."""
+    if factor == 1:
+        _check_classes(logits.shape[1])
     log_factor = _log_factors(logits, features, p, temperature)[factor]
     return _finite_exp(log_factor, p, temperature, _FACTORS[factor])
 
@@ -140,6 +143,7 @@ def gradnorm_score(
     :raises ValueError: if :math:`z / T` overflows float64 (a temperature that underflows), or
         a score does not fit float64 (only for tiny ``p``)
     """
+    _check_classes(logits.shape[1])
     log_u, log_v = _log_factors(logits, features, p, temperature)
     return _finite_exp(log_u + log_v, p, temperature, "gradient")
 
@@ -147,11 +151,11 @@ def gradnorm_score(
 def _log_factors(
     logits: Tensor, features: Tensor, p: float, temperature: float
 ) -> tuple[Tensor, Tensor]:
-    """``(log U, log V)`` in float64 (see :func:`gradnorm_factors`)."""
+    """``(log U, log V)`` in float64 (see :func:`gradnorm_factors`); V of a one-class model
+    is 0, so the callers that use V refuse it (:func:`_check_classes`)."""
     p, temperature = check_norm_order(p), check_temperature(temperature)
     z, h = logits.detach().double(), features.detach().double()
     num_classes = z.shape[1]
-    _check_classes(num_classes)
     _check_temperature_fits(z, temperature)
     centered = num_classes * torch.softmax(z / temperature, dim=1) - 1
     # log V = log ||centered||_p - log T: no division by a tiny T before the logarithm
