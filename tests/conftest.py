@@ -6,6 +6,16 @@ import pytest
 import torch
 from _pytest import pytester as pytester_module
 
+from gradood.harness.downloading import SPEED_VARIABLES
+from gradood.harness.session import PATH_OPTIONS, SWITCH_VARIABLES
+
+# the variables that the main job reads as its options (docs/harness.md)
+HARNESS_VARIABLES = (
+    *(variable for variable, _default, _what in PATH_OPTIONS.values()),
+    *SWITCH_VARIABLES.values(),
+    *SPEED_VARIABLES.values(),
+)
+
 
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():
@@ -16,6 +26,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def no_harness_variables(monkeypatch):
+    """A developer's exported ``GRADOOD_DOWNLOAD=1`` or ``GRADOOD_DATA_ROOT`` counts as the
+    option given: the tests' runs, subprocesses included, see none of them (otherwise a test
+    could download gigabytes, or read the developer's data)."""
+    for variable in HARNESS_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
 
 
 # Libraries an in-process run may import lazily. pytester drops every module a run imported,
