@@ -104,7 +104,16 @@ def test_every_exported_detector_shows_its_settings():
         if isinstance(getattr(gradood.detectors, name), type)
         and issubclass(getattr(gradood.detectors, name), Detector)
     ]
-    assert len(detectors) >= 7  # GradNorm, its two modes, U, V, LeeAlRegib, MahalanobisEnsemble
+    assert {d.__name__ for d in detectors} == {
+        "GAIA",
+        "GradNorm",
+        "GradNormU",
+        "GradNormV",
+        "HeadGradNorm",
+        "LeeAlRegib",
+        "MahalanobisEnsemble",
+        "ParameterGradNorm",
+    }
     assert [d.__name__ for d in detectors if not issubclass(d, ShowsSettings)] == []
 
 
