@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+from corruption import flip_exponent_bit
 from filelock import FileLock
 from torch.utils.data import TensorDataset
 
@@ -219,15 +220,6 @@ def test_a_writer_killed_mid_run_leaves_a_cache_the_next_run_completes(tmp_path,
     assert len(left) == 1 and left[0].startswith("features-") and left[0].endswith(".pt"), left
 
 
-def _flip_a_bit(path, value: torch.Tensor) -> None:
-    """Flip an exponent bit of ``value`` (a float32) where it is stored in the file."""
-    raw = bytearray(path.read_bytes())
-    where = raw.find(value.numpy().tobytes())
-    assert where > 0
-    raw[where + 3] ^= 0x10
-    path.write_bytes(bytes(raw))
-
-
 class _Batches(torch.nn.Module):
     """A linear classifier that counts its forward passes in its class (an attribute of the
     instance would change the cache key)."""
@@ -248,7 +240,7 @@ def test_a_corrupt_entry_is_recomputed_where_asked_and_the_caller_told(tmp_path)
     model = _Batches()
     first = _extract(model, tmp_path)
     (final,) = tmp_path.glob("features-*.pt")
-    _flip_a_bit(final, first.logits[5, 1])
+    flip_exponent_bit(final, first.logits[5, 1])
     with pytest.raises(CacheError, match="pass recompute=True"):
         _extract(model, tmp_path)  # without on_corrupt: raised, naming what to do
     told = []

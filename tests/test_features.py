@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torchvision.transforms as T
+from corruption import flip_exponent_bit
 from PIL import Image
 from torch.utils.data import Dataset, TensorDataset
 from torchvision.datasets import ImageFolder
@@ -591,11 +592,7 @@ def test_a_flipped_bit_in_a_cached_tensor_is_an_error(tmp_path):
     model, dataset = make_model(), tensor_dataset(6)
     expected = extract(model, dataset, tmp_path)
     (final,) = tmp_path.glob("features-*.pt")
-    raw = bytearray(final.read_bytes())
-    where = raw.find(expected.features[2, 1].numpy().tobytes())
-    assert where > 0
-    raw[where + 7] ^= 0x10  # an exponent bit of a float64 feature
-    final.write_bytes(bytes(raw))
+    flip_exponent_bit(final, expected.features[2, 1])  # a float64 feature
     with pytest.raises(CacheError, match=f"{final.name}.*checksum"):
         extract(model, dataset, tmp_path)
     Counted.samples = 0

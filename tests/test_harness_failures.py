@@ -10,6 +10,7 @@ import zipfile
 
 import pytest
 import torch
+from corruption import flip_exponent_bit
 from download_server import Served, local_server
 from miniature_projects import CIFAR10_HOOKS, harness_options, make_cifar10_project
 
@@ -100,11 +101,7 @@ def test_a_corrupt_cache_entry_is_computed_again_with_a_line_saying_so(project, 
     finals = sorted((tmp_path / "cache").glob("features-*.pt"))
     assert finals
     payload = torch.load(finals[0], weights_only=True)
-    raw = bytearray(finals[0].read_bytes())
-    where = raw.find(payload["logits"][0, 0].numpy().tobytes())
-    assert where > 0
-    raw[where + 3] ^= 0x10  # an exponent bit of a stored logit
-    finals[0].write_bytes(bytes(raw))
+    flip_exponent_bit(finals[0], payload["logits"][0, 0])  # a stored logit
 
     second = project.runpytest_inprocess(*options)
     text = second.stdout.str()
