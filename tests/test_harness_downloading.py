@@ -283,3 +283,22 @@ def test_a_download_speed_out_of_range_is_a_usage_error(pytester, monkeypatch, v
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", option)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--gradood-download-speed-time: a finite number > 0*"])
+
+
+def test_a_dataset_there_but_incomplete_is_never_counted_as_fetched(pytester, tmp_path):
+    """The plan of a run without the option: of ImageNet's five datasets missing, the option
+    would fetch three (iNaturalist is there, if incomplete: never replaced; ImageNet-1k never
+    downloaded); the missing-data line says to move iNaturalist away first."""
+    data = tmp_path / "data"
+    (data / "ood_data" / "iNaturalist").mkdir(parents=True)
+    pytester.makepyfile(test_paper="from gradood.harness.paper_tests import test_table1\n")
+    result = pytester.runpytest_inprocess(
+        "-p", "no:cacheprovider", f"--gradood-data-root={data}",
+        f"--gradood-checkpoint-dir={tmp_path}", f"--gradood-report-dir={tmp_path / 'reports'}",
+    )  # fmt: skip
+    text = result.stdout.str()
+    plan = " ".join(text[text.index("gradood plan:") : text.index("test_paper.py")].split())
+    hint = "(--gradood-download would fetch 3; never ImageNet-1k val, iNaturalist (incomplete))"
+    assert hint in plan
+    (details,) = (tmp_path / "reports").glob("*/missing-data.md")
+    assert "move it away, then run with --gradood-download" in details.read_text()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from .checks import FORWARD, PaperCheck
-from .downloading import wants_download
+from .downloading import Fetch, fetch_kind, wants_download
 from .environment import environment
 from .failures import one_line
 from .inputs import hook_model, open_benchmark
@@ -181,36 +181,39 @@ def _open_or_describe(config: pytest.Config, cls, plan: ProtocolPlan):
 
 def _download_hint(config: pytest.Config, cls) -> str:
     """What ``--gradood-download`` would fetch of ``cls``'s missing datasets, in parentheses:
-    all of them, some (naming those it never fetches, e.g. ImageNet-1k), or nothing."""
+    all of them, some (naming those it never fetches: e.g. ImageNet-1k, or one there but
+    incomplete), or nothing."""
     from ..protocols import missing
     from .session import option_path
 
-    absent = missing(cls.name, option_path(config, "data_root"))
-    sources = {source.name: source for source in cls.sources()}
-    never = [m.name for m in absent if not getattr(sources.get(m.name), "can_download", False)]
+    root = option_path(config, "data_root")
+    kinds = {m.name: fetch_kind(cls, m.name, root) for m in missing(cls.name, root)}
+    never = [_named(name, kind) for name, kind in kinds.items() if kind is not Fetch.FETCHED]
     option = flag("download", config)
-    if not absent or len(never) == len(absent):
+    if not kinds or len(never) == len(kinds):
         return ""
     if not never:
         return f" (no {option})"
-    fetched = len(absent) - len(never)
+    fetched = len(kinds) - len(never)
     return f" ({option} would fetch {fetched}; never {', '.join(never)})"
+
+
+def _named(name: str, kind: Fetch) -> str:
+    """A dataset ``--gradood-download`` never fetches: its name, and why where it is there."""
+    return f"{name} ({kind.value})" if kind is Fetch.INCOMPLETE else name
 
 
 def _describe_fetch(cls, absent: list, root, plan: ProtocolPlan) -> None:
     """What ``--gradood-download`` fetches of the ``absent`` datasets, and what it cannot: a
     dataset no download gives (ImageNet), or one that is there but incomplete (never
     replaced); the protocol does not run while one of those is missing."""
-    sources = {source.name: source for source in cls.sources()}
     fetched, kept = [], []
     for problem in absent:
-        source = sources.get(problem.name)
-        if source is None or not source.can_download:
-            kept.append(f"{problem.name} (no download)")
-        elif source.is_present(root):
-            kept.append(f"{problem.name} (incomplete)")
-        else:
+        kind = fetch_kind(cls, problem.name, root)
+        if kind is Fetch.FETCHED:
             fetched.append(problem.name)
+        else:
+            kept.append(f"{problem.name} ({kind.value})")
     parts = [f"missing: {', '.join(kept)}"] if kept else []  # first: it stops the protocol
     if fetched:
         parts.append(f"to fetch: {', '.join(fetched)}")
