@@ -254,15 +254,9 @@ def _describe_model(config: pytest.Config, cls, plan: ProtocolPlan) -> None:
         plan.model = f"{path.name} missing"
         if cls.trainable:
             plan.model += f" (no {flag('train', config)})"
-        elif cls.checkpoint_download is not None and not _fetches(config):
+        elif cls.checkpoint_download is not None and not wants_download(config):
             plan.model += f" (no {flag('download', config)})"
         plan.runs = False
-
-
-def _fetches(config: pytest.Config) -> bool:
-    """Whether this run downloads what is missing (the option, and the default hooks)."""
-    download = config.getoption("gradood_download", default=False)
-    return bool(download) and not _custom(config, "pytest_gradood_load_model")
 
 
 def _complete(path) -> bool:
