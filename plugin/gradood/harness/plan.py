@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -21,11 +22,18 @@ from .downloading import Fetch, fetch_kind, wants_download
 from .environment import environment
 from .failures import one_line
 from .inputs import hook_model, open_benchmark
-from .readable import checkpoint_problem
+from .readable import checkpoint_problem, read_resnet20
 from .session import flag, run_report, say, uses_gpu
 from .stages import Stage, seconds
 from .summary import MAX_WIDTH
-from .training import PAPER_EPOCHS, checkpoint_path, recipe, train_epochs, wants_training
+from .training import (
+    PAPER_EPOCHS,
+    checkpoint_path,
+    finished,
+    recipe,
+    train_epochs,
+    wants_training,
+)
 
 __all__ = ["ProtocolPlan", "announce", "selected_checks"]
 
@@ -236,8 +244,7 @@ def _describe_model(config: pytest.Config, cls, plan: ProtocolPlan) -> None:
         plan.model = "from a pytest_gradood_load_model hook"
         return
     path = checkpoint_path(config, cls)
-    problem = checkpoint_problem(path, read_whole=cls.trainable) if path.is_file() else None
-    complete = path.is_file() and problem is None and (not cls.trainable or _complete(path))
+    problem, complete = _checkpoint_state(path, cls.trainable)
     if problem is not None:
         plan.model = f"{path.name} unreadable: {problem}"
         plan.runs = False
@@ -259,11 +266,17 @@ def _describe_model(config: pytest.Config, cls, plan: ProtocolPlan) -> None:
         plan.runs = False
 
 
-def _complete(path) -> bool:
-    """Whether the ResNet-20 checkpoint at ``path`` (readable) finished its training."""
-    from ..models.resnet20 import read_checkpoint
-
-    return bool(read_checkpoint(path)["complete"])
+def _checkpoint_state(path: Path, trainable: bool) -> tuple[str | None, bool]:
+    """Why the checkpoint at ``path`` cannot be loaded (``None``: it can, or there is no file),
+    and whether it is complete: a file that loads and, of a ``trainable`` protocol (a
+    ResNet-20 checkpoint, read whole once), of a finished training."""
+    if not path.is_file():
+        return None, False
+    if not trainable:
+        problem = checkpoint_problem(path, read_whole=False)
+        return problem, problem is None
+    content, problem = read_resnet20(path)
+    return problem, content is not None and finished(content)
 
 
 def _stages(config: pytest.Config, cls, benchmark, plan: ProtocolPlan) -> list[Stage]:
