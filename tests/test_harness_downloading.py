@@ -269,6 +269,32 @@ def test_the_minimum_download_speed_is_an_option_and_an_environment_variable(
     )
 
 
+def test_the_checkpoints_download_has_the_same_minimum_speed(pytester, tmp_path, monkeypatch):
+    served = Served({BIT_S_R101X1_URL: b"x" * 1000}, drips={BIT_S_R101X1_URL: 1.0})
+    pytester.makepyfile(
+        """
+        def test_load(request):
+            hook = request.config.hook
+            hook.pytest_gradood_load_model(config=request.config, protocol="imagenet")
+        """
+    )
+    checkpoints = tmp_path / "checkpoints"
+    with local_server(served, monkeypatch):
+        result = pytester.runpytest_inprocess(
+            "--gradood-download", f"--gradood-checkpoint-dir={checkpoints}", "-p",
+            "no:cacheprovider", "--gradood-download-min-speed=100",
+            "--gradood-download-speed-time=1",
+        )  # fmt: skip
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"*SlowDownloadError: {BIT_S_R101X1_URL}: BiT-S-R101x1-flat-finetune.pth.tar arrived "
+            "at *below the minimum of 100 bytes/s over 1 s*"
+        ]
+    )
+    assert not (checkpoints / "BiT-S-R101x1-flat-finetune.pth.tar").exists()
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [("GRADOOD_DOWNLOAD_MIN_SPEED", "-1"), ("GRADOOD_DOWNLOAD_SPEED_TIME", "0")],

@@ -330,9 +330,9 @@ class DownloadHooks:
             from .failures import shared_failures
 
             def download() -> None:
-                with _uncaptured(config):
+                with _uncaptured(config), _speed_limit(self.speed):
                     _say(config, f"gradood: downloading {remote.url} to {path}")
-                    remote.fetch(path, min_speed=self.speed[0], speed_time=self.speed[1])
+                    remote.fetch(path)
 
             shared_failures(config).call(("download model", protocol), download)
         elif path.is_file() and recorded_sha256(path) is not None:
