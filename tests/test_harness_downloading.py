@@ -269,6 +269,32 @@ def test_the_minimum_download_speed_is_an_option_and_an_environment_variable(
     )
 
 
+def test_the_checkpoints_download_has_the_same_minimum_speed(pytester, tmp_path, monkeypatch):
+    served = Served({BIT_S_R101X1_URL: b"x" * 1000}, drips={BIT_S_R101X1_URL: 1.0})
+    pytester.makepyfile(
+        """
+        def test_load(request):
+            hook = request.config.hook
+            hook.pytest_gradood_load_model(config=request.config, protocol="imagenet")
+        """
+    )
+    checkpoints = tmp_path / "checkpoints"
+    with local_server(served, monkeypatch):
+        result = pytester.runpytest_inprocess(
+            "--gradood-download", f"--gradood-checkpoint-dir={checkpoints}", "-p",
+            "no:cacheprovider", "--gradood-download-min-speed=100",
+            "--gradood-download-speed-time=1",
+        )  # fmt: skip
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"*SlowDownloadError: {BIT_S_R101X1_URL}: BiT-S-R101x1-flat-finetune.pth.tar arrived "
+            "at *below the minimum of 100 bytes/s over 1 s*"
+        ]
+    )
+    assert not (checkpoints / "BiT-S-R101x1-flat-finetune.pth.tar").exists()
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [("GRADOOD_DOWNLOAD_MIN_SPEED", "-1"), ("GRADOOD_DOWNLOAD_SPEED_TIME", "0")],
@@ -283,3 +309,22 @@ def test_a_download_speed_out_of_range_is_a_usage_error(pytester, monkeypatch, v
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", option)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--gradood-download-speed-time: a finite number > 0*"])
+
+
+def test_a_dataset_there_but_incomplete_is_never_counted_as_fetched(pytester, tmp_path):
+    """The plan of a run without the option: of ImageNet's five datasets missing, the option
+    would fetch three (iNaturalist is there, if incomplete: never replaced; ImageNet-1k never
+    downloaded); the missing-data line says to move iNaturalist away first."""
+    data = tmp_path / "data"
+    (data / "ood_data" / "iNaturalist").mkdir(parents=True)
+    pytester.makepyfile(test_paper="from gradood.harness.paper_tests import test_table1\n")
+    result = pytester.runpytest_inprocess(
+        "-p", "no:cacheprovider", f"--gradood-data-root={data}",
+        f"--gradood-checkpoint-dir={tmp_path}", f"--gradood-report-dir={tmp_path / 'reports'}",
+    )  # fmt: skip
+    text = result.stdout.str()
+    plan = " ".join(text[text.index("gradood plan:") : text.index("test_paper.py")].split())
+    hint = "(--gradood-download would fetch 3; never ImageNet-1k val, iNaturalist (incomplete))"
+    assert hint in plan
+    (details,) = (tmp_path / "reports").glob("*/missing-data.md")
+    assert "move it away, then run with --gradood-download" in details.read_text()

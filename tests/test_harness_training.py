@@ -156,3 +156,27 @@ def test_a_training_that_fails_otherwise_fails_every_row_and_runs_once(project, 
     result.assert_outcomes(failed=20, skipped=20)
     assert result.stdout.str().count("RuntimeError: out of memory, say") >= 20
     assert (project.path / "train-calls").read_text() == "call\n"
+
+
+@pytest.mark.parametrize("complete", [True, False])
+def test_the_plan_reads_a_resnet20_checkpoint_once(pytester, tmp_path, monkeypatch, complete):
+    """Whether it loads and whether its training finished come from one read of the file."""
+    import importlib
+
+    import torch
+
+    from gradood.harness.plan import ProtocolPlan, _describe_model
+    from gradood.protocols import protocol_class
+
+    resnet20 = importlib.import_module("gradood.models.resnet20")  # the module, not the function
+    content = {"format": resnet20.CHECKPOINT_FORMAT, "model": {"w": torch.ones(2)}}
+    torch.save({**content, "complete": complete}, tmp_path / "resnet20-cifar10.pt")
+    reads = []
+    read = resnet20.read_checkpoint
+    monkeypatch.setattr(resnet20, "read_checkpoint", lambda path: reads.append(path) or read(path))
+    config = pytester.parseconfigure(f"--gradood-checkpoint-dir={tmp_path}")
+    plan = ProtocolPlan("cifar10", [])
+    _describe_model(config, protocol_class("cifar10"), plan)
+    assert reads == [tmp_path / "resnet20-cifar10.pt"]
+    expected = "found" if complete else "missing (no --gradood-train)"
+    assert plan.model == f"resnet20-cifar10.pt {expected}"

@@ -9,8 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-import torch
-
 from .locking import exclusive_lock  # its home before gradood.locking
 
 __all__ = [
@@ -88,4 +86,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_torch_save(path: str | os.PathLike, payload: object) -> Path:
     """:func:`atomic_write` of ``torch.save(payload)``."""
+    import torch  # here: the downloads import this module, and the pytest plugin them
+
     return atomic_write(path, lambda file: torch.save(payload, file))

@@ -26,6 +26,7 @@ import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import pytest
@@ -37,8 +38,10 @@ __all__ = [
     "OPTION",
     "PROVENANCE",
     "DownloadHooks",
+    "Fetch",
     "PlannedDownload",
     "download_speed",
+    "fetch_kind",
     "missing_line",
     "parse_number",
     "planned_downloads",
@@ -171,6 +174,30 @@ def _probed(download: PlannedDownload) -> PlannedDownload:
     )
 
 
+class Fetch(Enum):
+    """What ``--gradood-download`` does for a dataset that is missing (its value in words)."""
+
+    #: entirely absent and published: downloaded
+    FETCHED = "fetched"
+    #: there, but incomplete: never replaced (nothing on disk is overwritten)
+    INCOMPLETE = "incomplete"
+    #: no download gives it (ImageNet-1k, behind a login)
+    NO_DOWNLOAD = "no download"
+
+
+def fetch_kind(cls, dataset: str, root: str | os.PathLike) -> Fetch:
+    """What ``--gradood-download`` does for the dataset named ``dataset`` of protocol class
+    ``cls`` where it is missing under ``root``."""
+    source = next((source for source in cls.sources() if source.name == dataset), None)
+    return _source_fetch(source, Path(root))
+
+
+def _source_fetch(source, root: Path) -> Fetch:
+    if source is None or not source.can_download:
+        return Fetch.NO_DOWNLOAD
+    return Fetch.INCOMPLETE if source.is_present(root) else Fetch.FETCHED
+
+
 def missing_line(protocol: str, problem, root: str | os.PathLike, option: str = OPTION) -> str:
     """The line of ``missing-data.md`` for a dataset of ``protocol`` missing under ``root`` (a
     :class:`gradood.protocols.MissingDataset`): what and where, how to get it, and for a
@@ -178,12 +205,11 @@ def missing_line(protocol: str, problem, root: str | os.PathLike, option: str = 
     it)."""
     from ..protocols import protocol_class
 
-    sources = {source.name: source for source in protocol_class(protocol).sources()}
-    source = sources.get(problem.name)
     line = f"- {sentence(str(problem))}"
-    if source is None or not source.can_download:
+    kind = fetch_kind(protocol_class(protocol), problem.name, root)
+    if kind is Fetch.NO_DOWNLOAD:
         return line
-    if source.is_present(Path(root)):
+    if kind is Fetch.INCOMPLETE:
         return f"{line}\n  With the harness: move it away, then run with {option}."
     return f"{line}\n  With the harness: run with {option}."
 
@@ -304,9 +330,9 @@ class DownloadHooks:
             from .failures import shared_failures
 
             def download() -> None:
-                with _uncaptured(config):
+                with _uncaptured(config), _speed_limit(self.speed):
                     _say(config, f"gradood: downloading {remote.url} to {path}")
-                    remote.fetch(path, min_speed=self.speed[0], speed_time=self.speed[1])
+                    remote.fetch(path)
 
             shared_failures(config).call(("download model", protocol), download)
         elif path.is_file() and recorded_sha256(path) is not None:
@@ -340,7 +366,7 @@ def _download_data(config: pytest.Config, name: str, root: Path) -> None:
     from ..protocols import protocol_class
 
     for source in protocol_class(name).sources():
-        if source.can_download and not source.is_present(root):
+        if _source_fetch(source, root) is Fetch.FETCHED:
             _say(config, f"gradood: downloading {source.name} ({name}) into {root}")
             source.download(root)
 

@@ -56,8 +56,10 @@ def hook_model(config: pytest.Config, protocol: str):
     )
     loaded = config.stash.setdefault(_LOADED, {})
     failures = shared_failures(config)
-    if protocol in loaded or failures.failed((_LOADED, protocol)):
-        return _once(config, _LOADED, protocol, lambda: None)
+    if failures.failed((_LOADED, protocol)):
+        failures.raise_again((_LOADED, protocol))
+    if protocol in loaded:
+        return _repeated(loaded[protocol])
     try:
         model = caller(config=config, protocol=protocol)
     except pytest.skip.Exception as skipped:
@@ -78,7 +80,11 @@ def _once(config: pytest.Config, key: pytest.StashKey[dict], name: str, make: Ca
             done[name] = shared_failures(config).call((key, name), make)
         except pytest.skip.Exception as skipped:
             done[name] = _Skipped(str(skipped.msg))
-    value = done[name]
+    return _repeated(done[name])
+
+
+def _repeated(value):
+    """``value`` as it was first made: a skip is repeated."""
     if isinstance(value, _Skipped):
         pytest.skip(value.reason)
     return value

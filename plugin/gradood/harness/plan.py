@@ -13,19 +13,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from .checks import FORWARD, PaperCheck
-from .downloading import wants_download
+from .downloading import Fetch, fetch_kind, wants_download
 from .environment import environment
 from .failures import one_line
 from .inputs import hook_model, open_benchmark
-from .readable import checkpoint_problem
+from .readable import checkpoint_problem, read_resnet20
 from .session import flag, run_report, say, uses_gpu
 from .stages import Stage, seconds
 from .summary import MAX_WIDTH
-from .training import PAPER_EPOCHS, checkpoint_path, recipe, train_epochs, wants_training
+from .training import (
+    PAPER_EPOCHS,
+    checkpoint_path,
+    finished,
+    recipe,
+    train_epochs,
+    wants_training,
+)
 
 __all__ = ["ProtocolPlan", "announce", "selected_checks"]
 
@@ -181,36 +189,39 @@ def _open_or_describe(config: pytest.Config, cls, plan: ProtocolPlan):
 
 def _download_hint(config: pytest.Config, cls) -> str:
     """What ``--gradood-download`` would fetch of ``cls``'s missing datasets, in parentheses:
-    all of them, some (naming those it never fetches, e.g. ImageNet-1k), or nothing."""
+    all of them, some (naming those it never fetches: e.g. ImageNet-1k, or one there but
+    incomplete), or nothing."""
     from ..protocols import missing
     from .session import option_path
 
-    absent = missing(cls.name, option_path(config, "data_root"))
-    sources = {source.name: source for source in cls.sources()}
-    never = [m.name for m in absent if not getattr(sources.get(m.name), "can_download", False)]
+    root = option_path(config, "data_root")
+    kinds = {m.name: fetch_kind(cls, m.name, root) for m in missing(cls.name, root)}
+    never = [_named(name, kind) for name, kind in kinds.items() if kind is not Fetch.FETCHED]
     option = flag("download", config)
-    if not absent or len(never) == len(absent):
+    if not kinds or len(never) == len(kinds):
         return ""
     if not never:
         return f" (no {option})"
-    fetched = len(absent) - len(never)
+    fetched = len(kinds) - len(never)
     return f" ({option} would fetch {fetched}; never {', '.join(never)})"
+
+
+def _named(name: str, kind: Fetch) -> str:
+    """A dataset ``--gradood-download`` never fetches: its name, and why where it is there."""
+    return f"{name} ({kind.value})" if kind is Fetch.INCOMPLETE else name
 
 
 def _describe_fetch(cls, absent: list, root, plan: ProtocolPlan) -> None:
     """What ``--gradood-download`` fetches of the ``absent`` datasets, and what it cannot: a
     dataset no download gives (ImageNet), or one that is there but incomplete (never
     replaced); the protocol does not run while one of those is missing."""
-    sources = {source.name: source for source in cls.sources()}
     fetched, kept = [], []
     for problem in absent:
-        source = sources.get(problem.name)
-        if source is None or not source.can_download:
-            kept.append(f"{problem.name} (no download)")
-        elif source.is_present(root):
-            kept.append(f"{problem.name} (incomplete)")
-        else:
+        kind = fetch_kind(cls, problem.name, root)
+        if kind is Fetch.FETCHED:
             fetched.append(problem.name)
+        else:
+            kept.append(f"{problem.name} ({kind.value})")
     parts = [f"missing: {', '.join(kept)}"] if kept else []  # first: it stops the protocol
     if fetched:
         parts.append(f"to fetch: {', '.join(fetched)}")
@@ -233,8 +244,7 @@ def _describe_model(config: pytest.Config, cls, plan: ProtocolPlan) -> None:
         plan.model = "from a pytest_gradood_load_model hook"
         return
     path = checkpoint_path(config, cls)
-    problem = checkpoint_problem(path, read_whole=cls.trainable) if path.is_file() else None
-    complete = path.is_file() and problem is None and (not cls.trainable or _complete(path))
+    problem, complete = _checkpoint_state(path, cls.trainable)
     if problem is not None:
         plan.model = f"{path.name} unreadable: {problem}"
         plan.runs = False
@@ -251,22 +261,22 @@ def _describe_model(config: pytest.Config, cls, plan: ProtocolPlan) -> None:
         plan.model = f"{path.name} missing"
         if cls.trainable:
             plan.model += f" (no {flag('train', config)})"
-        elif cls.checkpoint_download is not None and not _fetches(config):
+        elif cls.checkpoint_download is not None and not wants_download(config):
             plan.model += f" (no {flag('download', config)})"
         plan.runs = False
 
 
-def _fetches(config: pytest.Config) -> bool:
-    """Whether this run downloads what is missing (the option, and the default hooks)."""
-    download = config.getoption("gradood_download", default=False)
-    return bool(download) and not _custom(config, "pytest_gradood_load_model")
-
-
-def _complete(path) -> bool:
-    """Whether the ResNet-20 checkpoint at ``path`` (readable) finished its training."""
-    from ..models.resnet20 import read_checkpoint
-
-    return bool(read_checkpoint(path)["complete"])
+def _checkpoint_state(path: Path, trainable: bool) -> tuple[str | None, bool]:
+    """Why the checkpoint at ``path`` cannot be loaded (``None``: it can, or there is no file),
+    and whether it is complete: a file that loads and, of a ``trainable`` protocol (a
+    ResNet-20 checkpoint, read whole once), of a finished training."""
+    if not path.is_file():
+        return None, False
+    if not trainable:
+        problem = checkpoint_problem(path, read_whole=False)
+        return problem, problem is None
+    content, problem = read_resnet20(path)
+    return problem, content is not None and finished(content)
 
 
 def _stages(config: pytest.Config, cls, benchmark, plan: ProtocolPlan) -> list[Stage]:

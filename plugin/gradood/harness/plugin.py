@@ -81,6 +81,7 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    from ..downloads.speed import DEFAULT_MIN_SPEED, DEFAULT_SPEED_TIME
     from .spelling import RecordingGroup
 
     group = RecordingGroup(parser.getgroup("gradood"))  # records the options' short spellings
@@ -140,7 +141,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="BYTES_PER_S",
         help="a download slower than this on average over a whole window ends (0: never; "
-        "environment: GRADOOD_DOWNLOAD_MIN_SPEED; default: 1024)",
+        f"environment: GRADOOD_DOWNLOAD_MIN_SPEED; default: {DEFAULT_MIN_SPEED:g})",
     )
     group.addoption(
         flag("download_speed_time"),
@@ -148,7 +149,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=_positive_number,
         default=None,
         metavar="S",
-        help="that window, in seconds (environment: GRADOOD_DOWNLOAD_SPEED_TIME; default: 60)",
+        help="that window, in seconds (environment: GRADOOD_DOWNLOAD_SPEED_TIME; default: "
+        f"{DEFAULT_SPEED_TIME:g})",
     )
 
 

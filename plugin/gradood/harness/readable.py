@@ -11,9 +11,10 @@ truncated in its legacy format's body passes this check; the load then says so.
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["checkpoint_problem"]
+__all__ = ["checkpoint_problem", "read_resnet20"]
 
 _ZIP = b"PK\x03\x04"
 #: torch's legacy format: pickle protocol 2, then the magic number as a 10-byte long
@@ -26,15 +27,19 @@ def checkpoint_problem(path: Path, read_whole: bool) -> str | None:
     :param read_whole: read it as a ResNet-20 checkpoint of :mod:`gradood.models.train`
         (``gradood.models.resnet20.read_checkpoint``); else check its header only
     """
-    if read_whole:
-        from ..models.resnet20 import read_checkpoint
+    return read_resnet20(path)[1] if read_whole else _header_problem(path)
 
-        try:
-            read_checkpoint(path)
-        except ValueError as error:
-            return str(error).replace(f"'{path}'", "it")
-        return None
-    return _header_problem(path)
+
+def read_resnet20(path: Path) -> tuple[Mapping | None, str | None]:
+    """The content of the ResNet-20 checkpoint at ``path`` (a file), as
+    ``gradood.models.resnet20.read_checkpoint`` returns it, and ``None``; or ``None`` and why
+    it cannot be loaded, in words."""
+    from ..models.resnet20 import read_checkpoint
+
+    try:
+        return read_checkpoint(path), None
+    except ValueError as error:
+        return None, str(error).replace(f"'{path}'", "it")
 
 
 def _header_problem(path: Path) -> str | None:

@@ -12,6 +12,7 @@ atomically after every epoch and resumes an unfinished one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ __all__ = [
     "PAPER_EPOCHS",
     "checkpoint_path",
     "describe_checkpoint",
+    "finished",
     "load_or_train",
     "recipe",
     "train_epochs",
@@ -126,7 +128,14 @@ def load_or_train(config: pytest.Config, protocol: str):
 def _is_complete(path: Path) -> bool:
     from ..models.resnet20 import read_checkpoint
 
-    return bool(read_checkpoint(path)["complete"])
+    return finished(read_checkpoint(path))
+
+
+def finished(content: Mapping) -> bool:
+    """Whether the ResNet-20 checkpoint ``content`` (as
+    ``gradood.models.resnet20.read_checkpoint`` returns it) is of a finished training (else
+    ``--gradood-train`` resumes it)."""
+    return bool(content["complete"])
 
 
 def record_missing_model(config: pytest.Config, protocol: str) -> str | None:
