@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _pytest import pytester as pytester_module
+from download_server import Served, local_server
 
 from gradood.harness.downloading import SPEED_VARIABLES
 from gradood.harness.session import PATH_OPTIONS, SWITCH_VARIABLES
@@ -66,3 +67,12 @@ def pytester(_libraries_kept_between_runs, pytester, monkeypatch):
     for name in ("CI", "BUILD_NUMBER"):
         monkeypatch.delenv(name, raising=False)
     return pytester
+
+
+@pytest.fixture
+def served(monkeypatch):
+    """What a local HTTP server serves (:class:`download_server.Served`, empty at first), every
+    download of gradood sent to it for the test's duration."""
+    served = Served()
+    with local_server(served, monkeypatch):
+        yield served

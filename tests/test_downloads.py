@@ -16,7 +16,6 @@ import tarfile
 import time
 
 import pytest
-from download_server import Served, local_server
 
 import gradood.downloads.extraction as extraction_module
 import gradood.downloads.remote as remote_module
@@ -44,13 +43,6 @@ def _md5(data: bytes) -> str:
 
 def _leftovers(folder) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
-
-
-@pytest.fixture
-def served(monkeypatch):
-    served = Served()
-    with local_server(served, monkeypatch):
-        yield served
 
 
 def test_a_complete_download_is_checked_and_renamed(served, tmp_path):

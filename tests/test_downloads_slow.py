@@ -10,20 +10,12 @@ from __future__ import annotations
 import math
 
 import pytest
-from download_server import Served, local_server
 
 import gradood.downloads.remote as remote_module
 from gradood.downloads import RemoteFile, SlowDownloadError, SpeedLimit, speed_limit
 
 URL = "http://files.example.org/slow/archive.bin"
 CONTENT = bytes(range(40))
-
-
-@pytest.fixture
-def served(monkeypatch):
-    served = Served()
-    with local_server(served, monkeypatch):
-        yield served
 
 
 def test_a_drip_below_the_minimum_rate_ends_naming_url_rate_and_window(served, tmp_path):
