@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import tarfile
 from pathlib import Path
 
 import pytest
 from download_server import Served, local_server
 from pytorch_ood.dataset.img import LSUNCrop, Textures
+from subset_archives import subset_archive
 from torchvision.datasets import CIFAR10, CIFAR100, SVHN
 
 from gradood.harness.downloading import missing_line, planned_downloads
@@ -87,13 +87,6 @@ def test_missing_data_names_the_option_for_downloadable_data_only(tmp_path):
     assert "move it away, then run with --gradood-download" in incomplete
 
 
-def _archive(folder: Path, name: str) -> bytes:
-    archive = folder.parent / f"{name}.served.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(folder, arcname=name)
-    return archive.read_bytes()
-
-
 def _open_with_the_miniatures_counts(pytester, layout) -> None:
     """A conftest whose protocols expect the miniature's counts (and no published checksums)."""
     pytester.makeconftest(
@@ -110,7 +103,7 @@ def _open_with_the_miniatures_counts(pytester, layout) -> None:
 def test_a_run_with_the_option_downloads_records_and_reports(pytester, tmp_path, monkeypatch):
     layout = make_imagenet_layout(tmp_path / "data")
     subset = layout.root / "ood_data" / "iNaturalist"
-    content = _archive(subset, "iNaturalist")
+    content = subset_archive(subset, tmp_path / "served.tar.gz")
     shutil.rmtree(subset)
     served = Served({AUTHORS[0]: content, BIT_S_R101X1_URL: b"checkpoint bytes"})
     _open_with_the_miniatures_counts(pytester, layout)
@@ -207,9 +200,8 @@ def test_a_download_that_fails_its_counts_is_removed_and_the_next_run_fetches_it
     it removed; the next run downloads it again (two requests), and records the right one."""
     layout = make_imagenet_layout(tmp_path / "data")
     subset = layout.root / "ood_data" / "iNaturalist"
-    right = _archive(subset, "iNaturalist")
-    next(subset.rglob("*.jpg")).unlink()
-    wrong = _archive(subset, "iNaturalist")
+    right = subset_archive(subset, tmp_path / "right.tar.gz")
+    wrong = subset_archive(subset, tmp_path / "wrong.tar.gz", drop=1)
     shutil.rmtree(subset)
     served = Served({AUTHORS[0]: wrong})
     _open_with_the_miniatures_counts(pytester, layout)
@@ -244,7 +236,8 @@ def test_the_minimum_download_speed_is_an_option_and_an_environment_variable(
     with the error naming the window given (the default window is 60 s)."""
     layout = make_imagenet_layout(tmp_path / "data")
     subset = layout.root / "ood_data" / "SUN"
-    served = Served({AUTHORS[1]: _archive(subset, "SUN")}, drips={AUTHORS[1]: 1.0})
+    content = subset_archive(subset, tmp_path / "served.tar.gz")
+    served = Served({AUTHORS[1]: content}, drips={AUTHORS[1]: 1.0})
     shutil.rmtree(subset)
     pytester.makepyfile(
         """

@@ -18,6 +18,7 @@ import torch
 from download_server import Served, local_server
 from PIL import Image
 from pytorch_ood.detector import MaxSoftmax
+from subset_archives import subset_archive
 
 import gradood
 from gradood.downloads import UnsafeArchiveError, recorded_sha256
@@ -251,12 +252,10 @@ def test_no_download_is_attempted_without_download_true(layout):
 
 def test_download_installs_an_absent_authors_subset(tmp_path, layout, monkeypatch):
     folder = _ood_folder(layout.root, "iNaturalist")
-    archive = tmp_path / "iNaturalist.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(folder, arcname="iNaturalist")
+    content = subset_archive(folder, tmp_path / "iNaturalist.tar.gz")
     shutil.rmtree(folder)
     url = f"{AUTHORS_OOD_URL}iNaturalist.tar.gz"
-    served = Served({url: archive.read_bytes()})
+    served = Served({url: content})
 
     with local_server(served, monkeypatch):
         benchmark = layout.open(download=True, transform=_image_size)
@@ -273,15 +272,6 @@ def test_download_installs_an_absent_authors_subset(tmp_path, layout, monkeypatc
         assert len(served.requests) == 1
 
 
-def _subset_archive(folder: Path, path: Path, drop: int = 0) -> bytes:
-    """``folder`` as the authors' archive, less its first ``drop`` images."""
-    dropped = {f"{folder.name}/{p.relative_to(folder)}" for p in sorted(folder.rglob("*.jpg"))}
-    dropped = set(sorted(dropped)[:drop])
-    with tarfile.open(path, "w:gz") as tar:
-        tar.add(folder, arcname=folder.name, filter=lambda m: None if m.name in dropped else m)
-    return path.read_bytes()
-
-
 def test_a_download_that_fails_its_counts_is_removed_and_fetched_afresh(
     tmp_path, layout, monkeypatch
 ):
@@ -290,8 +280,8 @@ def test_a_download_that_fails_its_counts_is_removed_and_fetched_afresh(
     message says so; the next open downloads it again, and records the right one."""
     folder = _ood_folder(layout.root, "iNaturalist")
     images = len(list(folder.rglob("*.jpg")))
-    right = _subset_archive(folder, tmp_path / "right.tar.gz")
-    wrong = _subset_archive(folder, tmp_path / "wrong.tar.gz", drop=1)
+    right = subset_archive(folder, tmp_path / "right.tar.gz")
+    wrong = subset_archive(folder, tmp_path / "wrong.tar.gz", drop=1)
     shutil.rmtree(folder)
     url = f"{AUTHORS_OOD_URL}iNaturalist.tar.gz"
     served = Served({url: wrong})
@@ -320,7 +310,7 @@ def test_a_download_that_fails_its_counts_is_removed_and_fetched_afresh(
 def test_an_archive_put_there_by_hand_that_fails_the_counts_is_kept(tmp_path, layout):
     """Only what the download installed is removed: the user's archive stays, unrecorded."""
     folder = _ood_folder(layout.root, "SUN")
-    wrong = _subset_archive(folder, layout.root / "SUN.tar.gz", drop=1)
+    wrong = subset_archive(folder, layout.root / "SUN.tar.gz", drop=1)
     shutil.rmtree(folder)
 
     with pytest.raises(DatasetNotFoundError, match="it was there before this download and is kept"):
