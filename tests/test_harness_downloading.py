@@ -298,10 +298,18 @@ def test_a_download_speed_out_of_range_is_a_usage_error(pytester, monkeypatch, v
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*{variable}={value}: a finite number*"])
-    option = "--gradood-download-speed-time=0"
+
+
+@pytest.mark.parametrize(
+    ("option", "problem"),
+    [("--gradood-download-min-speed=-1", ">= 0"), ("--gradood-download-speed-time=0", "> 0")],
+)
+def test_a_download_speed_option_out_of_range_is_a_usage_error(pytester, option, problem):
+    pytester.makepyfile("def test_nothing():\n    pass\n")
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", option)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--gradood-download-speed-time: a finite number > 0*"])
+    name = option.partition("=")[0]
+    result.stderr.fnmatch_lines([f"*{name}: a finite number {problem}*"])
 
 
 def test_a_dataset_there_but_incomplete_is_never_counted_as_fetched(pytester, tmp_path):
