@@ -64,8 +64,6 @@ GAIA_PAPER = Paper(
 )
 #: variant -> the official function it reproduces
 VARIANTS = {"A": "cal_grad_value", "Z": "cal_zero"}
-#: the name of the head's input among the inspected tensors
-_HEAD_INPUT = "<head input>"
 
 
 def _head_io(inputs: tuple, output: Tensor) -> tuple[Tensor, Tensor]:
