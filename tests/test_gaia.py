@@ -416,3 +416,22 @@ def test_a_layer_that_runs_twice_or_a_training_batch_norm_is_refused():
         GAIA(twice, layers=["1"]).predict(torch.randn(2, 3, 8, 8))
     with pytest.raises(ValueError, match=r"call model\.eval\(\)"):
         GAIA(model.train()).predict(torch.randn(2, 3, 8, 8))
+
+
+class _LSTMClassifier(nn.Module):
+    """Sequences B x T x 4 to 2 logits from the LSTM's last step; the LSTM returns a tuple."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(4, 4, batch_first=True)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        steps, _state = self.lstm(x)
+        return self.fc(steps[:, -1])
+
+
+def test_a_layer_that_runs_once_but_returns_a_tuple_is_named_as_such():
+    detector = GAIA(_LSTMClassifier().eval(), layers=["lstm"])
+    with pytest.raises(ValueError, match=r"'lstm', .* it returns a tuple of 2, not one tensor$"):
+        detector.predict(torch.randn(2, 3, 4))

@@ -167,8 +167,8 @@ class GAIA(ShowsSettings, GradientDetector):
         """Outlier scores :math:`S_A` or :math:`S_Z` (float64, shape B) of a batch of inputs.
 
         :raises ValueError: if ``x`` has no batch axis or is not finite, a BatchNorm uses batch
-            statistics, an inspected layer does not run exactly once, the model's output is not
-            its head's, or a score is not finite
+            statistics, an inspected layer does not run exactly once or returns no tensor (an
+            LSTM's tuple), the model's output is not its head's, or a score is not finite
         """
         if not isinstance(x, Tensor) or x.ndim < 1:
             raise ValueError("x must be a tensor with a batch dimension")
@@ -208,12 +208,15 @@ class GAIA(ShowsSettings, GradientDetector):
             return gaia_z_scores(logits, [*tensors, output]).detach()
 
     def _single_output(self, name: str, calls: list) -> Tensor:
-        if len(calls) != 1 or not isinstance(calls[0], Tensor):
-            raise ValueError(
-                f"GAIA inspects layer '{name}', which must return one tensor exactly once per "
-                f"forward pass; it ran {len(calls)} times"
-            )
-        return calls[0]
+        if len(calls) == 1 and isinstance(calls[0], Tensor):
+            return calls[0]
+        problem = f"it ran {len(calls)} times"
+        if len(calls) == 1:
+            problem = f"it returns {_kind(calls[0])}, not one tensor"
+        raise ValueError(
+            f"GAIA inspects layer '{name}', which must return one tensor exactly once per "
+            f"forward pass; {problem}"
+        )
 
     def _head_input(self, calls: list, logits: Tensor) -> Tensor:
         if not calls:
@@ -246,6 +249,13 @@ def _module_name(model: nn.Module, layer: str | nn.Module, what: str) -> str:
                 return name
         raise ValueError(f"the {what} {type(layer).__name__} given is not a module of the model")
     raise TypeError(f"{what} must be a module or its qualified name, got {type(layer).__name__}")
+
+
+def _kind(value: object) -> str:
+    """``a tuple of 2``, ``a dict``, ...: what a layer returned instead of a tensor."""
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return f"a {type(value).__name__}"
 
 
 def _layer_choice(
