@@ -402,6 +402,12 @@ def test_bad_settings_are_named():
         GAIA(model, layers="before_head")
     with pytest.raises(ValueError, match=r"the layer 'features\.9' is not a module of SmallCNN"):
         GAIA(model, layers=["features.9"])
+    with pytest.raises(
+        ValueError, match=r"^the layer given \(Conv2d\) is not a module of SmallCNN"
+    ):
+        GAIA(model, layers=[nn.Conv2d(3, 3, 1)])
+    with pytest.raises(ValueError, match=r"^the output layer 'fc\.9' is not a module of SmallCNN"):
+        GAIA(model, output_layer="fc.9")
     with pytest.raises(ValueError, match="at least one inner layer"):
         GAIA(model, layers=[])
     with pytest.raises(ValueError, match="neither: pass layers"):

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from ..capture import layer_outputs
 from ..grad_mode import autograd_enabled, ordinary
 from ..gradients.checks import check_samples_are_independent
-from ..heads import check_output_is_head_output, find_head, forward_logits
+from ..heads import check_output_is_head_output, find_head, forward_logits, module_name
 from ..validation import check_finite, check_finite_scores, check_positive_int
 from .gaia_layers import CHOICES, LayerChoice, choose_layers
 from .settings import ShowsSettings
@@ -233,24 +233,6 @@ class GAIA(ShowsSettings, GradientDetector):
             )
 
 
-def _module_name(model: nn.Module, layer: str | nn.Module, what: str) -> str:
-    """The qualified name of ``layer`` (a module of ``model`` or its name)."""
-    if isinstance(layer, str):
-        try:
-            model.get_submodule(layer)
-        except AttributeError:
-            raise ValueError(
-                f"{what} '{layer}' is not a module of {type(model).__name__}"
-            ) from None
-        return layer
-    if isinstance(layer, nn.Module):
-        for name, module in model.named_modules():
-            if module is layer:
-                return name
-        raise ValueError(f"the {what} {type(layer).__name__} given is not a module of the model")
-    raise TypeError(f"{what} must be a module or its qualified name, got {type(layer).__name__}")
-
-
 def _kind(value: object) -> str:
     """``a tuple of 2``, ``a dict``, ...: what a layer returned instead of a tensor."""
     if isinstance(value, (tuple, list)):
@@ -266,12 +248,12 @@ def _layer_choice(
     if layers is None or isinstance(layers, str):
         choice = choose_layers(model, layers or "norms")
     else:
-        inner = tuple(_module_name(model, layer, "the layer") for layer in layers)
+        inner = tuple(module_name(model, layer, "the layer") for layer in layers)
         choice = LayerChoice(inner, None)
     if not choice.inner:
         raise ValueError(
             f"GAIA needs at least one inner layer; layer choices: {', '.join(CHOICES)}"
         )
     if output_layer is not None:
-        choice = LayerChoice(choice.inner, _module_name(model, output_layer, "the output layer"))
+        choice = LayerChoice(choice.inner, module_name(model, output_layer, "the output layer"))
     return choice
