@@ -414,6 +414,20 @@ def test_bad_settings_are_named():
         GAIA(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)))
 
 
+def test_inputs_are_a_finite_batch_and_an_empty_one_scores_empty():
+    detector = GAIA(SmallCNN(num_classes=3, width=4).eval())
+    with pytest.raises(ValueError, match=r"GAIA takes a tensor of inputs with a batch axis"):
+        detector.predict(torch.tensor(1.0))
+    with pytest.raises(ValueError, match=r"GAIA takes a tensor of .*, got \[\[0\.5\]\]"):
+        detector.predict([[0.5]])
+    x = torch.randn(2, 3, 8, 8)
+    x[1, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="inputs contain 1 non-finite values"):
+        detector.predict(x)
+    empty = detector.predict(torch.empty(0, 3, 8, 8))
+    assert empty.shape == (0,) and empty.dtype == torch.float64
+
+
 def test_a_layer_that_runs_twice_or_a_training_batch_norm_is_refused():
     model = SmallCNN(num_classes=3, width=4).eval()
     twice = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Identity(), nn.Flatten(), nn.Linear(3 * 8 * 8, 2))

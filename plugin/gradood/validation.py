@@ -14,6 +14,7 @@ __all__ = [
     "check_channel_values",
     "check_finite",
     "check_finite_scores",
+    "check_inputs",
     "check_logits",
     "check_norm_order",
     "check_number",
@@ -181,3 +182,17 @@ def check_input_batch(x: Any, sample_shape: Sequence[int] | None, who: str) -> T
         f"{who} takes a batch of inputs {expected} (as many axes as the inputs it was fitted "
         f"on), got {got}{hint}"
     )
+
+
+def check_inputs(x: Any, device: torch.device | None, who: str) -> Tensor:
+    """``x``, a tensor of finite inputs with a batch axis (:func:`check_input_batch`), on
+    ``device`` (``None``: where it is); an empty batch is returned as it is.
+
+    :raises ValueError: saying what ``who`` expected and what ``x`` was, or counting its
+        non-finite values
+    """
+    x = check_input_batch(x, None, who)
+    if device is not None:
+        x = x.to(device)
+    check_finite(x, "inputs")
+    return x

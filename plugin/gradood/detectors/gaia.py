@@ -47,7 +47,7 @@ from ..capture import layer_outputs
 from ..grad_mode import autograd_enabled, ordinary
 from ..gradients.checks import check_samples_are_independent
 from ..heads import check_output_is_head_output, find_head, forward_logits, module_name
-from ..validation import check_finite, check_finite_scores, check_positive_int
+from ..validation import check_finite, check_finite_scores, check_inputs, check_positive_int
 from .gaia_layers import CHOICES, LayerChoice, choose_layers
 from .settings import ShowsSettings
 
@@ -170,13 +170,9 @@ class GAIA(ShowsSettings, GradientDetector):
             statistics, an inspected layer does not run exactly once or returns no tensor (an
             LSTM's tuple), the model's output is not its head's, or a score is not finite
         """
-        if not isinstance(x, Tensor) or x.ndim < 1:
-            raise ValueError("x must be a tensor with a batch dimension")
-        if self.device is not None:
-            x = x.to(self.device)
+        x = check_inputs(x, self.device, "GAIA")
         if x.shape[0] == 0:
             return torch.empty(0, dtype=torch.float64, device=x.device)
-        check_finite(x, "inputs")
         check_samples_are_independent(self.model)
         self._warn_if_training()
         scores = torch.cat(

@@ -51,6 +51,7 @@ from ..paper import GRADNORM_PAPER
 from ..validation import (
     check_finite,
     check_finite_scores,
+    check_inputs,
     check_logits,
     check_norm_order,
     check_positive_int,
@@ -365,14 +366,9 @@ class GradNorm(ShowsSettings, Detector):
 
         :raises ValueError: if ``x`` or the logits are not finite, or ``x`` has no batch axis
         """
-        if not isinstance(x, Tensor) or x.ndim < 1:
-            raise ValueError("x must be a tensor with a batch dimension")
-        device = self.device
-        if device is not None:
-            x = x.to(device)
+        x = check_inputs(x, self.device, "GradNorm")
         if x.shape[0] == 0:
             return self._empty(x)
-        check_finite(x, "inputs")
         self._warn_if_training()
         return -self._gradient_norms(x)
 
