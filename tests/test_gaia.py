@@ -438,6 +438,15 @@ def test_a_layer_that_runs_twice_or_a_training_batch_norm_is_refused():
         GAIA(model.train()).predict(torch.randn(2, 3, 8, 8))
 
 
+def test_a_training_mode_model_without_batch_norm_or_dropout_is_warned_about_at_the_call():
+    """Training mode changes more than BatchNorm and dropout (timm's stochastic depth, a
+    module's own ``self.training`` branch): GAIA warns even where those checks see nothing."""
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Flatten(), nn.Linear(3 * 4 * 4, 2)).train()
+    with pytest.warns(UserWarning, match=r"^GAIA: the model is in training mode") as caught:
+        GAIA(model).predict(torch.randn(2, 3, 4, 4))
+    assert [warning.filename for warning in caught] == [__file__]
+
+
 class _LSTMClassifier(nn.Module):
     """Sequences B x T x 4 to 2 logits from the LSTM's last step; the LSTM returns a tuple."""
 

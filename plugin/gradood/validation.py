@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
     "check_channel_values",
@@ -21,6 +22,7 @@ __all__ = [
     "check_positive_int",
     "check_temperature",
     "settings_text",
+    "warn_if_training",
 ]
 
 
@@ -196,3 +198,13 @@ def check_inputs(x: Any, device: torch.device | None, who: str) -> Tensor:
         x = x.to(device)
     check_finite(x, "inputs")
     return x
+
+
+def warn_if_training(model: nn.Module, who: str) -> None:
+    """Warn, naming ``who``, if ``model`` is in training mode (its caller's caller is blamed)."""
+    if model.training:
+        warnings.warn(
+            f"{who}: the model is in training mode (dropout and batch statistics change the "
+            "scores); call model.eval() as the official code does",
+            stacklevel=3,
+        )

@@ -36,7 +36,6 @@ themselves (higher = more OOD), in float64.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -47,7 +46,13 @@ from ..capture import layer_outputs
 from ..grad_mode import autograd_enabled, ordinary
 from ..gradients.checks import check_samples_are_independent
 from ..heads import check_output_is_head_output, find_head, forward_logits, module_name
-from ..validation import check_finite, check_finite_scores, check_inputs, check_positive_int
+from ..validation import (
+    check_finite,
+    check_finite_scores,
+    check_inputs,
+    check_positive_int,
+    warn_if_training,
+)
 from .gaia_layers import CHOICES, LayerChoice, choose_layers
 from .settings import ShowsSettings
 
@@ -174,7 +179,7 @@ class GAIA(ShowsSettings, GradientDetector):
         if x.shape[0] == 0:
             return torch.empty(0, dtype=torch.float64, device=x.device)
         check_samples_are_independent(self.model)
-        self._warn_if_training()
+        warn_if_training(self.model, "GAIA")
         scores = torch.cat(
             [
                 self._scores(x[start : start + self.micro_batch_size])
@@ -220,13 +225,6 @@ class GAIA(ShowsSettings, GradientDetector):
         feature, head_output = calls[-1]
         check_output_is_head_output(self.model, self.head, logits, head_output.detach())
         return feature
-
-    def _warn_if_training(self) -> None:
-        if self.model.training:
-            warnings.warn(
-                "GAIA: the model is in training mode; call model.eval() as the official code does",
-                stacklevel=3,
-            )
 
 
 def _kind(value: object) -> str:

@@ -57,6 +57,7 @@ from ..validation import (
     check_positive_int,
     check_temperature,
     settings_text,
+    warn_if_training,
 )
 from .settings import InitSignature, ShowsSettings
 
@@ -369,20 +370,12 @@ class GradNorm(ShowsSettings, Detector):
         x = check_inputs(x, self.device, "GradNorm")
         if x.shape[0] == 0:
             return self._empty(x)
-        self._warn_if_training()
+        warn_if_training(self.model, "GradNorm")
         return -self._gradient_norms(x)
 
     def _gradient_norms(self, x: Tensor) -> Tensor:
         """:math:`S(x)` for a non-empty batch of finite inputs on the detector's device."""
         raise NotImplementedError
-
-    def _warn_if_training(self) -> None:
-        if self.model.training:
-            warnings.warn(
-                "GradNorm: the model is in training mode (dropout and batch statistics change "
-                "the scores); call model.eval() as the official code does",
-                stacklevel=3,
-            )
 
 
 def _param_filter(args: tuple, kwargs: dict) -> object:
