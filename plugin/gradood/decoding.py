@@ -162,10 +162,8 @@ def decode_rgb(image: EncodedImage, device: torch.device | str = "cpu") -> Tenso
 def _decode_on_cpu(image: EncodedImage) -> Tensor:
     if _is_jpeg(image.data):
         check_header(image)
-        try:
-            decoded = _decode_image(image.data, mode=ImageReadMode.RGB)
-            if decoded.dtype == torch.uint8:
-                return decoded
+        try:  # torchvision's JPEG decoder returns uint8 (only 16-bit PNGs give uint16)
+            return _decode_image(image.data, mode=ImageReadMode.RGB)
         except RuntimeError:
             pass
     try:
