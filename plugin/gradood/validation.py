@@ -187,7 +187,7 @@ def check_input_batch(x: Any, sample_shape: Sequence[int] | None, who: str) -> T
 
 
 def check_inputs(x: Any, device: torch.device | None, who: str) -> Tensor:
-    """``x``, a tensor of finite inputs with a batch axis (:func:`check_input_batch`), on
+    """``x``, a tensor of finite inputs with a batch axis (``check_input_batch``), on
     ``device`` (``None``: where it is); an empty batch is returned as it is.
 
     :raises ValueError: saying what ``who`` expected and what ``x`` was, or counting its
