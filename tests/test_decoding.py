@@ -100,6 +100,24 @@ def test_decoders_agree_with_pil_pixel_for_pixel(image_files):
         assert torch.equal(read_rgb(path), reference), path.name
 
 
+def test_each_loader_opens_a_file_with_pil_once(image_files, monkeypatch):
+    """The header check and the decoding share one ``Image.open`` (one copy of the bytes): a
+    JPEG (RGB, grey, CMYK) and a PNG on the tensor path, and the device path's loader."""
+    opens = []
+    real_open = Image.open
+
+    def counted_open(*args, **kwargs):
+        opens.append(args)
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counted_open)
+    for path in image_files:
+        for loader in (read_rgb, read_encoded):
+            opens.clear()
+            loader(path)
+            assert len(opens) == 1, (loader.__name__, path.name)
+
+
 def test_tensor_path_takes_pil_images_from_arrays():
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))

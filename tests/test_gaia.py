@@ -402,10 +402,30 @@ def test_bad_settings_are_named():
         GAIA(model, layers="before_head")
     with pytest.raises(ValueError, match=r"the layer 'features\.9' is not a module of SmallCNN"):
         GAIA(model, layers=["features.9"])
+    with pytest.raises(
+        ValueError, match=r"^the layer given \(Conv2d\) is not a module of SmallCNN"
+    ):
+        GAIA(model, layers=[nn.Conv2d(3, 3, 1)])
+    with pytest.raises(ValueError, match=r"^the output layer 'fc\.9' is not a module of SmallCNN"):
+        GAIA(model, output_layer="fc.9")
     with pytest.raises(ValueError, match="at least one inner layer"):
         GAIA(model, layers=[])
     with pytest.raises(ValueError, match="neither: pass layers"):
         GAIA(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)))
+
+
+def test_inputs_are_a_finite_batch_and_an_empty_one_scores_empty():
+    detector = GAIA(SmallCNN(num_classes=3, width=4).eval())
+    with pytest.raises(ValueError, match=r"GAIA takes a tensor of inputs with a batch axis"):
+        detector.predict(torch.tensor(1.0))
+    with pytest.raises(ValueError, match=r"GAIA takes a tensor of .*, got \[\[0\.5\]\]"):
+        detector.predict([[0.5]])
+    x = torch.randn(2, 3, 8, 8)
+    x[1, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="inputs contain 1 non-finite values"):
+        detector.predict(x)
+    empty = detector.predict(torch.empty(0, 3, 8, 8))
+    assert empty.shape == (0,) and empty.dtype == torch.float64
 
 
 def test_a_layer_that_runs_twice_or_a_training_batch_norm_is_refused():
@@ -416,3 +436,31 @@ def test_a_layer_that_runs_twice_or_a_training_batch_norm_is_refused():
         GAIA(twice, layers=["1"]).predict(torch.randn(2, 3, 8, 8))
     with pytest.raises(ValueError, match=r"call model\.eval\(\)"):
         GAIA(model.train()).predict(torch.randn(2, 3, 8, 8))
+
+
+def test_a_training_mode_model_without_batch_norm_or_dropout_is_warned_about_at_the_call():
+    """Training mode changes more than BatchNorm and dropout (timm's stochastic depth, a
+    module's own ``self.training`` branch): GAIA warns even where those checks see nothing."""
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Flatten(), nn.Linear(3 * 4 * 4, 2)).train()
+    with pytest.warns(UserWarning, match=r"^GAIA: the model is in training mode") as caught:
+        GAIA(model).predict(torch.randn(2, 3, 4, 4))
+    assert [warning.filename for warning in caught] == [__file__]
+
+
+class _LSTMClassifier(nn.Module):
+    """Sequences B x T x 4 to 2 logits from the LSTM's last step; the LSTM returns a tuple."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(4, 4, batch_first=True)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        steps, _state = self.lstm(x)
+        return self.fc(steps[:, -1])
+
+
+def test_a_layer_that_runs_once_but_returns_a_tuple_is_named_as_such():
+    detector = GAIA(_LSTMClassifier().eval(), layers=["lstm"])
+    with pytest.raises(ValueError, match=r"'lstm', .* it returns a tuple of 2, not one tensor$"):
+        detector.predict(torch.randn(2, 3, 4))

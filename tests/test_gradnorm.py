@@ -230,6 +230,14 @@ def test_predict_features_rejects_non_finite_features():
         GradNorm(SmallCNN(width=8)).predict_features(features)
 
 
+def test_inputs_without_a_batch_axis_are_named():
+    detector = GradNorm(SmallCNN().eval())
+    with pytest.raises(ValueError, match=r"GradNorm takes a tensor of inputs with a batch axis"):
+        detector.predict(torch.tensor(1.0))
+    with pytest.raises(ValueError, match=r"GradNorm takes a tensor of .*, got \[\[0\.5\]\]"):
+        detector.predict([[0.5]])
+
+
 def test_empty_batch_gives_empty_scores():
     detector = GradNorm(SmallCNN().eval())
     assert detector.predict(torch.empty(0, 3, 8, 8)).shape == (0,)

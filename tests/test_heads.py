@@ -64,10 +64,12 @@ def test_given_head_must_be_a_head_layer_of_the_model():
     model = SmallCNN()
     with pytest.raises(ValueError, match=r"'features.1' is a BatchNorm2d"):
         find_head(model, "features.1")
-    with pytest.raises(ValueError, match="no module named 'classifier'"):
+    with pytest.raises(ValueError, match="the head 'classifier' is not a module of SmallCNN"):
         find_head(model, "classifier")
-    with pytest.raises(ValueError, match="not one of its modules"):
+    with pytest.raises(ValueError, match=r"the head given \(Linear\) is not a module of SmallCNN"):
         find_head(model, nn.Linear(16, 10))
+    with pytest.raises(TypeError, match="the head must be a module of the model or its qualified"):
+        find_head(model, 3)
 
 
 def test_conv_head_on_feature_maps_is_rejected():

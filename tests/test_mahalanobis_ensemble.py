@@ -139,6 +139,16 @@ def test_streaming_fit_equals_one_shot_and_skips_ood():
         )
 
 
+def test_fitting_a_training_mode_model_warns_why_at_the_call():
+    model = blocks_model(1).train()
+    x, y = random_batch(1, 30)
+    detector = MahalanobisEnsemble(model, LAYERS, magnitude=0.0, samples=10)
+    match = r"MahalanobisEnsemble: the model is in training mode \(dropout and batch statistics"
+    with pytest.warns(UserWarning, match=match) as caught:
+        detector.fit(DataLoader(TensorDataset(x, y), batch_size=10))
+    assert caught[0].filename == __file__  # fit's own warning; fit_regression's comes after
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_layer_scores_are_the_direct_distances(seed):
     model = blocks_model(seed)

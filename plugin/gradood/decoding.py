@@ -107,6 +107,16 @@ class EncodedImage:
     path: str
 
 
+def _read_bytes(path: str | os.PathLike) -> EncodedImage:
+    """The file's bytes, unchecked."""
+    with open(path, "rb") as file:
+        data = bytearray(file.read())
+    encoded = (
+        torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+    )
+    return EncodedImage(encoded, os.fspath(path))
+
+
 def read_encoded(path: str | os.PathLike) -> EncodedImage:
     """The file's bytes, undecoded, once PIL has read its header: the loader of the
     ``"device"`` path.
@@ -114,14 +124,23 @@ def read_encoded(path: str | os.PathLike) -> EncodedImage:
     :raises ValueError: naming the file, if PIL cannot read its header or it is a decompression
         bomb (:func:`check_header`)
     """
-    with open(path, "rb") as file:
-        data = bytearray(file.read())
-    encoded = (
-        torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
-    )
-    image = EncodedImage(encoded, os.fspath(path))
+    image = _read_bytes(path)
     check_header(image)
     return image
+
+
+@contextmanager
+def _opened(image: EncodedImage) -> Iterator[Image.Image]:
+    """PIL's image of the bytes, its header read and checked, no pixel decoded yet.
+
+    :raises ValueError: as :func:`check_header`
+    """
+    try:
+        opened = Image.open(io.BytesIO(image.data.numpy().tobytes()))
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ... on bad bytes
+        raise _cannot_decode(image, error) from error
+    with opened:
+        yield opened
 
 
 def check_header(image: EncodedImage) -> None:
@@ -131,16 +150,16 @@ def check_header(image: EncodedImage) -> None:
         twice ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (PIL's ``DecompressionBombError``; between
         once and twice, PIL's ``DecompressionBombWarning``, as on the ``"pil"`` path)
     """
-    try:
-        with Image.open(io.BytesIO(image.data.numpy().tobytes())):
-            pass
-    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ... on bad bytes
-        raise _cannot_decode(image, error) from error
+    with _opened(image):
+        pass
 
 
 def read_rgb(path: str | os.PathLike) -> Tensor:
-    """The file decoded to a 3 x H x W uint8 RGB tensor on the CPU: the loader of ``"tensor"``."""
-    return decode_rgb(read_encoded(path))
+    """The file decoded to a 3 x H x W uint8 RGB tensor on the CPU: the loader of ``"tensor"``.
+
+    :raises ValueError: naming the file, as :func:`read_encoded` and :func:`decode_rgb`
+    """
+    return _decode_on_cpu(_read_bytes(path))
 
 
 def decode_rgb(image: EncodedImage, device: torch.device | str = "cpu") -> Tensor:
@@ -160,19 +179,17 @@ def decode_rgb(image: EncodedImage, device: torch.device | str = "cpu") -> Tenso
 
 
 def _decode_on_cpu(image: EncodedImage) -> Tensor:
-    if _is_jpeg(image.data):
-        check_header(image)
+    """The image decoded on the CPU, its header checked once (PIL opens it once)."""
+    with _opened(image) as opened:
+        if _is_jpeg(image.data):
+            try:  # torchvision's JPEG decoder returns uint8 (only 16-bit PNGs give uint16)
+                return _decode_image(image.data, mode=ImageReadMode.RGB)
+            except RuntimeError:
+                pass
         try:
-            decoded = _decode_image(image.data, mode=ImageReadMode.RGB)
-            if decoded.dtype == torch.uint8:
-                return decoded
-        except RuntimeError:
-            pass
-    try:
-        with Image.open(io.BytesIO(image.data.numpy().tobytes())) as opened:
             return pil_to_tensor(opened.convert("RGB"))
-    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ... on bad bytes
-        raise _cannot_decode(image, error) from error
+        except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, ... on bad bytes
+            raise _cannot_decode(image, error) from error
 
 
 def _cannot_decode(image: EncodedImage, error: Exception) -> ValueError:

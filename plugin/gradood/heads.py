@@ -26,6 +26,7 @@ __all__ = [
     "find_head",
     "forward_logits",
     "forward_with_features",
+    "module_name",
     "penultimate_encoder",
 ]
 
@@ -113,6 +114,30 @@ def _no_head_error(model: nn.Module, reason: str) -> ValueError:
     )
 
 
+def module_name(model: nn.Module, layer: str | nn.Module, what: str) -> str:
+    """The qualified name of ``layer``, a module of ``model`` or its qualified name; ``what``
+    (e.g. ``"the head"``) names it in errors.
+
+    :raises ValueError: if ``layer`` is not a module of ``model``
+    :raises TypeError: if it is neither a module nor a name
+    """
+    model_type = type(model).__name__
+    if isinstance(layer, str):
+        try:
+            model.get_submodule(layer)
+        except AttributeError:
+            raise ValueError(f"{what} '{layer}' is not a module of {model_type}") from None
+        return layer
+    if isinstance(layer, nn.Module):
+        for name, module in model.named_modules():
+            if module is layer:
+                return name
+        raise ValueError(f"{what} given ({_describe(layer)}) is not a module of {model_type}")
+    raise TypeError(
+        f"{what} must be a module of the model or its qualified name, got {type(layer).__name__}"
+    )
+
+
 def find_head(model: nn.Module, head: str | nn.Module | None = None) -> Head:
     """Locate the classification layer of ``model``.
 
@@ -123,19 +148,12 @@ def find_head(model: nn.Module, head: str | nn.Module | None = None) -> Head:
     :raises ValueError: if there is no such layer, or the given one is not a head layer or not
         part of ``model``; the message lists candidate modules
     """
-    if isinstance(head, str):
-        try:
-            module = model.get_submodule(head)
-        except AttributeError:
-            raise _no_head_error(model, f"it has no module named '{head}'") from None
-        return _checked(model, head, module)
-    if isinstance(head, nn.Module):
-        for name, module in model.named_modules():
-            if module is head:
-                return _checked(model, name, module)
-        raise _no_head_error(model, f"the given {_describe(head)} is not one of its modules")
     if head is not None:
-        raise TypeError(f"head must be None, a module name or a module, got {type(head)}")
+        try:
+            name = module_name(model, head, "the head")
+        except ValueError as error:
+            raise _no_head_error(model, str(error)) from None
+        return _checked(model, name, model.get_submodule(name))
     candidates = _candidates(model)
     if not candidates:
         raise _no_head_error(model, "it has no nn.Linear and no 1x1 nn.Conv2d")

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
     "check_channel_values",
     "check_finite",
     "check_finite_scores",
+    "check_inputs",
     "check_logits",
     "check_norm_order",
     "check_number",
     "check_positive_int",
     "check_temperature",
     "settings_text",
+    "warn_if_training",
 ]
 
 
@@ -181,3 +184,27 @@ def check_input_batch(x: Any, sample_shape: Sequence[int] | None, who: str) -> T
         f"{who} takes a batch of inputs {expected} (as many axes as the inputs it was fitted "
         f"on), got {got}{hint}"
     )
+
+
+def check_inputs(x: Any, device: torch.device | None, who: str) -> Tensor:
+    """``x``, a tensor of finite inputs with a batch axis (``check_input_batch``), on
+    ``device`` (``None``: where it is); an empty batch is returned as it is.
+
+    :raises ValueError: saying what ``who`` expected and what ``x`` was, or counting its
+        non-finite values
+    """
+    x = check_input_batch(x, None, who)
+    if device is not None:
+        x = x.to(device)
+    check_finite(x, "inputs")
+    return x
+
+
+def warn_if_training(model: nn.Module, who: str) -> None:
+    """Warn, naming ``who``, if ``model`` is in training mode (its caller's caller is blamed)."""
+    if model.training:
+        warnings.warn(
+            f"{who}: the model is in training mode (dropout and batch statistics change the "
+            "scores); call model.eval() as the official code does",
+            stacklevel=3,
+        )

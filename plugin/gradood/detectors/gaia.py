@@ -36,7 +36,6 @@ themselves (higher = more OOD), in float64.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -46,8 +45,14 @@ from torch import Tensor, nn
 from ..capture import layer_outputs
 from ..grad_mode import autograd_enabled, ordinary
 from ..gradients.checks import check_samples_are_independent
-from ..heads import check_output_is_head_output, find_head, forward_logits
-from ..validation import check_finite, check_finite_scores, check_positive_int
+from ..heads import check_output_is_head_output, find_head, forward_logits, module_name
+from ..validation import (
+    check_finite,
+    check_finite_scores,
+    check_inputs,
+    check_positive_int,
+    warn_if_training,
+)
 from .gaia_layers import CHOICES, LayerChoice, choose_layers
 from .settings import ShowsSettings
 
@@ -64,8 +69,6 @@ GAIA_PAPER = Paper(
 )
 #: variant -> the official function it reproduces
 VARIANTS = {"A": "cal_grad_value", "Z": "cal_zero"}
-#: the name of the head's input among the inspected tensors
-_HEAD_INPUT = "<head input>"
 
 
 def _head_io(inputs: tuple, output: Tensor) -> tuple[Tensor, Tensor]:
@@ -169,18 +172,14 @@ class GAIA(ShowsSettings, GradientDetector):
         """Outlier scores :math:`S_A` or :math:`S_Z` (float64, shape B) of a batch of inputs.
 
         :raises ValueError: if ``x`` has no batch axis or is not finite, a BatchNorm uses batch
-            statistics, an inspected layer does not run exactly once, the model's output is not
-            its head's, or a score is not finite
+            statistics, an inspected layer does not run exactly once or returns no tensor (an
+            LSTM's tuple), the model's output is not its head's, or a score is not finite
         """
-        if not isinstance(x, Tensor) or x.ndim < 1:
-            raise ValueError("x must be a tensor with a batch dimension")
-        if self.device is not None:
-            x = x.to(self.device)
+        x = check_inputs(x, self.device, "GAIA")
         if x.shape[0] == 0:
             return torch.empty(0, dtype=torch.float64, device=x.device)
-        check_finite(x, "inputs")
         check_samples_are_independent(self.model)
-        self._warn_if_training()
+        warn_if_training(self.model, "GAIA")
         scores = torch.cat(
             [
                 self._scores(x[start : start + self.micro_batch_size])
@@ -210,12 +209,15 @@ class GAIA(ShowsSettings, GradientDetector):
             return gaia_z_scores(logits, [*tensors, output]).detach()
 
     def _single_output(self, name: str, calls: list) -> Tensor:
-        if len(calls) != 1 or not isinstance(calls[0], Tensor):
-            raise ValueError(
-                f"GAIA inspects layer '{name}', which must return one tensor exactly once per "
-                f"forward pass; it ran {len(calls)} times"
-            )
-        return calls[0]
+        if len(calls) == 1 and isinstance(calls[0], Tensor):
+            return calls[0]
+        problem = f"it ran {len(calls)} times"
+        if len(calls) == 1:
+            problem = f"it returns {_kind(calls[0])}, not one tensor"
+        raise ValueError(
+            f"GAIA inspects layer '{name}', which must return one tensor exactly once per "
+            f"forward pass; {problem}"
+        )
 
     def _head_input(self, calls: list, logits: Tensor) -> Tensor:
         if not calls:
@@ -224,30 +226,12 @@ class GAIA(ShowsSettings, GradientDetector):
         check_output_is_head_output(self.model, self.head, logits, head_output.detach())
         return feature
 
-    def _warn_if_training(self) -> None:
-        if self.model.training:
-            warnings.warn(
-                "GAIA: the model is in training mode; call model.eval() as the official code does",
-                stacklevel=3,
-            )
 
-
-def _module_name(model: nn.Module, layer: str | nn.Module, what: str) -> str:
-    """The qualified name of ``layer`` (a module of ``model`` or its name)."""
-    if isinstance(layer, str):
-        try:
-            model.get_submodule(layer)
-        except AttributeError:
-            raise ValueError(
-                f"{what} '{layer}' is not a module of {type(model).__name__}"
-            ) from None
-        return layer
-    if isinstance(layer, nn.Module):
-        for name, module in model.named_modules():
-            if module is layer:
-                return name
-        raise ValueError(f"the {what} {type(layer).__name__} given is not a module of the model")
-    raise TypeError(f"{what} must be a module or its qualified name, got {type(layer).__name__}")
+def _kind(value: object) -> str:
+    """``a tuple of 2``, ``a dict``, ...: what a layer returned instead of a tensor."""
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return f"a {type(value).__name__}"
 
 
 def _layer_choice(
@@ -258,12 +242,12 @@ def _layer_choice(
     if layers is None or isinstance(layers, str):
         choice = choose_layers(model, layers or "norms")
     else:
-        inner = tuple(_module_name(model, layer, "the layer") for layer in layers)
+        inner = tuple(module_name(model, layer, "the layer") for layer in layers)
         choice = LayerChoice(inner, None)
     if not choice.inner:
         raise ValueError(
             f"GAIA needs at least one inner layer; layer choices: {', '.join(CHOICES)}"
         )
     if output_layer is not None:
-        choice = LayerChoice(choice.inner, _module_name(model, output_layer, "the output layer"))
+        choice = LayerChoice(choice.inner, module_name(model, output_layer, "the output layer"))
     return choice

@@ -48,10 +48,6 @@ class LayerChoice:
     output: str | None
 
 
-def _is_norm(module: nn.Module) -> bool:
-    return isinstance(module, _NormBase | nn.GroupNorm)
-
-
 def _fused_activation(module: nn.Module) -> bool:
     """timm's norm + activation modules: ``drop`` then a real ``act`` after the norm."""
     act, drop = getattr(module, "act", None), getattr(module, "drop", None)
@@ -82,9 +78,7 @@ def _norms_in(model: nn.Module, prefix: str, kind: type | tuple[type, ...]) -> l
 
 
 def _general(model: nn.Module) -> LayerChoice:
-    norms = [
-        _normalized(name, module) for name, module in model.named_modules() if _is_norm(module)
-    ]
+    norms = _norms_in(model, "", (_NormBase, nn.GroupNorm))
     if norms:
         return LayerChoice(tuple(norms), None)
     convolutions = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]

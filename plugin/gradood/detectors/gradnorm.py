@@ -51,11 +51,13 @@ from ..paper import GRADNORM_PAPER
 from ..validation import (
     check_finite,
     check_finite_scores,
+    check_inputs,
     check_logits,
     check_norm_order,
     check_positive_int,
     check_temperature,
     settings_text,
+    warn_if_training,
 )
 from .settings import InitSignature, ShowsSettings
 
@@ -365,28 +367,15 @@ class GradNorm(ShowsSettings, Detector):
 
         :raises ValueError: if ``x`` or the logits are not finite, or ``x`` has no batch axis
         """
-        if not isinstance(x, Tensor) or x.ndim < 1:
-            raise ValueError("x must be a tensor with a batch dimension")
-        device = self.device
-        if device is not None:
-            x = x.to(device)
+        x = check_inputs(x, self.device, "GradNorm")
         if x.shape[0] == 0:
             return self._empty(x)
-        check_finite(x, "inputs")
-        self._warn_if_training()
+        warn_if_training(self.model, "GradNorm")
         return -self._gradient_norms(x)
 
     def _gradient_norms(self, x: Tensor) -> Tensor:
         """:math:`S(x)` for a non-empty batch of finite inputs on the detector's device."""
         raise NotImplementedError
-
-    def _warn_if_training(self) -> None:
-        if self.model.training:
-            warnings.warn(
-                "GradNorm: the model is in training mode (dropout and batch statistics change "
-                "the scores); call model.eval() as the official code does",
-                stacklevel=3,
-            )
 
 
 def _param_filter(args: tuple, kwargs: dict) -> object:

@@ -3,7 +3,6 @@ FGSM examples, and the magnitude tuned by the official criterion (see the packag
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,6 +29,7 @@ from ...validation import (
     check_loader_batch,
     check_number,
     check_positive_int,
+    warn_if_training,
 )
 from ..settings import ShowsSettings
 from .gaussians import TiedGaussianAccumulator, check_labels, tied_gaussians
@@ -182,7 +182,7 @@ class MahalanobisEnsemble(ShowsSettings, GradientDetector):
         loader; the official ImageNet script takes the first 1,000 images of the ImageNet
         validation list, Lee et al.'s and ATOM's CIFAR scripts training images).
         """
-        self._warn_if_training()
+        warn_if_training(self.model, "MahalanobisEnsemble")
         accumulators = {name: TiedGaussianAccumulator() for name in self.layers}
         with torch.no_grad():
             for batch in tqdm(
@@ -244,7 +244,7 @@ class MahalanobisEnsemble(ShowsSettings, GradientDetector):
         :raises ValueError: if there are fewer inputs than needed, or the Gaussians are not fitted
         """
         self._require_gaussians()
-        self._warn_if_training()
+        warn_if_training(self.model, "MahalanobisEnsemble")
         needed = self._regression_size
         if not isinstance(x, Tensor) or x.ndim < 2 or x.shape[0] < needed:
             found = x.shape[0] if isinstance(x, Tensor) and x.ndim >= 1 else 0
@@ -311,7 +311,7 @@ class MahalanobisEnsemble(ShowsSettings, GradientDetector):
         x = self._to_device(x)
         check_finite(x, "inputs")
         check_channels(self.norm_std, x, "norm_std")
-        self._warn_if_training()
+        warn_if_training(self.model, "MahalanobisEnsemble")
         if magnitude == 0:
             with torch.no_grad():
                 features = layer_features(self.model, self.layers, x)
@@ -487,10 +487,3 @@ class MahalanobisEnsemble(ShowsSettings, GradientDetector):
             f"the regression needs the first {n} ID samples of the tuning loader, it yielded "
             f"{count}"
         )
-
-    def _warn_if_training(self) -> None:
-        if self.model.training:
-            warnings.warn(
-                "MahalanobisEnsemble: the model is in training mode; call model.eval()",
-                stacklevel=3,
-            )
