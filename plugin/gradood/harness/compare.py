@@ -3,7 +3,8 @@ alone (nothing is re-run): the reader behind ``gradood compare``.
 
 Which run a path names (:func:`resolve_runs`):
 
-- a run's folder (it holds ``summary.txt``, which the harness writes last): that run;
+- a run's folder (it holds ``summary.txt``, which the harness writes last and only where every
+  other file of the folder was written): that run;
 - a report-dir (``--gradood-report-dir``: one time-stamped folder per run): its latest complete
   run, i.e. the last by name (``YYYYmmdd-HHMMSS``, then ``.1``, ``.2``, ... for runs started
   in the same second) of its folders that hold ``summary.txt``;
@@ -34,9 +35,9 @@ from ..evaluate import AVERAGE
 from ..metrics import swap_tolerance
 from . import report_records as records
 from .timing import MET, MISSED
+from .writing import RUN_MARK, folder_order
 
 __all__ = [
-    "RUN_MARK",
     "SWAPS",
     "Comparison",
     "NotAReport",
@@ -49,8 +50,6 @@ __all__ = [
     "tolerance",
 ]
 
-#: the file that makes a folder a (complete) run: the harness writes it after every other file
-RUN_MARK = "summary.txt"
 #: ID/OOD pairs of nearly tied scores that may trade places between runs: runs that differ
 #: only in float rounding (torch version, CPU, thread count; float64 everywhere, a few
 #: detectors in float32) reorder scores tied to within that rounding, of which the bundled
@@ -97,15 +96,9 @@ def _is_run(folder: Path) -> bool:
     return (folder / RUN_MARK).is_file()
 
 
-def _order(folder: Path) -> tuple[str, int]:
-    """Time-stamp, then the same-second suffix as a number (``.10`` after ``.9``)."""
-    stem, _, suffix = folder.name.rpartition(".")
-    return (stem, int(suffix)) if stem and suffix.isdigit() else (folder.name, 0)
-
-
 def _latest_run(folder: Path) -> Path | None:
     runs = [sub for sub in folder.iterdir() if sub.is_dir() and _is_run(sub)]
-    return max(runs, key=_order) if runs else None
+    return max(runs, key=folder_order) if runs else None
 
 
 def resolve_runs(path: str | Path) -> list[Path]:
