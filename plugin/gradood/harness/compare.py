@@ -31,9 +31,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..evaluate import AVERAGE
+from ..evaluate import AVERAGE, KEY_COLUMNS, METRICS, SIZE_COLUMNS
 from ..metrics import swap_tolerance
 from . import report_records as records
+from .environment import TIMED_ON
 from .timing import MET, MISSED
 from .writing import RUN_MARK, folder_order
 
@@ -58,11 +59,8 @@ __all__ = [
 SWAPS = 5
 #: the rounding of a difference of two numbers read back from CSV (17 significant digits)
 _ROUNDING = 1e-12
-_METRICS = tuple(swap_tolerance(1, 1, 0))
-#: the columns that name a row of a table (``settings``: all of the detector's settings)
-_KEY = ("method", "settings", "ood_data")
-#: the columns of a table of :func:`gradood.evaluate` besides its metrics
-_TABLE = (*_KEY, "n_id", "n_ood")
+#: the columns that a table of :func:`gradood.evaluate` needs here (its metrics: those present)
+_TABLE = (*KEY_COLUMNS, *SIZE_COLUMNS)
 
 
 class NotAReport(ValueError):
@@ -156,14 +154,14 @@ def _table(path: Path) -> pd.DataFrame | None:
     table = _csv(path)
     if not set(_TABLE) <= set(table.columns):
         return None
-    if table.duplicated(list(_KEY)).any():
-        raise NotAReport(path, f"a table with repeated rows ({', '.join(_KEY)})")
+    if table.duplicated(list(KEY_COLUMNS)).any():
+        raise NotAReport(path, f"a table with repeated rows ({', '.join(KEY_COLUMNS)})")
     if not (table["n_id"].str.isdigit() & table["n_ood"].str.isdigit()).all():
         raise NotAReport(path, "a row whose n_id or n_ood is not a count")
-    for column in [*_METRICS, "n_id", "n_ood"]:
+    for column in [*METRICS, *SIZE_COLUMNS]:
         if column in table.columns:
             table[column] = pd.to_numeric(table[column].replace("", "nan"), errors="coerce")
-    return table.set_index(list(_KEY))
+    return table.set_index(list(KEY_COLUMNS))
 
 
 def read_run(folder: str | Path) -> Run:
@@ -233,7 +231,7 @@ class RowVerdict:
         return max(values) - min(values)
 
     def name(self) -> str:
-        return " ".join(self.key[column] for column in _KEY if self.key[column])
+        return " ".join(self.key[column] for column in KEY_COLUMNS if self.key[column])
 
 
 @dataclass
@@ -282,14 +280,14 @@ def _sizes(table: pd.DataFrame, key: tuple[str, ...]) -> str | None:
 
 
 def _row_verdict(name: str, tables: list[pd.DataFrame], key: tuple[str, ...]) -> RowVerdict:
-    metrics = [m for m in _METRICS if all(m in table.columns for table in tables)]
+    metrics = [m for m in METRICS if all(m in table.columns for table in tables)]
     present = [key in table.index for table in tables]
     values = {
         m: [float(t.loc[key, m]) if here else None for t, here in zip(tables, present, strict=True)]
         for m in metrics
     }
     first = tables[present.index(True)]
-    row = RowVerdict(name, dict(zip(_KEY, key, strict=True)), values, tolerance(first, key))
+    row = RowVerdict(name, dict(zip(KEY_COLUMNS, key, strict=True)), values, tolerance(first, key))
     absent = [f"[{i}]" for i, here in enumerate(present, start=1) if not here]
     if absent:
         row.problems.append(f"not in run {', '.join(absent)}")
@@ -311,7 +309,7 @@ def _row_verdict(name: str, tables: list[pd.DataFrame], key: tuple[str, ...]) ->
 
 def _timed_on_one_gpu(runs: list[Run]) -> bool:
     """Whether every run timed on the same GPU model."""
-    devices = {run.environment.get("timed on", "cpu") for run in runs}
+    devices = {run.environment.get(TIMED_ON, "cpu") for run in runs}
     return len(devices) == 1 and devices != {"cpu"}
 
 
