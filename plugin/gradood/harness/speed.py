@@ -328,7 +328,8 @@ def forked_peak_memory(started) -> dict[str, object]:
     try:
         figures = receiving.recv()
     except EOFError:
-        figures = {"error": f"the child exited with code {process.join() or process.exitcode}"}
+        process.join()
+        figures = {"error": f"the child exited with code {process.exitcode}"}
     process.join()
     if "error" in figures:
         raise RuntimeError(f"peak-memory child failed: {figures['error']}")
