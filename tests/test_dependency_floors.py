@@ -72,3 +72,29 @@ def test_every_environment_runs_the_tests_and_the_main_job_into_its_report_folde
     assert f"oldest: {reports}reports-oldest/{{env_name}}" in commands
     assert "compare" in tox["tox"]["env_list"]
     assert tox["testenv:compare"]["commands"].strip() == "gradood compare {toxinidir}/.tox/reports"
+
+
+def _uploaded_paths(workflow: str) -> list[str]:
+    """The lines of the ``path:`` of the workflow's upload-artifact step (one or a ``|`` block)."""
+    step = workflow[workflow.index("uses: actions/upload-artifact") :]
+    lines = step.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("path:"))
+    value = lines[start].split(":", 1)[1].strip()
+    if value != "|":
+        return [value]
+    indent = len(lines[start]) - len(lines[start].lstrip())
+    block = []
+    for line in lines[start + 1 :]:
+        if line.strip() and len(line) - len(line.lstrip()) <= indent:
+            break
+        block.append(line.strip())
+    return [line for line in block if line]
+
+
+def test_the_workflow_keeps_every_report_folder_that_tox_writes():
+    commands = _tox()["testenv"]["commands"]
+    folders = set(re.findall(r"--gradood-report-dir \{toxinidir\}/(\S+)/\{env_name\}", commands))
+    assert folders == {".tox/reports", ".tox/reports-oldest"}
+    workflow = (REPOSITORY / ".github" / "workflows" / "tests.yml").read_text(encoding="utf-8")
+    uploaded = {path.rstrip("/") for path in _uploaded_paths(workflow)}
+    assert folders <= uploaded, f"reports that the workflow does not keep: {folders - uploaded}"

@@ -297,3 +297,20 @@ def test_many_speed_checks_fit_the_summary_and_keep_what_was_not_met():
     shown = [line for line in lines if "resnet" in line]
     assert len(shown) == len(lines) - 5  # header, policy, the count, a blank, the report
     assert f"  ... {41 - len(shown)} more ({41 - len(shown)} met): speed.txt" in lines
+
+
+def test_every_missed_or_inconclusive_speed_check_is_listed_past_the_budget():
+    """A CPU run may miss many targets: each is listed; the budget cuts the met ones only."""
+    report = _report()
+    ratio = {"missed": (0.5,) * 5, "inconclusive": (0.5, 0.5, 1.0, 1.0, 1.0), "met": (1.0,) * 5}
+    report.speed = [
+        SpeedCheck(f"resnet{i} 32px b64", "GradNorm / MSP", PairedRatio(ratio[kind]), Target(0.95))
+        for i, kind in enumerate(["missed", "inconclusive"] * 20 + ["met"] * 10)
+    ]
+    report.policies["speed"] = POLICY
+    lines = summary_lines(report, Path("reports/run"))
+    unsettled = [c for c in report.speed if c.verdict != "met"]
+    assert [c.verdict for c in unsettled] == ["missed", "inconclusive"] * 20  # more than fit
+    assert all("  " + check.line() in lines for check in unsettled)
+    shown_met = [c for c in report.speed if c.verdict == "met" and "  " + c.line() in lines]
+    assert f"  ... {10 - len(shown_met)} more ({10 - len(shown_met)} met): speed.txt" in lines

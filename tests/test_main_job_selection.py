@@ -49,14 +49,16 @@ def test_a_detectors_companions_are_those_its_summary_lines_name():
 
 
 class _Writer:
-    def __init__(self, written: str) -> None:
+    def __init__(self, written: str, hasmarkup: bool) -> None:
         self._file = io.StringIO()
         self.fullwidth = 80
         self.width_of_current_line = len(written)
+        self.hasmarkup = hasmarkup  # False with --color=no
 
 
-def _config(isatty: bool, verbosity: int = 0) -> SimpleNamespace:
-    reporter = SimpleNamespace(isatty=isatty, _tw=_Writer("benchmarks/test_bundled.py "))
+def _config(isatty: bool, verbosity: int = 0, hasmarkup: bool = True) -> SimpleNamespace:
+    writer = _Writer("benchmarks/test_bundled.py ", hasmarkup)
+    reporter = SimpleNamespace(isatty=isatty, _tw=writer)
     plugins = {"terminalreporter": reporter, "capturemanager": None}
     manager = SimpleNamespace(get_plugin=plugins.get)
     options = {"verbose": verbosity}
@@ -74,9 +76,13 @@ def test_progress_shows_on_a_terminal_after_pytests_text_and_is_erased():
     assert written.endswith("\x1b[K")  # erased to the end of the line
 
 
-@pytest.mark.parametrize(("isatty", "verbosity"), [(False, 0), (True, -2)])
-def test_no_progress_in_a_log_or_when_asked_for_quiet(isatty, verbosity):
-    config = _config(isatty, verbosity)
+@pytest.mark.parametrize(
+    ("isatty", "verbosity", "hasmarkup"), [(False, 0, True), (True, -2, True), (True, 0, False)]
+)
+def test_no_progress_in_a_log_without_escape_codes_or_when_asked_for_quiet(
+    isatty, verbosity, hasmarkup
+):
+    config = _config(isatty, verbosity, hasmarkup)
     with status_line(config) as show:
         show("fitting ash (1 of 31)")
     assert config.pluginmanager.get_plugin("terminalreporter")._tw._file.getvalue() == ""

@@ -14,7 +14,8 @@ import pytest
 import gradood.harness.report
 import gradood.harness.writing
 from gradood.files import WriteError
-from gradood.harness.writing import new_folder
+from gradood.harness.compare import NotAReport, resolve_runs
+from gradood.harness.writing import RUN_MARK, new_folder
 
 #: a test module whose tests each add paper comparisons (several per test, and one that adds
 #: a speed verdict), so that a report has paper.csv, paper.md, a figure, speed.txt and speed.csv
@@ -38,7 +39,7 @@ def test_speed(gradood_report):
         SpeedCheck("toy", "A / B", PairedRatio((1.0,) * 5), Target(0.95))
     )
 """
-FILES = ["paper.csv", "paper.md", "figure4_norms.png", "speed.txt", "speed.csv", "summary.txt"]
+FILES = ["paper.csv", "paper.md", "figure4_norms.png", "speed.txt", "speed.csv", RUN_MARK]
 
 
 def test_new_folders_are_exclusive(tmp_path):
@@ -123,16 +124,21 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_the_exit_status_is_the_te
     result = run()
     assert result.ret == 0
     (folder,) = _folders(reports)
+    # the summary marks a complete report (gradood compare reads only those): none is written
+    # beside a missing file
+    unmarked = "" if missing == RUN_MARK else f"; no {RUN_MARK}: not a complete run"
     result.stdout.fnmatch_lines(
         [
             f"gradood: the report in {folder} is incomplete: {missing} not written "
-            "(No space left on device)",
+            f"(No space left on device){unmarked}",
             "*gradood summary*",
             "*imagenet*",
         ]
     )
-    assert sorted(p.name for p in folder.iterdir()) == sorted(set(FILES) - {missing})
+    assert sorted(p.name for p in folder.iterdir()) == sorted(set(FILES) - {missing, RUN_MARK})
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no partial files
+    with pytest.raises(NotAReport, match=f"no {RUN_MARK} in it"):
+        resolve_runs(reports)
 
 
 def test_a_report_folder_that_cannot_be_made_is_one_line(runs, monkeypatch):

@@ -60,16 +60,28 @@ from .heads import Head, PenultimateEncoder, find_head
 from .metrics import paper_metrics
 from .validation import check_finite_scores, settings_text
 
-__all__ = ["AVERAGE", "METRICS", "CachedScorer", "detector_grid", "evaluate"]
+__all__ = [
+    "AVERAGE",
+    "KEY_COLUMNS",
+    "METRICS",
+    "SIZE_COLUMNS",
+    "CachedScorer",
+    "detector_grid",
+    "evaluate",
+]
 
 #: the metric columns, as :func:`gradood.paper_metrics <gradood.metrics.paper_metrics>` names them
 #: (fractions)
 METRICS = ("FPR95", "AUROC", "AUPR-IN", "AUPR-OUT", "FPR95TPR")
+#: the columns that name a row of a result table (``settings``: all of the detector's settings)
+KEY_COLUMNS = ("method", "settings", "ood_data")
+#: the columns of a row's test-set sizes (ID and OOD samples)
+SIZE_COLUMNS = ("n_id", "n_ood")
 #: the ``ood_data`` value of the rows that average over the OOD sets
 AVERAGE = "Average"
 # rows scored from cached representations at a time, to bound detectors' temporary memory
 _SCORE_ROWS = 8192
-_RESERVED_COLUMNS = ("method", "settings", "ood_data", *METRICS, "n_id", "n_ood")
+_RESERVED_COLUMNS = (*KEY_COLUMNS, *METRICS, *SIZE_COLUMNS)
 
 DetectorEntry = Detector | tuple[str, Detector] | tuple[str, Mapping[str, Any], Detector]
 
@@ -558,7 +570,7 @@ def _average(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _frame(rows: list[dict[str, Any]], entries: list[_Entry]) -> pd.DataFrame:
     setting_columns = list(dict.fromkeys(name for e in entries for name in e.settings))
-    columns = ["method", "settings", *setting_columns, "ood_data", *METRICS, "n_id", "n_ood"]
+    columns = ["method", "settings", *setting_columns, "ood_data", *METRICS, *SIZE_COLUMNS]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -3,7 +3,8 @@ alone (nothing is re-run): the reader behind ``gradood compare``.
 
 Which run a path names (:func:`resolve_runs`):
 
-- a run's folder (it holds ``summary.txt``, which the harness writes last): that run;
+- a run's folder (it holds ``summary.txt``, which the harness writes last and only where every
+  other file of the folder was written): that run;
 - a report-dir (``--gradood-report-dir``: one time-stamped folder per run): its latest complete
   run, i.e. the last by name (``YYYYmmdd-HHMMSS``, then ``.1``, ``.2``, ... for runs started
   in the same second) of its folders that hold ``summary.txt``;
@@ -30,13 +31,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..evaluate import AVERAGE
+from ..evaluate import AVERAGE, KEY_COLUMNS, METRICS, SIZE_COLUMNS
 from ..metrics import swap_tolerance
 from . import report_records as records
+from .environment import TIMED_ON
 from .timing import MET, MISSED
+from .writing import RUN_MARK, folder_order
 
 __all__ = [
-    "RUN_MARK",
     "SWAPS",
     "Comparison",
     "NotAReport",
@@ -49,8 +51,6 @@ __all__ = [
     "tolerance",
 ]
 
-#: the file that makes a folder a (complete) run: the harness writes it after every other file
-RUN_MARK = "summary.txt"
 #: ID/OOD pairs of nearly tied scores that may trade places between runs: runs that differ
 #: only in float rounding (torch version, CPU, thread count; float64 everywhere, a few
 #: detectors in float32) reorder scores tied to within that rounding, of which the bundled
@@ -59,11 +59,8 @@ RUN_MARK = "summary.txt"
 SWAPS = 5
 #: the rounding of a difference of two numbers read back from CSV (17 significant digits)
 _ROUNDING = 1e-12
-_METRICS = tuple(swap_tolerance(1, 1, 0))
-#: the columns that name a row of a table (``settings``: all of the detector's settings)
-_KEY = ("method", "settings", "ood_data")
-#: the columns of a table of :func:`gradood.evaluate` besides its metrics
-_TABLE = (*_KEY, "n_id", "n_ood")
+#: the columns that a table of :func:`gradood.evaluate` needs here (its metrics: those present)
+_TABLE = (*KEY_COLUMNS, *SIZE_COLUMNS)
 
 
 class NotAReport(ValueError):
@@ -97,15 +94,9 @@ def _is_run(folder: Path) -> bool:
     return (folder / RUN_MARK).is_file()
 
 
-def _order(folder: Path) -> tuple[str, int]:
-    """Time-stamp, then the same-second suffix as a number (``.10`` after ``.9``)."""
-    stem, _, suffix = folder.name.rpartition(".")
-    return (stem, int(suffix)) if stem and suffix.isdigit() else (folder.name, 0)
-
-
 def _latest_run(folder: Path) -> Path | None:
     runs = [sub for sub in folder.iterdir() if sub.is_dir() and _is_run(sub)]
-    return max(runs, key=_order) if runs else None
+    return max(runs, key=folder_order) if runs else None
 
 
 def resolve_runs(path: str | Path) -> list[Path]:
@@ -163,14 +154,14 @@ def _table(path: Path) -> pd.DataFrame | None:
     table = _csv(path)
     if not set(_TABLE) <= set(table.columns):
         return None
-    if table.duplicated(list(_KEY)).any():
-        raise NotAReport(path, f"a table with repeated rows ({', '.join(_KEY)})")
+    if table.duplicated(list(KEY_COLUMNS)).any():
+        raise NotAReport(path, f"a table with repeated rows ({', '.join(KEY_COLUMNS)})")
     if not (table["n_id"].str.isdigit() & table["n_ood"].str.isdigit()).all():
         raise NotAReport(path, "a row whose n_id or n_ood is not a count")
-    for column in [*_METRICS, "n_id", "n_ood"]:
+    for column in [*METRICS, *SIZE_COLUMNS]:
         if column in table.columns:
             table[column] = pd.to_numeric(table[column].replace("", "nan"), errors="coerce")
-    return table.set_index(list(_KEY))
+    return table.set_index(list(KEY_COLUMNS))
 
 
 def read_run(folder: str | Path) -> Run:
@@ -240,7 +231,7 @@ class RowVerdict:
         return max(values) - min(values)
 
     def name(self) -> str:
-        return " ".join(self.key[column] for column in _KEY if self.key[column])
+        return " ".join(self.key[column] for column in KEY_COLUMNS if self.key[column])
 
 
 @dataclass
@@ -289,14 +280,14 @@ def _sizes(table: pd.DataFrame, key: tuple[str, ...]) -> str | None:
 
 
 def _row_verdict(name: str, tables: list[pd.DataFrame], key: tuple[str, ...]) -> RowVerdict:
-    metrics = [m for m in _METRICS if all(m in table.columns for table in tables)]
+    metrics = [m for m in METRICS if all(m in table.columns for table in tables)]
     present = [key in table.index for table in tables]
     values = {
         m: [float(t.loc[key, m]) if here else None for t, here in zip(tables, present, strict=True)]
         for m in metrics
     }
     first = tables[present.index(True)]
-    row = RowVerdict(name, dict(zip(_KEY, key, strict=True)), values, tolerance(first, key))
+    row = RowVerdict(name, dict(zip(KEY_COLUMNS, key, strict=True)), values, tolerance(first, key))
     absent = [f"[{i}]" for i, here in enumerate(present, start=1) if not here]
     if absent:
         row.problems.append(f"not in run {', '.join(absent)}")
@@ -318,7 +309,7 @@ def _row_verdict(name: str, tables: list[pd.DataFrame], key: tuple[str, ...]) ->
 
 def _timed_on_one_gpu(runs: list[Run]) -> bool:
     """Whether every run timed on the same GPU model."""
-    devices = {run.environment.get("timed on", "cpu") for run in runs}
+    devices = {run.environment.get(TIMED_ON, "cpu") for run in runs}
     return len(devices) == 1 and devices != {"cpu"}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 from .compare import SWAPS, Comparison, RowVerdict, SpeedRow, label
+from .environment import TIMED_ON
 from .timing import _figure  # as the summary prints ratios: never contradicting the verdict
 
 __all__ = ["comparison_lines"]
@@ -102,7 +103,7 @@ def _speed(comparison: Comparison) -> list[str]:
     if not comparison.speed:
         return ["speed: not recorded (no speed.csv in any run)"]
     timed = ", ".join(
-        f"[{i}] {run.environment.get('timed on', '(not recorded)')}"
+        f"[{i}] {run.environment.get(TIMED_ON, '(not recorded)')}"
         for i, run in enumerate(comparison.runs, start=1)
     )
     cells = [["what", "setting", "target", *_tags(comparison)]]

@@ -6,7 +6,10 @@ import platform
 import subprocess
 from pathlib import Path
 
-__all__ = ["environment"]
+__all__ = ["TIMED_ON", "environment"]
+
+#: the key of what the speed verdicts ran on (the GPU's name, or ``cpu``)
+TIMED_ON = "timed on"
 
 
 def environment(device: str, root: Path) -> dict[str, str]:
@@ -39,7 +42,7 @@ def environment(device: str, root: Path) -> dict[str, str]:
         "cpu": device_name("cpu"),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
         # what the speed verdicts ran on: ``gradood compare`` holds them to agree on a GPU only
-        "timed on": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+        TIMED_ON: torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
     }
 
 

@@ -175,10 +175,11 @@ def status_line(config: pytest.Config) -> Iterator[Callable[[str], None]]:
     """A function that shows a progress message on the terminal's current line, after what
     pytest wrote there (the test file's name), each message replacing the last, erased when
     the block ends: progress without lines between pytest's own. Not on a terminal (a file, a
-    pipe, a CI log), and not with ``-q -q``: nothing is shown."""
+    pipe, a CI log), not without escape codes (``--color=no``), and not with ``-q -q``: nothing
+    is shown."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     shown = reporter is not None and verbosity(config) >= 0 and bool(reporter.isatty)
-    if not shown:
+    if not shown or not reporter._tw.hasmarkup:
         yield lambda _message: None
         return
     writer = reporter._tw

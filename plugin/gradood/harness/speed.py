@@ -265,13 +265,20 @@ def peak_memory(work: Callable[[], object], device: str) -> dict[str, object]:
     return {"before": before, "peak": peak_resident_bytes(was_reset), "method": method}
 
 
+def _malloc_trim() -> Callable[[int], int] | None:
+    """The C library's ``malloc_trim`` (glibc), or ``None`` where it has none."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
 def release_free_heap() -> bool:
     """Hand the C library's free heap memory back to the kernel (glibc ``malloc_trim``), so that
     memory reused from it is faulted in afresh and counted by :func:`peak_memory`; ``False``
     where the C library has no ``malloc_trim``."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    trim = _malloc_trim()
+    if trim is None:
         return False
     trim(0)
     return True
@@ -279,12 +286,13 @@ def release_free_heap() -> bool:
 
 def forks_for_memory(device: str) -> bool:
     """Whether :func:`start_forked_peak_memory` measures on ``device``: the CPU, on Linux (a
-    forked child's ``VmHWM``, with glibc's free heap handed back first)."""
+    forked child's ``VmHWM``, with glibc's free heap handed back first). Only asks: hands
+    nothing back."""
     return (
         torch.device(device).type == "cpu"
         and os.path.exists("/proc/self/clear_refs")
         and "fork" in multiprocessing.get_all_start_methods()
-        and release_free_heap()
+        and _malloc_trim() is not None
     )
 
 
@@ -320,7 +328,8 @@ def forked_peak_memory(started) -> dict[str, object]:
     try:
         figures = receiving.recv()
     except EOFError:
-        figures = {"error": f"the child exited with code {process.join() or process.exitcode}"}
+        process.join()
+        figures = {"error": f"the child exited with code {process.exitcode}"}
     process.join()
     if "error" in figures:
         raise RuntimeError(f"peak-memory child failed: {figures['error']}")

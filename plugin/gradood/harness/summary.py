@@ -48,7 +48,8 @@ _UNSETTLED = {MISSED, INCONCLUSIVE}
 
 def summary_lines(report: Report, folder: Path | None) -> list[str]:
     """The summary of ``report``, whose files are (or would be) in ``folder``: at most
-    :data:`MAX_LINES` lines (the tables list fewer of their other detectors where needed)."""
+    :data:`MAX_LINES` lines (the tables list fewer of their other detectors where needed), more
+    only where more speed checks were missed or inconclusive than fit (each is listed)."""
     rest = []
     if _has_paper_rows(report):
         rest += _paper_lines(report, folder)
@@ -267,16 +268,18 @@ def _shared_line(
 
 def _speed_lines(report: Report, budget: int) -> list[str]:
     """The speed verdicts in at most ``budget`` lines where they fit (a header, the policy, the
-    checks and their notes): else every missed or inconclusive check, then the others in their
-    order, as many as fit (at least :data:`_FEWEST_SPEED_ROWS`), and a line counting the rest
-    (all are in ``speed.txt``)."""
+    checks and their notes): else every missed or inconclusive check (past the budget where
+    they are more), then the others in their order, as many as fit (at least
+    :data:`_FEWEST_SPEED_ROWS` checks in all), and a line counting the rest (all are in
+    ``speed.txt``)."""
     verdicts = Counter(check.verdict for check in report.speed)
     counts = ", ".join(f"{n} {verdict}" for verdict, n in verdicts.items())
     head = [f"speed, side by side: {counts} (median [IQR] of paired rounds)"]
     policy = report.policies.get("speed")
-    if policy and verdicts.keys() & {MISSED, INCONCLUSIVE}:
+    if policy and verdicts.keys() & _UNSETTLED:
         head.append(f"  {policy}")
-    fewest = min(len(report.speed), _FEWEST_SPEED_ROWS)
+    unsettled = sum(verdicts[verdict] for verdict in _UNSETTLED)
+    fewest = max(unsettled, min(len(report.speed), _FEWEST_SPEED_ROWS))
     count = len(report.speed)
     while count > fewest and len(head) + len(_speed_rows(report.speed, count)) + 1 > budget:
         count -= 1

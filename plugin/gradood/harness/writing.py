@@ -1,6 +1,7 @@
 """Writing a run's report folder: a folder of its own for every run (created exclusively, so
 two runs started in the same second get two), and a report that cannot be written is one line
-that says what is missing, never an error of the run."""
+that says what is missing, never an error of the run. A folder's summary (:data:`RUN_MARK`) is
+written last and only where every other file was: it marks the report complete."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ from pathlib import Path
 from ..files import atomic_write_text
 from .report import Report, ReportNotWritten, reason
 
-__all__ = ["new_folder", "write_run_report"]
+__all__ = ["RUN_MARK", "folder_order", "new_folder", "write_run_report"]
+
+#: the summary of a run, written after every other file of its folder and only where all of
+#: them were: a folder holding it is a complete run's
+RUN_MARK = "summary.txt"
 
 #: the summary of a report whose files are in a folder (``None``: none)
 Summarize = Callable[[Report, Path | None], list[str]]
@@ -31,12 +36,19 @@ def new_folder(planned: Path) -> Path:
         return folder
 
 
+def folder_order(folder: Path) -> tuple[str, int]:
+    """Where ``folder`` comes among the folders :func:`new_folder` made for one planned name:
+    by the name, then by its suffix as a number (``.10`` after ``.9``; none: 0)."""
+    stem, _, suffix = folder.name.rpartition(".")
+    return (stem, int(suffix)) if stem and suffix.isdigit() else (folder.name, 0)
+
+
 def write_run_report(
     report: Report, planned: Path, summarize: Summarize
 ) -> tuple[list[str], str | None]:
-    """Write ``report`` and its summary (``summary.txt``) into a new folder named after
-    ``planned``; returns the summary's lines and, if something could not be written, one line
-    that names the folder and what is missing."""
+    """Write ``report`` and, if all of it was written, its summary (:data:`RUN_MARK`) into a new
+    folder named after ``planned``; returns the summary's lines and, if something could not be
+    written, one line that names the folder and what is missing."""
     try:
         folder = new_folder(planned)
     except OSError as error:
@@ -48,13 +60,16 @@ def write_run_report(
     except ReportNotWritten as error:
         failed.update(error.failed)
     lines = summarize(report, folder)
-    try:
-        atomic_write_text(folder / "summary.txt", "\n".join(lines) + "\n")
-    except OSError as error:
-        failed["summary.txt"] = error
+    if not failed:
+        try:
+            atomic_write_text(folder / RUN_MARK, "\n".join(lines) + "\n")
+        except OSError as error:
+            failed[RUN_MARK] = error
     if not failed:
         return lines, None
     causes = "; ".join(dict.fromkeys(reason(error) for error in failed.values()))
+    unmarked = "" if RUN_MARK in failed else f"; no {RUN_MARK}: not a complete run"
     return lines, (
-        f"gradood: the report in {folder} is incomplete: {', '.join(failed)} not written ({causes})"
+        f"gradood: the report in {folder} is incomplete: {', '.join(failed)} not written "
+        f"({causes}){unmarked}"
     )
