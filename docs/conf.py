@@ -58,6 +58,7 @@ nitpick_ignore_regex = [
     # the standard library
     (r"py:.*", r"abc(\..*)?"),
     (r"py:.*", r"collections(\..*)?"),
+    (r"py:.*", r"enum(\..*)?"),
     (r"py:.*", r"os(\..*)?"),
     (r"py:.*", r"pathlib(\..*)?"),
     (r"py:.*", r"types(\..*)?"),
