@@ -196,8 +196,9 @@ _GRADIENT_CALLS = [
 ]
 
 
-#: the cases that take gradients (gradood's registered GradNorm and its factors are closed
-#: forms of one forward pass)
+#: the cases known to take gradients (gradood's registered GradNorm and its factors are closed
+#: forms of one forward pass); a third party's detectors, not listed, are checked for the mode
+#: alone
 _TAKE_GRADIENTS = {
     "gaia-a",
     "gaia-z",
@@ -235,9 +236,8 @@ def test_gradients_are_taken_outside_inference_mode(case, data, monkeypatch):
     with torch.inference_mode():
         detector(data["test"].tensors[0][:16])
     assert True not in in_inference_mode, "a gradient taken inside inference mode"
-    # both ways: a detector listed here that took no gradient (the patches missed its path) or
-    # one not listed that took one fails
-    assert bool(in_inference_mode) == (case in _TAKE_GRADIENTS), in_inference_mode
+    if case in _TAKE_GRADIENTS:  # none recorded: the patches missed its path
+        assert in_inference_mode, "no gradient recorded for a detector that takes them"
 
 
 class _Benchmark(Benchmark):
